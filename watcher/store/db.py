@@ -1,0 +1,155 @@
+"""Engine, schema version, ordered migrations and the operator views.
+
+A fresh database is created at the newest schema; an older one is brought forward by the
+ordered ``MIGRATIONS`` (each a list of SQL statements), all in one transaction. Views are
+dropped and recreated every time, so they always match the code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlmodel import Session, SQLModel
+
+from watcher.errors import WatcherError
+from watcher.store import tables  # noqa: F401  (registers the tables)
+from watcher.store.views import VIEWS
+
+BUSY_TIMEOUT_MS = 10_000
+
+#: (version, statements). Append only; never edit a released entry.
+MIGRATIONS: list[tuple[int, list[str]]] = [
+    (1, []),  # the initial schema, created from the table definitions
+]
+SCHEMA_VERSION = MIGRATIONS[-1][0]
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str, *, readonly: bool = False) -> Engine:
+    """An engine for ``url``; SQLite gets WAL, a busy timeout and foreign keys.
+
+    Writers take SQLite's write lock at ``BEGIN IMMEDIATE`` so they queue on the busy timeout
+    instead of failing on a lock upgrade; a ``readonly`` engine uses plain deferred
+    transactions and never waits for a writer (WAL).
+    """
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(
+            url, connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "isolation_level": None}
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+
+        begin = "BEGIN" if readonly else "BEGIN IMMEDIATE"
+
+        @event.listens_for(engine, "begin")
+        def _begin(conn: sa.Connection) -> None:
+            conn.exec_driver_sql(begin)
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+def sqlite_path(url: str) -> Path | None:
+    if url.startswith("sqlite:///"):
+        path = url.removeprefix("sqlite:///")
+        return Path(path) if path and path != ":memory:" else None
+    return None
+
+
+def database_exists(url: str) -> bool:
+    path = sqlite_path(url)
+    return path is None or path.exists()
+
+
+def current_version(conn: sa.Connection) -> int | None:
+    inspector = sa.inspect(conn)
+    if not inspector.has_table("meta"):
+        return None
+    row = conn.execute(sa.text("SELECT value FROM meta WHERE key = 'schema_version'")).first()
+    return int(row[0]) if row else None
+
+
+def migrate(engine: Engine) -> tuple[int | None, int]:
+    """Create or migrate the schema and recreate the views; returns (old, new) versions."""
+    try:
+        with engine.begin() as conn:
+            old = current_version(conn)
+            if old is None:
+                SQLModel.metadata.create_all(conn)
+            elif old > SCHEMA_VERSION:
+                raise WatcherError(
+                    f"database schema version {old} is newer than this program ({SCHEMA_VERSION})"
+                )
+            else:
+                for version, statements in MIGRATIONS:
+                    if version > old:
+                        for statement in statements:
+                            conn.execute(sa.text(statement))
+            for name in VIEWS:
+                conn.execute(sa.text(f"DROP VIEW IF EXISTS {name}"))
+            for sql in VIEWS.values():
+                conn.execute(sa.text(sql))
+            conn.execute(
+                sa.text(
+                    "INSERT INTO meta (key, value) VALUES ('schema_version', :v) "
+                    "ON CONFLICT(key) DO UPDATE SET value = :v"
+                ),
+                {"v": str(SCHEMA_VERSION)},
+            )
+    except OperationalError as exc:
+        raise WatcherError(f"database error during init: {exc.orig}") from exc
+    return old, SCHEMA_VERSION
+
+
+def require_schema(engine: Engine) -> None:
+    """Refuse to work on a database that was never initialised or needs a migration."""
+    with engine.connect() as conn:
+        version = current_version(conn)
+    if version is None:
+        raise WatcherError("database is not initialised: run `proofwatch init`")
+    if version != SCHEMA_VERSION:
+        raise WatcherError(
+            f"database schema is version {version}, this program needs {SCHEMA_VERSION}: "
+            "run `proofwatch init` to migrate"
+        )
+
+
+@contextmanager
+def transaction(engine: Engine) -> Iterator[Session]:
+    """One unit of work: everything inside commits together or not at all."""
+    with Session(engine, expire_on_commit=False) as session:
+        try:
+            yield session
+            session.commit()
+        except OperationalError as exc:
+            session.rollback()
+            if "locked" in str(exc.orig):
+                raise WatcherError("database is locked by another writer past the timeout") from exc
+            raise WatcherError(f"database error: {exc.orig}") from exc
+        except SQLAlchemyError as exc:
+            session.rollback()
+            raise WatcherError(f"database error: {exc}") from exc
+        except BaseException:
+            session.rollback()
+            raise
+
+
+def read_session(engine: Engine) -> Session:
+    return Session(engine, expire_on_commit=False)

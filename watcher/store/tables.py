@@ -1,0 +1,265 @@
+"""SQLModel tables. Operators read the views in ``views.py``; these tables are not the contract.
+
+Amounts are stored as decimal TEXT of base units: wei overflow SQLite's 64-bit INTEGER
+(10 ETH = 10**19 wei). All datetimes are stored and returned as UTC-aware.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Column, DateTime, Index, String, TypeDecorator, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+
+class BaseUnits(TypeDecorator[int]):
+    """An arbitrary-size non-negative integer stored as decimal text."""
+
+    impl = String(80)
+    cache_ok = True
+
+    def process_bind_param(self, value: int | None, dialect: Any) -> str | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise TypeError(f"amounts must be int base units, got {type(value).__name__}")
+        return str(value)
+
+    def process_result_value(self, value: str | None, dialect: Any) -> int | None:
+        return None if value is None else int(value)
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timezone-aware UTC datetime; naive values are refused on the way in."""
+
+    impl = DateTime()
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: use timezone-aware UTC datetimes")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        return None if value is None else value.replace(tzinfo=UTC)
+
+
+def _amount(nullable: bool = False) -> Any:
+    return Field(sa_column=Column(BaseUnits(), nullable=nullable))
+
+
+def _when(nullable: bool = True) -> Any:
+    return Field(default=None, sa_column=Column(UtcDateTime(), nullable=nullable))
+
+
+class Meta(SQLModel, table=True):
+    __tablename__ = "meta"
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class Retainer(SQLModel, table=True):
+    __tablename__ = "retainers"
+    id: int | None = Field(default=None, primary_key=True)
+    client: str
+    chain: str
+    chain_id: int
+    asset: str
+    token_address: str | None = None
+    decimals: int
+    monthly: int = _amount()
+    pay_to: str
+    payers: str = "[]"  # JSON list of checksummed addresses
+    scope: str = ""
+    scope_cap: str = ""
+    cadence: str = "monthly"
+    start_at: datetime = _when(nullable=False)
+    status: str = "draft"
+    terms_hash: str
+    approval_id: int | None = Field(default=None, foreign_key="approvals.id")
+    created_at: datetime = _when(nullable=False)
+
+
+class Approval(SQLModel, table=True):
+    __tablename__ = "approvals"
+    id: int | None = Field(default=None, primary_key=True)
+    retainer_id: int = Field(foreign_key="retainers.id", index=True)
+    approved_by: str
+    note: str = ""
+    approved_at: datetime = _when(nullable=False)
+    terms_hash: str
+    terms_json: str
+
+
+class Invoice(SQLModel, table=True):
+    __tablename__ = "invoices"
+    __table_args__ = (Index("ix_invoices_open", "chain_id", "asset", "pay_to", "status"),)
+    id: int | None = Field(default=None, primary_key=True)
+    retainer_id: int = Field(foreign_key="retainers.id", index=True)
+    kind: str
+    period_index: int | None = None
+    chain: str
+    chain_id: int
+    asset: str
+    token_address: str | None = None
+    decimals: int
+    price: int = _amount()
+    amount: int = _amount()
+    pay_to: str
+    payment_uri: str
+    status: str = "open"
+    issued_at: datetime = _when(nullable=False)
+    due_at: datetime = _when(nullable=False)
+    paid_at: datetime | None = _when()
+    terms_hash: str
+    approval_id: int | None = Field(default=None, foreign_key="approvals.id")
+    paid_amount: int = Field(default=0, sa_column=Column(BaseUnits(), nullable=False))
+    overpaid_by: int = Field(default=0, sa_column=Column(BaseUnits(), nullable=False))
+    cycle_id: int | None = Field(default=None, foreign_key="cycles.id")
+    review_reason: str | None = None
+
+
+class Attachment(SQLModel, table=True):
+    """An operator's claim that a given transfer pays a given invoice (``invoice attach``)."""
+
+    __tablename__ = "attachments"
+    id: int | None = Field(default=None, primary_key=True)
+    invoice_id: int = Field(foreign_key="invoices.id", index=True)
+    chain_id: int
+    tx_hash: str
+    log_index: int | None = None
+    created_at: datetime = _when(nullable=False)
+
+
+class Transfer(SQLModel, table=True):
+    """An inflow to a receiving wallet seen on chain."""
+
+    __tablename__ = "transfers"
+    __table_args__ = (UniqueConstraint("uid", name="uq_transfers_uid"),)
+    id: int | None = Field(default=None, primary_key=True)
+    uid: str  # "<chain_id>:<tx_hash>:<kind>:<log_index or trace position>"
+    chain: str
+    chain_id: int = Field(index=True)
+    kind: str  # erc20 | native | internal
+    tx_hash: str = Field(index=True)
+    log_index: int | None = None
+    block_number: int = Field(index=True)
+    block_hash: str
+    from_address: str
+    to_address: str
+    asset: str
+    token_address: str | None = None
+    decimals: int
+    amount: int = _amount()
+    status: str = "seen"  # seen | final | orphaned
+    detected_at: datetime = _when(nullable=False)
+    finalized_at: datetime | None = _when()
+    final_block: int | None = None  # the final block number when it became final
+
+
+class Allocation(SQLModel, table=True):
+    """Which invoice a transfer funds. A transfer funds at most one invoice at a time."""
+
+    __tablename__ = "allocations"
+    id: int | None = Field(default=None, primary_key=True)
+    transfer_id: int = Field(foreign_key="transfers.id", index=True)
+    invoice_id: int = Field(foreign_key="invoices.id", index=True)
+    rule: str  # attached | amount | payer
+    active: bool = True
+    created_at: datetime = _when(nullable=False)
+    released_at: datetime | None = _when()
+
+
+class Cycle(SQLModel, table=True):
+    __tablename__ = "cycles"
+    id: int | None = Field(default=None, primary_key=True)
+    retainer_id: int = Field(foreign_key="retainers.id", index=True)
+    period_index: int
+    anchor_at: datetime = _when(nullable=False)  # start of the run this cycle belongs to
+    anchor_index: int  # period_index of the run's first cycle
+    starts_at: datetime = _when(nullable=False)
+    ends_at: datetime = _when(nullable=False)
+    status: str = "open"
+    funded_by_invoice: int | None = Field(default=None, foreign_key="invoices.id")
+    proof_tx_hash: str | None = None
+
+
+class Proof(SQLModel, table=True):
+    """The frozen proof of a settled invoice: written once, never rewritten."""
+
+    __tablename__ = "proofs"
+    invoice_id: int = Field(foreign_key="invoices.id", primary_key=True)
+    bundle: str  # canonical JSON
+    created_at: datetime = _when(nullable=False)
+
+
+class OutboxEvent(SQLModel, table=True):
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("dedupe_key", name="uq_outbox_dedupe"),)
+    seq: int | None = Field(default=None, primary_key=True)
+    id: str = Field(index=True, unique=True)  # EVT-...
+    type: str
+    dedupe_key: str
+    created_at: datetime = _when(nullable=False)
+    body: str  # the exact JSON body sent to receivers, frozen at creation
+
+
+class Delivery(SQLModel, table=True):
+    __tablename__ = "deliveries"
+    __table_args__ = (UniqueConstraint("event_id", "channel", name="uq_delivery"),)
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(foreign_key="outbox.id", index=True)
+    channel: str  # "webhook:0", "apprise:1" (index in config; never the URL)
+    status: str = "pending"  # pending | delivered | dead
+    attempts: int = 0
+    next_attempt_at: datetime = _when(nullable=False)
+    last_error: str | None = None
+    delivered_at: datetime | None = _when()
+
+
+class DeliveryAttempt(SQLModel, table=True):
+    __tablename__ = "delivery_attempts"
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int = Field(foreign_key="deliveries.id", index=True)
+    at: datetime = _when(nullable=False)
+    ok: bool
+    detail: str = ""
+
+
+class ChainState(SQLModel, table=True):
+    """The scan cursor of one chain and what the last poll saw."""
+
+    __tablename__ = "chain_state"
+    chain: str = Field(primary_key=True)
+    chain_id: int
+    cursor: int | None = None  # last block fully scanned
+    cursor_hash: str | None = None
+    head: int | None = None
+    final_block: int | None = None
+    last_poll_at: datetime | None = _when()
+    last_ok_at: datetime | None = _when()
+    rpc_ok: bool = True
+    last_error: str | None = None  # redacted
+    balance: int | None = Field(default=None, sa_column=Column(BaseUnits(), nullable=True))
+    degraded: bool = False
+
+
+class BlockHash(SQLModel, table=True):
+    __tablename__ = "block_hashes"
+    chain: str = Field(primary_key=True)
+    number: int = Field(primary_key=True)
+    hash: str
+    parent_hash: str
+
+
+class Daemon(SQLModel, table=True):
+    __tablename__ = "daemon"
+    id: int = Field(default=1, primary_key=True)
+    pid: int | None = None
+    host: str | None = None
+    started_at: datetime | None = _when()
+    last_heartbeat_at: datetime | None = _when()
+    stopped_at: datetime | None = _when()
