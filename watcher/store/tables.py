@@ -205,6 +205,7 @@ class OutboxEvent(SQLModel, table=True):
     dedupe_key: str
     created_at: datetime = _when(nullable=False)
     body: str  # the exact JSON body sent to receivers, frozen at creation
+    fanned_out: bool = False  # deliveries rows created for the configured channels
 
 
 class Delivery(SQLModel, table=True):

@@ -126,7 +126,34 @@ SELECT
 FROM chain_state s LEFT JOIN daemon d ON d.id = 1
 """
 
+V_RETAINERS = f"""
+CREATE VIEW v_retainers AS
+SELECT
+    'RET-' || r.id AS id,
+    r.client AS client,
+    r.chain AS chain,
+    r.chain_id AS chain_id,
+    r.asset AS asset,
+    r.token_address AS token_address,
+    {_fmt("r.monthly", "r.decimals")} AS monthly,
+    r.monthly AS monthly_base_units,
+    r.pay_to AS pay_to,
+    json(r.payers) AS payers,
+    r.scope AS scope,
+    r.scope_cap AS scope_cap,
+    r.cadence AS cadence,
+    {_ts("r.start_at")} AS start_at,
+    r.status AS status,
+    r.terms_hash AS terms_hash,
+    a.approved_by AS approved_by,
+    {_ts("a.approved_at")} AS approved_at,
+    a.terms_hash AS approved_terms_hash,
+    {_ts("r.created_at")} AS created_at
+FROM retainers r LEFT JOIN approvals a ON a.id = r.approval_id
+"""
+
 VIEWS: dict[str, str] = {
+    "v_retainers": V_RETAINERS,
     "v_payments": V_PAYMENTS,
     "v_invoices": V_INVOICES,
     "v_cycles": V_CYCLES,

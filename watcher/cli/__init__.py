@@ -1,0 +1,1 @@
+"""The ``proofwatch`` command line (Typer + Rich)."""

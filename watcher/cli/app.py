@@ -1,0 +1,138 @@
+"""The ``proofwatch`` Typer application and its entry point."""
+
+from __future__ import annotations
+
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+
+from watcher.cli import ledger_cmds
+from watcher.cli.common import GLOBALS, context, fail, load, print_json
+from watcher.errors import WatcherError
+from watcher.store.db import make_engine, migrate
+
+app = typer.Typer(
+    name="proofwatch",
+    help="Watch-only payment-proof watcher for monthly retainers paid on EVM chains.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+config_app = typer.Typer(help="Validate the configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(ledger_cmds.retainer_app, name="retainer")
+app.add_typer(ledger_cmds.invoice_app, name="invoice")
+
+
+@app.callback()
+def _root(
+    config: Annotated[
+        Path | None, typer.Option("--config", help="Config file (default $WATCHER_CONFIG).")
+    ] = None,
+    env_file: Annotated[
+        Path | None, typer.Option("--env-file", help=".env file (default: beside the config).")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
+) -> None:
+    """Global options; they may also be given after the command name."""
+    GLOBALS.config = config if config is not None else GLOBALS.config
+    GLOBALS.env_file = env_file if env_file is not None else GLOBALS.env_file
+    GLOBALS.debug = debug or GLOBALS.debug
+
+
+@app.command()
+def init() -> None:
+    """Create or migrate the database; safe to repeat."""
+    settings = load()
+    old, new = migrate(make_engine(settings.database_url))
+    if old is None:
+        typer.echo(f"created database at schema version {new}")
+    elif old == new:
+        typer.echo(f"database is up to date (schema version {new})")
+    else:
+        typer.echo(f"migrated database from schema version {old} to {new}")
+
+
+@config_app.command("check")
+def config_check(
+    online: Annotated[
+        bool, typer.Option("--online", help="Also ask each RPC for its chain id and tokens.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Validate the configuration; with --online also check chain ids and token decimals."""
+    settings = load()
+    report: dict[str, object] = {"ok": True, "config": str(settings.config_path), "chains": []}
+    if online:
+        from watcher.chain.online import check_online  # needs the chain adapter
+
+        report["chains"] = check_online(settings)
+    else:
+        report["chains"] = [{"name": c.name, "chain_id": c.chain_id} for c in settings.chains]
+    if as_json:
+        print_json(report)
+    else:
+        typer.echo(f"config OK: {settings.config_path}")
+        for chain in settings.chains:
+            typer.echo(f"  chain {chain.name} (id {chain.chain_id}) -> {chain.receiving_address}")
+
+
+# Global options may follow the command name: move them to the front for Typer.
+_GLOBAL_WITH_VALUE = ("--config", "--env-file")
+
+
+def _hoist_globals(argv: list[str]) -> list[str]:
+    front: list[str] = []
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg in _GLOBAL_WITH_VALUE and i + 1 < len(argv):
+            front += [arg, argv[i + 1]]
+            i += 2
+            continue
+        if arg.startswith(tuple(f"{g}=" for g in _GLOBAL_WITH_VALUE)) or arg == "--debug":
+            front.append(arg)
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: exit codes 0/1/2/3 and one-line errors (tracebacks only with --debug)."""
+    args = _hoist_globals(list(sys.argv[1:] if argv is None else argv))
+    debug = "--debug" in args
+    try:
+        app(args=args, prog_name="proofwatch", standalone_mode=False)
+    except WatcherError as exc:
+        if debug:
+            traceback.print_exc()
+        sys.exit(fail(exc))
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        message = " ".join(exc.format_message().split())
+        sys.stderr.write(f"proofwatch: error: {message}\n")
+        sys.exit(2)
+    except click.exceptions.Abort:
+        sys.stderr.write("proofwatch: aborted\n")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a bug: one line, exit 1, traceback with --debug
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"proofwatch: internal error: {type(exc).__name__}: {exc}\n")
+        sys.exit(1)
+    sys.exit(0)
+
+
+__all__ = ["app", "context", "main"]

@@ -1,0 +1,213 @@
+"""``retainer`` and ``invoice`` commands."""
+
+from __future__ import annotations
+
+import io
+from typing import Annotated, Any
+
+import segno
+import typer
+from rich.table import Table
+
+from watcher import ledger, queries
+from watcher.cli.common import console, context, print_json
+from watcher.domain.billing import InvoiceStatus
+from watcher.errors import BadInput
+from watcher.ids import fmt_id
+
+retainer_app = typer.Typer(help="Retainers: terms a client approves.", no_args_is_help=True)
+invoice_app = typer.Typer(help="Invoices: what a client pays.", no_args_is_help=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+
+
+@retainer_app.command("add")
+def retainer_add(
+    client: Annotated[str, typer.Option("--client", help="Client name.")],
+    chain: Annotated[str, typer.Option("--chain", help="Chain name from the config.")],
+    asset: Annotated[str, typer.Option("--asset", help="Asset symbol, e.g. USDC or ETH.")],
+    monthly: Annotated[str, typer.Option("--monthly", help="Monthly price, e.g. 1500.")],
+    payer: Annotated[
+        list[str] | None, typer.Option("--payer", help="Expected payer address (repeatable).")
+    ] = None,
+    scope: Annotated[str, typer.Option("--scope", help="What the retainer covers.")] = "",
+    scope_cap: Annotated[str, typer.Option("--scope-cap", help="e.g. '20 hours'.")] = "",
+    start: Annotated[str | None, typer.Option("--start", help="Start date YYYY-MM-DD.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a retainer in status draft and print its id."""
+    ctx = context()
+    retainer = ledger.add_retainer(
+        ctx,
+        client=client,
+        chain=chain,
+        asset=asset,
+        monthly=monthly,
+        payers=payer or [],
+        scope=scope,
+        scope_cap=scope_cap,
+        start=start,
+    )
+    rid = fmt_id("RET", retainer.id) or ""
+    if as_json:
+        print_json(queries.retainer(ctx.engine, rid))
+    else:
+        typer.echo(rid)
+
+
+@retainer_app.command("approve")
+def retainer_approve(
+    retainer: Annotated[str, typer.Argument(help="Retainer id, e.g. RET-1.")],
+    by: Annotated[str, typer.Option("--by", help="Who approved the terms.")],
+    note: Annotated[str, typer.Option("--note", help="Free text, e.g. PO number.")] = "",
+    as_json: JsonOpt = False,
+) -> None:
+    """Record the client's approval of the current terms (status approved)."""
+    ctx = context()
+    approval = ledger.approve_retainer(ctx, retainer, by=by, note=note)
+    row = queries.retainer(ctx.engine, retainer)
+    if as_json:
+        print_json(row)
+    else:
+        typer.echo(f"{row['id']} approved by {approval.approved_by}: {approval.terms_hash}")
+
+
+@retainer_app.command("list")
+def retainer_list(as_json: JsonOpt = False) -> None:
+    """All retainers."""
+    rows = queries.retainers(context(readonly=True).engine)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("id", "client", "chain", "monthly", "status", "approved by")
+    for r in rows:
+        table.add_row(
+            r["id"],
+            r["client"],
+            r["chain"],
+            f"{r['monthly']} {r['asset']}",
+            r["status"],
+            r["approved_by"] or "",
+        )
+    console.print(table)
+
+
+@retainer_app.command("show")
+def retainer_show(
+    retainer: Annotated[str, typer.Argument(help="Retainer id, e.g. RET-1.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """One retainer with its approval, invoices and cycles."""
+    row = queries.retainer(context(readonly=True).engine, retainer)
+    if as_json:
+        print_json(row)
+        return
+    _print_fields(row, skip={"invoices", "cycles"})
+    for inv in row["invoices"]:
+        typer.echo(f"  {inv['id']} {inv['kind']} {inv['amount']} {inv['asset']} {inv['status']}")
+    for cyc in row["cycles"]:
+        typer.echo(
+            f"  {cyc['id']} month {cyc['period_index']} {cyc['starts_at']} .. "
+            f"{cyc['ends_at']} {cyc['status']}"
+        )
+
+
+def _print_fields(row: dict[str, Any], skip: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+    width = max(len(k) for k in row)
+    for key, value in row.items():
+        if key not in skip:
+            typer.echo(f"{key.ljust(width)}  {'' if value is None else value}")
+
+
+@invoice_app.command("issue")
+def invoice_issue(
+    retainer: Annotated[str, typer.Argument(help="Retainer id, e.g. RET-1.")],
+    kind: Annotated[
+        str | None, typer.Option("--kind", help="first_month | renewal | sprint.")
+    ] = None,
+    amount: Annotated[str | None, typer.Option("--amount", help="Sprint amount.")] = None,
+    due: Annotated[str | None, typer.Option("--due", help="Due date YYYY-MM-DD.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Issue the next invoice: prints the exact amount, the address, the URI and a QR code."""
+    ctx = context()
+    invoice = ledger.issue_invoice(ctx, retainer, kind=kind, amount=amount, due=due)
+    row = queries.invoice(ctx.engine, fmt_id("INV", invoice.id) or "")
+    if as_json:
+        print_json(row)
+        return
+    typer.echo(f"{row['id']} ({row['kind']}) for {row['client']} on {row['chain']}")
+    typer.echo(
+        f"  pay exactly: {row['amount']} {row['asset']}  ({row['amount_base_units']} base units)"
+    )
+    typer.echo(f"  to:          {row['pay_to']}")
+    if row["token_address"]:
+        typer.echo(f"  token:       {row['token_address']}")
+    typer.echo(f"  due:         {row['due_at']}")
+    typer.echo(f"  uri:         {row['payment_uri']}")
+    buffer = io.StringIO()
+    segno.make(row["payment_uri"], error="m").terminal(out=buffer, compact=True)
+    typer.echo(buffer.getvalue())
+
+
+@invoice_app.command("list")
+def invoice_list(
+    status: Annotated[str | None, typer.Option("--status", help="Only this status.")] = None,
+    retainer: Annotated[str | None, typer.Option("--retainer", help="Only this retainer.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Invoices, optionally by status or retainer."""
+    if status is not None and status not in {s.value for s in InvoiceStatus}:
+        raise BadInput(
+            f"status {status!r} must be one of {', '.join(s.value for s in InvoiceStatus)}"
+        )
+    rows = queries.invoices(context(readonly=True).engine, status=status, retainer=retainer)
+    if as_json:
+        print_json(rows)
+        return
+    table = Table("id", "retainer", "client", "kind", "month", "amount", "status", "due")
+    for r in rows:
+        table.add_row(
+            r["id"],
+            r["retainer_id"],
+            r["client"],
+            r["kind"],
+            str(r["period_index"] or ""),
+            f"{r['amount']} {r['asset']}",
+            r["status"],
+            r["due_at"],
+        )
+    console.print(table)
+
+
+@invoice_app.command("show")
+def invoice_show(
+    invoice: Annotated[str, typer.Argument(help="Invoice id, e.g. INV-1.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """One invoice with its payments."""
+    row = queries.invoice(context(readonly=True).engine, invoice)
+    if as_json:
+        print_json(row)
+        return
+    _print_fields(row, skip={"payments"})
+    for p in row["payments"]:
+        typer.echo(
+            f"  payment {p['tx_hash']} block {p['block_number']} {p['amount']} "
+            f"{p['asset']} {p['status']}"
+        )
+
+
+@invoice_app.command("void")
+def invoice_void(
+    invoice: Annotated[str, typer.Argument(help="Invoice id, e.g. INV-1.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Void an invoice nothing is allocated to."""
+    ctx = context()
+    voided = ledger.void_invoice(ctx, invoice)
+    iid = fmt_id("INV", voided.id) or ""
+    if as_json:
+        print_json(queries.invoice(ctx.engine, iid))
+    else:
+        typer.echo(f"{iid} void")

@@ -1,0 +1,304 @@
+"""Retainer and invoice use cases: add, approve, issue, void. I/O sequenced around the domain."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from watcher.domain import billing
+from watcher.domain.addresses import parse_address
+from watcher.domain.billing import InvoiceKind, InvoiceStatus, RetainerStatus, Terms
+from watcher.domain.money import Asset, parse_amount
+from watcher.errors import BadInput, NotFound, Refused
+from watcher.ids import fmt_id, parse_id
+from watcher.settings import ChainSettings, Settings
+from watcher.store.db import transaction
+from watcher.store.tables import Allocation, Approval, Invoice, Retainer
+
+NATIVE_DECIMALS = 18
+
+
+@dataclass(frozen=True)
+class Context:
+    """What every use case needs: settings, the database, and the (injectable) clock."""
+
+    settings: Settings
+    engine: Engine
+    now: Callable[[], datetime]
+
+
+def asset_for(chain: ChainSettings, symbol: str) -> Asset:
+    """The configured asset ``symbol`` on ``chain`` (native coin or token), or bad input."""
+    if symbol.upper() == chain.native_symbol.upper():
+        return Asset(chain.name, chain.chain_id, chain.native_symbol, NATIVE_DECIMALS, None)
+    token = chain.token(symbol)
+    if token is None:
+        known = ", ".join([chain.native_symbol, *(t.symbol for t in chain.tokens)])
+        raise BadInput(f"unknown asset {symbol!r} on chain {chain.name!r} (configured: {known})")
+    return Asset(chain.name, chain.chain_id, token.symbol, token.decimals, token.address)
+
+
+def _text(value: str, what: str, *, limit: int = 200, required: bool = True) -> str:
+    cleaned = value.strip()
+    if required and not cleaned:
+        raise BadInput(f"{what} {value!r} must not be empty")
+    if len(cleaned) > limit or any(ch in cleaned for ch in "\r\n\x00"):
+        raise BadInput(f"{what} {value[:40]!r} must be one line of at most {limit} characters")
+    return cleaned
+
+
+def terms_of(retainer: Retainer, chain: ChainSettings) -> Terms:
+    return Terms(
+        client=retainer.client,
+        chain=retainer.chain,
+        chain_id=retainer.chain_id,
+        asset=retainer.asset,
+        token_address=retainer.token_address,
+        decimals=retainer.decimals,
+        monthly_base_units=retainer.monthly,
+        pay_to=chain.receiving_address,
+        scope=retainer.scope,
+        cadence=retainer.cadence,
+        scope_cap=retainer.scope_cap,
+    )
+
+
+def get_retainer(session: Session, ref: str) -> Retainer:
+    retainer = session.get(Retainer, parse_id(ref, "RET"))
+    if retainer is None:
+        raise NotFound(f"unknown retainer {ref!r}")
+    return retainer
+
+
+def get_invoice(session: Session, ref: str) -> Invoice:
+    invoice = session.get(Invoice, parse_id(ref, "INV"))
+    if invoice is None:
+        raise NotFound(f"unknown invoice {ref!r}")
+    return invoice
+
+
+def add_retainer(
+    ctx: Context,
+    *,
+    client: str,
+    chain: str,
+    asset: str,
+    monthly: str,
+    payers: Sequence[str] = (),
+    scope: str = "",
+    start: str | None = None,
+    scope_cap: str = "",
+) -> Retainer:
+    """A new retainer in ``draft``: it needs an approval before it can be invoiced."""
+    now = ctx.now()
+    chain_settings = ctx.settings.chain(chain)
+    the_asset = asset_for(chain_settings, asset)
+    price = parse_amount(monthly, the_asset.decimals, what="monthly amount")
+    payer_list = sorted({parse_address(p, what="payer address") for p in payers})
+    start_at = billing.parse_when(start, what="start date") if start else now
+    retainer = Retainer(
+        client=_text(client, "client name"),
+        chain=chain_settings.name,
+        chain_id=chain_settings.chain_id,
+        asset=the_asset.symbol,
+        token_address=the_asset.token_address,
+        decimals=the_asset.decimals,
+        monthly=price,
+        pay_to=chain_settings.receiving_address,
+        payers=json.dumps(payer_list),
+        scope=_text(scope, "scope", limit=2000, required=False),
+        scope_cap=_text(scope_cap, "scope cap", required=False),
+        start_at=start_at,
+        status=RetainerStatus.DRAFT.value,
+        terms_hash="",
+        created_at=now,
+    )
+    retainer.terms_hash = terms_of(retainer, chain_settings).hash()
+    with transaction(ctx.engine) as session:
+        session.add(retainer)
+    return retainer
+
+
+def approve_retainer(ctx: Context, ref: str, *, by: str, note: str = "") -> Approval:
+    """Record who approved the current terms, when, and the terms hash."""
+    approver = _text(by, "approver name")
+    note_text = _text(note, "note", limit=2000, required=False)
+    now = ctx.now()
+    with transaction(ctx.engine) as session:
+        retainer = get_retainer(session, ref)
+        if retainer.status == RetainerStatus.ENDED:
+            raise Refused(f"retainer {fmt_id('RET', retainer.id)} has ended; it cannot be approved")
+        terms = terms_of(retainer, ctx.settings.chain(retainer.chain))
+        approval = Approval(
+            retainer_id=retainer.id or 0,
+            approved_by=approver,
+            note=note_text,
+            approved_at=now,
+            terms_hash=terms.hash(),
+            terms_json=terms.canonical_json(),
+        )
+        session.add(approval)
+        session.flush()
+        retainer.terms_hash = approval.terms_hash
+        retainer.approval_id = approval.id
+        if retainer.status == RetainerStatus.DRAFT:
+            retainer.status = RetainerStatus.APPROVED.value
+        session.add(retainer)
+    return approval
+
+
+def taken_amounts(session: Session, chain_id: int, asset: str, pay_to: str) -> list[int]:
+    """Amounts held by unsettled invoices for one chain + asset + wallet."""
+    rows = session.exec(
+        select(Invoice.amount).where(
+            Invoice.chain_id == chain_id,
+            Invoice.asset == asset,
+            Invoice.pay_to == pay_to,
+            col(Invoice.status).in_([s.value for s in billing.UNSETTLED]),
+        )
+    ).all()
+    return list(rows)
+
+
+def next_period(session: Session, retainer_id: int) -> int:
+    """The month number the next monthly invoice is for (1 for the first)."""
+    rows = session.exec(
+        select(Invoice.period_index).where(
+            Invoice.retainer_id == retainer_id,
+            col(Invoice.kind).in_([InvoiceKind.FIRST_MONTH.value, InvoiceKind.RENEWAL.value]),
+            Invoice.status != InvoiceStatus.VOID.value,
+        )
+    ).all()
+    return max((r for r in rows if r is not None), default=0) + 1
+
+
+def issue_in(
+    session: Session,
+    settings: Settings,
+    retainer: Retainer,
+    *,
+    kind: InvoiceKind,
+    price: int,
+    now: datetime,
+    due: datetime | None = None,
+) -> Invoice:
+    """Issue an invoice inside ``session``: checks approval, picks the unique amount."""
+    chain = settings.chain(retainer.chain)
+    approval = session.get(Approval, retainer.approval_id) if retainer.approval_id else None
+    billing.check_issuable(
+        RetainerStatus(retainer.status),
+        approval.terms_hash if approval else None,
+        terms_of(retainer, chain).hash(),
+    )
+    asset = asset_for(chain, retainer.asset)
+    period: int | None = None
+    if kind != InvoiceKind.SPRINT:
+        period = next_period(session, retainer.id or 0)
+        open_monthly = session.exec(
+            select(Invoice).where(
+                Invoice.retainer_id == retainer.id,
+                Invoice.kind != InvoiceKind.SPRINT.value,
+                col(Invoice.status).in_([s.value for s in billing.UNSETTLED]),
+            )
+        ).first()
+        if open_monthly is not None:
+            raise Refused(
+                f"{fmt_id('INV', open_monthly.id)} for month {open_monthly.period_index} is "
+                "still unpaid: void it or wait for it to be paid"
+            )
+        if kind == InvoiceKind.FIRST_MONTH and period != 1:
+            raise Refused(f"{fmt_id('RET', retainer.id)} already has a first-month invoice")
+        if kind == InvoiceKind.RENEWAL and period == 1:
+            raise Refused(f"{fmt_id('RET', retainer.id)} has no first-month invoice yet")
+    due_at = due if due is not None else billing.due_at(now, settings.billing.due_days)
+    if due_at < now:
+        raise BadInput(f"due date {due_at:%Y-%m-%d} is before the issue date {now:%Y-%m-%d}")
+    amount = billing.unique_amount(
+        price,
+        taken_amounts(session, chain.chain_id, asset.symbol, chain.receiving_address),
+        asset.decimals,
+    )
+    invoice = Invoice(
+        retainer_id=retainer.id or 0,
+        kind=kind.value,
+        period_index=period,
+        chain=chain.name,
+        chain_id=chain.chain_id,
+        asset=asset.symbol,
+        token_address=asset.token_address,
+        decimals=asset.decimals,
+        price=price,
+        amount=amount,
+        pay_to=chain.receiving_address,
+        payment_uri=billing.payment_uri(asset, chain.receiving_address, amount),
+        status=InvoiceStatus.OPEN.value,
+        issued_at=now,
+        due_at=due_at,
+        terms_hash=approval.terms_hash if approval else "",
+        approval_id=retainer.approval_id,
+    )
+    session.add(invoice)
+    session.flush()
+    return invoice
+
+
+def issue_invoice(
+    ctx: Context,
+    ref: str,
+    *,
+    kind: str | None = None,
+    amount: str | None = None,
+    due: str | None = None,
+) -> Invoice:
+    """``invoice issue``: the next invoice of a retainer (first month if it has none)."""
+    now = ctx.now()
+    try:
+        the_kind = InvoiceKind(kind) if kind else None
+    except ValueError:
+        raise BadInput(f"invoice kind {kind!r} must be first_month, renewal or sprint") from None
+    due_at = billing.parse_when(due, what="due date") if due else None
+    with transaction(ctx.engine) as session:
+        retainer = get_retainer(session, ref)
+        chain = ctx.settings.chain(retainer.chain)
+        decimals = asset_for(chain, retainer.asset).decimals
+        if the_kind is None:
+            first = next_period(session, retainer.id or 0) == 1
+            the_kind = InvoiceKind.FIRST_MONTH if first else InvoiceKind.RENEWAL
+        if the_kind == InvoiceKind.SPRINT:
+            if amount is None:
+                raise BadInput("a sprint invoice needs --amount")
+            price = parse_amount(amount, decimals)
+        else:
+            if amount is not None:
+                raise BadInput(
+                    f"--amount {amount!r} is only for sprint invoices; monthly invoices use the "
+                    "approved monthly price"
+                )
+            price = retainer.monthly
+        return issue_in(
+            session, ctx.settings, retainer, kind=the_kind, price=price, now=now, due=due_at
+        )
+
+
+def void_invoice(ctx: Context, ref: str) -> Invoice:
+    """Void an invoice that nothing is allocated to; its unique amount becomes free."""
+    with transaction(ctx.engine) as session:
+        invoice = get_invoice(session, ref)
+        if invoice.status == InvoiceStatus.VOID:
+            raise Refused(f"{fmt_id('INV', invoice.id)} is already void")
+        allocated = session.exec(
+            select(Allocation).where(Allocation.invoice_id == invoice.id, Allocation.active)
+        ).first()
+        if allocated is not None or invoice.status in billing.SETTLED:
+            raise Refused(
+                f"{fmt_id('INV', invoice.id)} has payments allocated ({invoice.status}); "
+                "it cannot be voided"
+            )
+        invoice.status = InvoiceStatus.VOID.value
+        session.add(invoice)
+    return invoice

@@ -1,0 +1,87 @@
+"""Read models: the JSON the CLI and the status page print, read from the operator views.
+
+Reading through the views keeps one definition of every field: ``--json`` output and the SQL
+views can never disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from watcher.errors import NotFound
+from watcher.ids import parse_id
+
+Row = dict[str, Any]
+_JSON_COLUMNS = {"payments", "payers"}
+_BOOL_COLUMNS = {"rpc_ok"}
+
+
+def _rows(engine: Engine, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
+    with engine.connect() as conn:
+        result = conn.execute(sa.text(sql), params or {})
+        out = []
+        for mapping in result.mappings():
+            row = dict(mapping)
+            for key in _JSON_COLUMNS & row.keys():
+                row[key] = json.loads(row[key]) if row[key] is not None else []
+            for key in _BOOL_COLUMNS & row.keys():
+                row[key] = None if row[key] is None else bool(row[key])
+            out.append(row)
+        return out
+
+
+def retainers(engine: Engine) -> list[Row]:
+    return _rows(engine, "SELECT * FROM v_retainers ORDER BY CAST(substr(id, 5) AS INTEGER)")
+
+
+def retainer(engine: Engine, ref: str) -> Row:
+    rid = f"RET-{parse_id(ref, 'RET')}"
+    rows = _rows(engine, "SELECT * FROM v_retainers WHERE id = :id", {"id": rid})
+    if not rows:
+        raise NotFound(f"unknown retainer {ref!r}")
+    row = rows[0]
+    row["invoices"] = invoices(engine, retainer=rid)
+    row["cycles"] = cycles(engine, retainer=rid)
+    return row
+
+
+def invoices(
+    engine: Engine, *, status: str | None = None, retainer: str | None = None
+) -> list[Row]:
+    sql = "SELECT * FROM v_invoices WHERE 1 = 1"
+    params: dict[str, Any] = {}
+    if status is not None:
+        sql += " AND status = :status"
+        params["status"] = status
+    if retainer is not None:
+        sql += " AND retainer_id = :rid"
+        params["rid"] = f"RET-{parse_id(retainer, 'RET')}"
+    return _rows(engine, sql + " ORDER BY CAST(substr(id, 5) AS INTEGER)", params)
+
+
+def invoice(engine: Engine, ref: str) -> Row:
+    iid = f"INV-{parse_id(ref, 'INV')}"
+    rows = _rows(engine, "SELECT * FROM v_invoices WHERE id = :id", {"id": iid})
+    if not rows:
+        raise NotFound(f"unknown invoice {ref!r}")
+    return rows[0]
+
+
+def payments(engine: Engine, *, unassigned: bool = False) -> list[Row]:
+    sql = "SELECT * FROM v_payments"
+    if unassigned:
+        sql += " WHERE invoice_id IS NULL AND status != 'orphaned'"
+    return _rows(engine, sql + " ORDER BY block_number, tx_hash, log_index")
+
+
+def cycles(engine: Engine, *, retainer: str | None = None) -> list[Row]:
+    sql = "SELECT * FROM v_cycles"
+    params: dict[str, Any] = {}
+    if retainer is not None:
+        sql += " WHERE retainer_id = :rid"
+        params["rid"] = f"RET-{parse_id(retainer, 'RET')}"
+    return _rows(engine, sql + " ORDER BY starts_at, period_index", params)

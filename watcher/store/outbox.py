@@ -1,0 +1,70 @@
+"""Writing events to the outbox, inside the caller's transaction.
+
+An event's id and body are fixed when it is written: a receiver de-duplicates on the id, and
+a crash can repeat a delivery but never change what is delivered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import datetime
+from typing import Any
+
+from sqlmodel import Session, select
+
+from watcher.store.tables import OutboxEvent
+
+EVENT_TYPES = frozenset(
+    {
+        "payment.detected",
+        "payment.finalized",
+        "payment.orphaned",
+        "cycle.opened",
+        "invoice.paid_late",
+        "invoice.underpaid",
+        "invoice.expired",
+        "invoice.needs_review",
+        "invoice.renewal_issued",
+        "retainer.lapsed",
+        "transfer.unassigned",
+        "watcher.degraded",
+        "watcher.recovered",
+        "watcher.unexplained_balance",
+        "watcher.finality_violation",
+    }
+)
+
+
+def iso(value: datetime | None) -> str | None:
+    """ISO 8601 UTC with a Z, to the second: the one timestamp format of the outside world."""
+    return None if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def event_id(dedupe_key: str) -> str:
+    return "EVT-" + hashlib.sha256(dedupe_key.encode()).hexdigest()[:20]
+
+
+def emit(
+    session: Session, type_: str, data: dict[str, Any], *, dedupe_key: str, now: datetime
+) -> OutboxEvent:
+    """Add an event to the outbox in ``session``'s transaction; a repeat of the key is a no-op.
+
+    ``dedupe_key`` names the fact (``"cycle.opened:CYC-3"``): writing the same fact twice
+    returns the existing event unchanged.
+    """
+    if type_ not in EVENT_TYPES:
+        raise ValueError(f"unknown event type {type_!r}")
+    existing = session.exec(select(OutboxEvent).where(OutboxEvent.dedupe_key == dedupe_key)).first()
+    if existing is not None:
+        return existing
+    eid = event_id(dedupe_key)
+    body = json.dumps(
+        {"id": eid, "type": type_, "created_at": iso(now), "data": data},
+        separators=(",", ":"),
+        sort_keys=False,
+    )
+    event = OutboxEvent(id=eid, type=type_, dedupe_key=dedupe_key, created_at=now, body=body)
+    session.add(event)
+    session.flush()
+    return event
