@@ -1,0 +1,436 @@
+"""Raw JSON-RPC over HTTP for one chain: several URLs, failover, backoff, batching, redaction.
+
+Results stay raw JSON (hex strings, dicts): callers decode. URLs often carry API keys, so only
+their redacted form (``watcher.chain.redact``) ever reaches a log line, an exception message or
+the status attributes.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, cast
+
+import requests
+import structlog
+from structlog.typing import FilteringBoundLogger
+from web3 import Web3
+from web3.exceptions import ProviderConnectionError
+from web3.providers.base import JSONBaseProvider
+from web3.types import RPCEndpoint, RPCResponse
+
+from watcher.chain.redact import redact_text, redact_url
+from watcher.errors import BadInput, RangeTooLarge, RpcError
+
+Call = tuple[str, Sequence[Any]]
+
+# Methods whose refusals can mean "ask for a smaller block range".
+RANGE_METHODS = frozenset({"eth_getLogs", "trace_filter"})
+_RANGE_CODES = frozenset({-32005, -32602, -32600, -32000})
+_RANGE_WORDS = (
+    "block range", "range too", "range is too", "too many blocks", "more than", "exceed",
+    "limit", "too many results", "max results", "response size", "result size", "too large",
+)  # fmt: skip
+_BUSY_CODES = frozenset({429, -32005, -32007, -32016})
+_BUSY_WORDS = (
+    "rate limit", "rate-limit", "ratelimit", "too many requests", "request rate", "busy",
+    "capacity", "compute units", "throughput", "try again", "temporarily unavailable",
+    "overloaded", "request count exceeded", "quota",
+)  # fmt: skip
+
+
+class RpcResponseError(RpcError):
+    """A node answered with a deterministic JSON-RPC error (revert, invalid params, ...)."""
+
+    def __init__(self, message: str, *, method: str, code: int | None, data: Any = None) -> None:
+        super().__init__(message)
+        self.method = method
+        self.code = code
+        self.data = data
+
+
+class _AttemptFailed(Exception):
+    """One POST got no usable answer; the message is already redacted."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+def _error_text(error: Any) -> tuple[int | None, str]:
+    if not isinstance(error, Mapping):
+        return None, str(error)
+    code = error.get("code")
+    return (code if isinstance(code, int) else None), str(error.get("message", ""))
+
+
+def _is_busy(method: str, error: Any) -> bool:
+    """True when a JSON-RPC error says "slow down" (rate limit, server busy): worth a retry."""
+    code, message = _error_text(error)
+    lower = message.lower()
+    if any(word in lower for word in _BUSY_WORDS):
+        return True
+    return code in _BUSY_CODES and not (method in RANGE_METHODS and code == -32005)
+
+
+def _is_range_refusal(method: str, error: Any) -> bool:
+    code, message = _error_text(error)
+    lower = message.lower()
+    return method in RANGE_METHODS and (
+        code == -32005 or (code in _RANGE_CODES and any(w in lower for w in _RANGE_WORDS))
+    )
+
+
+def _retry_after(header: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header; None for a date or garbage."""
+    try:
+        return max(0.0, float(header)) if header is not None else None
+    except ValueError:
+        return None
+
+
+def _json_default(value: Any) -> Any:
+    """Encode what web3 may hand over besides plain JSON: bytes as 0x hex, mappings as objects."""
+    if isinstance(value, bytes | bytearray):
+        return "0x" + bytes(value).hex()
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
+
+
+class RpcPool:
+    """JSON-RPC client for one chain over several HTTP URLs.
+
+    URLs are tried in order, sticking to the last one that answered. Connection errors,
+    timeouts, HTTP 429/5xx and busy/rate-limit JSON-RPC errors are retried with exponential
+    backoff and jitter (``Retry-After`` honoured, capped at ``backoff_max``), failing over to
+    the next URL; switching to a URL not yet failed in this request happens without waiting.
+    After ``max_attempts`` failures ``RpcError`` is raised. Deterministic JSON-RPC errors are
+    never retried: they raise ``RangeTooLarge`` (a refused ``eth_getLogs``/``trace_filter``
+    range or result size) or ``RpcResponseError``. With ``expected_chain_id`` set, each URL's
+    ``eth_chainId`` is checked on its first use and a mismatch raises ``RpcError``.
+    """
+
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        chain: str,
+        expected_chain_id: int | None = None,
+        timeout: float = 10.0,
+        max_attempts: int = 4,
+        backoff_base: float = 0.2,
+        backoff_max: float = 10.0,
+        max_batch: int = 100,
+        sleep: Callable[[float], None] = time.sleep,
+        logger: FilteringBoundLogger | structlog.stdlib.BoundLogger | None = None,
+    ) -> None:
+        if not urls:
+            raise BadInput(f"chain {chain}: at least one RPC URL is needed")
+        if max_attempts < 1 or max_batch < 1 or timeout <= 0:
+            raise BadInput(
+                f"chain {chain}: max_attempts ({max_attempts}), max_batch ({max_batch}) and "
+                f"timeout ({timeout}) must be positive"
+            )
+        self.chain = chain
+        self.expected_chain_id = expected_chain_id
+        self.timeout = timeout
+        self.max_attempts = max_attempts
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_batch = max_batch
+        self._urls = tuple(urls)
+        self._redacted = tuple(redact_url(u) for u in self._urls)
+        self._sleep = sleep
+        self._log = logger if logger is not None else structlog.get_logger("watcher.chain.rpc")
+        self._session = requests.Session()
+        self._session.headers.update(
+            {"Content-Type": "application/json", "User-Agent": "proofwatch"}
+        )
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
+        self._jitter = random.Random()  # noqa: S311 - backoff jitter, not cryptography
+        self._current = 0
+        self._verified: set[int] = set()
+        self._web3: Web3 | None = None
+        self.request_count = 0
+        self.counts_by_method: Counter[str] = Counter()
+        self.last_ok_at: datetime | None = None
+        self.last_error: str | None = None
+
+    # -- public API --------------------------------------------------------------------------
+
+    @property
+    def current_url_redacted(self) -> str:
+        """The URL requests go to now, redacted."""
+        return self._redacted[self._current]
+
+    @property
+    def urls_redacted(self) -> tuple[str, ...]:
+        return self._redacted
+
+    def call(self, method: str, params: Sequence[Any] = ()) -> Any:
+        """The raw ``result`` of one request; raise RpcError / RangeTooLarge on failure."""
+        answer = self._exchange([(method, params)])[0]
+        if answer.get("error") is not None:
+            raise self._response_error(method, answer["error"])
+        return answer.get("result")
+
+    def batch(self, calls: Sequence[Call], *, return_errors: bool = False) -> list[Any]:
+        """Raw results of ``calls`` in request order, sent as JSON arrays of at most
+        ``max_batch`` entries. A JSON-RPC error raises (RangeTooLarge / RpcResponseError), or
+        with ``return_errors`` its exception object takes that entry's slot.
+        """
+        out: list[Any] = []
+        for start in range(0, len(calls), self.max_batch):
+            chunk = calls[start : start + self.max_batch]
+            for (method, _), answer in zip(chunk, self._exchange(chunk), strict=True):
+                if answer.get("error") is None:
+                    out.append(answer.get("result"))
+                    continue
+                exc = self._response_error(method, answer["error"])
+                if not return_errors:
+                    raise exc
+                out.append(exc)
+        return out
+
+    def check_chain_id(self) -> int:
+        """The chain id the current URL reports; RpcError if it differs from the expected one."""
+        return self._parse_chain_id(self.call("eth_chainId"))
+
+    def web3(self) -> Web3:
+        """A Web3 whose every request goes through this pool."""
+        if self._web3 is None:
+            self._web3 = Web3(PoolProvider(self))
+        return self._web3
+
+    def close(self) -> None:
+        """Close the pooled HTTP connections."""
+        self._session.close()
+
+    def __repr__(self) -> str:
+        return f"<RpcPool {self.chain} {', '.join(self._redacted)}>"
+
+    # -- the retry loop ----------------------------------------------------------------------
+
+    def _exchange(self, calls: Sequence[Call]) -> list[dict[str, Any]]:
+        """Send ``calls`` until each has a final answer; the raw answers in request order.
+
+        Answers carrying a deterministic JSON-RPC error are returned as they are.
+        """
+        entries = [
+            {"jsonrpc": "2.0", "id": next(self._ids), "method": method, "params": list(params)}
+            for method, params in calls
+        ]
+        final: dict[Any, dict[str, Any]] = {}
+        pending = entries
+        failures = 0
+        failed_urls: dict[int, float] = {}  # URL index -> Retry-After it asked for (or 0)
+        while pending:
+            index = self._current
+            try:
+                if self.expected_chain_id is not None and index not in self._verified:
+                    self._verify(index)
+                answers = self._post(index, pending)
+                retry = [e for e in pending if self._settle(index, e, answers, final)]
+                if retry:
+                    raise self._busy_failure(retry, answers)
+            except _AttemptFailed as exc:
+                failures += 1
+                self._after_failure(index, exc, failures, failed_urls, pending)
+                pending = [e for e in pending if e["id"] not in final]
+                continue
+            self.last_ok_at = datetime.now(UTC)
+            pending = []
+        return [final[e["id"]] for e in entries]
+
+    def _settle(
+        self,
+        index: int,
+        entry: dict[str, Any],
+        answers: dict[Any, dict[str, Any]],
+        final: dict[Any, dict[str, Any]],
+    ) -> bool:
+        """Record the answer to ``entry`` as final; True if it must be asked again."""
+        answer = answers.get(entry["id"])
+        if answer is None or (
+            answer.get("error") is not None and _is_busy(entry["method"], answer["error"])
+        ):
+            return True
+        if entry["method"] == "eth_chainId" and answer.get("error") is None:
+            self._parse_chain_id(answer.get("result"), index)
+        final[entry["id"]] = answer
+        return False
+
+    def _busy_failure(
+        self, retry: list[dict[str, Any]], answers: dict[Any, dict[str, Any]]
+    ) -> _AttemptFailed:
+        answer = answers.get(retry[0]["id"])
+        if answer is None:
+            return _AttemptFailed(f"no answer for {len(retry)} request(s) of the batch")
+        code, message = _error_text(answer["error"])
+        return _AttemptFailed(f"JSON-RPC error {code}: {self._redact(message)}")
+
+    def _after_failure(
+        self,
+        index: int,
+        exc: _AttemptFailed,
+        failures: int,
+        failed_urls: dict[int, float],
+        pending: list[dict[str, Any]],
+    ) -> None:
+        """Log the failure, then raise RpcError if attempts are exhausted, else wait and pick
+        the URL for the next attempt."""
+        url = self._redacted[index]
+        self.last_error = f"{url}: {exc.reason}"
+        failed_urls[index] = max(failed_urls.get(index, 0.0), exc.retry_after or 0.0)
+        method = pending[0]["method"] if len(pending) == 1 else "batch"
+        if failures >= self.max_attempts:
+            tried = ", ".join(self._redacted[i] for i in sorted(failed_urls))
+            self._log.error(
+                "rpc.error", chain=self.chain, urls=tried, method=method, attempts=failures,
+                reason=exc.reason,
+            )  # fmt: skip
+            raise RpcError(
+                f"chain {self.chain}: RPC request failed {failures} times via {tried}; "
+                f"last error: {exc.reason}"
+            ) from exc
+        nxt = (index + 1) % len(self._urls)
+        delay = 0.0
+        if nxt in failed_urls:
+            cap = min(self.backoff_max, self.backoff_base * 2 ** (failures - 1))
+            delay = cap / 2 + self._jitter.uniform(0, cap / 2)
+            delay = min(self.backoff_max, max(delay, failed_urls[nxt]))
+        self._log.warning(
+            "rpc.retry", chain=self.chain, url=url, method=method, attempt=failures,
+            max_attempts=self.max_attempts, delay=round(delay, 3), reason=exc.reason,
+        )  # fmt: skip
+        if nxt != index:
+            self._current = nxt
+            self._log.warning(
+                "rpc.failover", chain=self.chain, from_url=url, to_url=self._redacted[nxt],
+                reason=exc.reason,
+            )  # fmt: skip
+        if delay > 0:
+            self._sleep(delay)
+
+    # -- one POST ----------------------------------------------------------------------------
+
+    def _post(self, index: int, entries: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
+        """One HTTP POST of ``entries`` to URL ``index``: the answers by request id."""
+        payload: Any = entries[0] if len(entries) == 1 else entries
+        body = json.dumps(payload, separators=(",", ":"), default=_json_default)
+        with self._lock:
+            self.request_count += 1
+            self.counts_by_method.update(e["method"] for e in entries)
+        try:
+            response = self._session.post(self._urls[index], data=body, timeout=self.timeout)
+        except requests.Timeout:
+            raise _AttemptFailed(f"no answer within {self.timeout:g} s") from None
+        except requests.RequestException as exc:
+            reason = f"{type(exc).__name__}: {self._redact(str(exc))}"
+            raise _AttemptFailed(reason) from None
+        status = response.status_code
+        if status == 429:
+            retry_after = _retry_after(response.headers.get("Retry-After"))
+            raise _AttemptFailed("HTTP 429 Too Many Requests", retry_after)
+        if status >= 300 and status != 400:
+            # 5xx, but also 401/403/404: a bad key or path on this URL, another may work.
+            raise _AttemptFailed(f"HTTP {status}")
+        try:
+            answer = json.loads(response.content)
+        except ValueError:
+            raise _AttemptFailed(f"HTTP {status} with an answer that is not JSON") from None
+        if isinstance(answer, dict) and ("result" in answer or "error" in answer):
+            # One answer: to a single request, or one error for a whole refused batch.
+            return {e["id"]: answer for e in entries}
+        if isinstance(answer, list):
+            return {a.get("id"): a for a in answer if isinstance(a, dict)}
+        raise _AttemptFailed(f"HTTP {status} without a JSON-RPC answer")
+
+    def _verify(self, index: int) -> None:
+        """Ask URL ``index`` for its chain id; RpcError if it is not the expected one."""
+        entry = {"jsonrpc": "2.0", "id": next(self._ids), "method": "eth_chainId", "params": []}
+        answer = self._post(index, [entry])[entry["id"]]
+        if answer.get("error") is not None:
+            code, message = _error_text(answer["error"])
+            raise _AttemptFailed(f"eth_chainId failed: JSON-RPC error {code}: {message}")
+        self._parse_chain_id(answer.get("result"), index)
+
+    def _parse_chain_id(self, raw: Any, index: int | None = None) -> int:
+        url = self._redacted[self._current if index is None else index]
+        try:
+            chain_id = int(raw, 16)
+        except (TypeError, ValueError):
+            raise RpcError(f"chain {self.chain}: {url} answered eth_chainId with {raw!r}") from None
+        expected = self.expected_chain_id
+        if expected is not None and chain_id != expected:
+            self._log.error(
+                "rpc.chain_mismatch", chain=self.chain, url=url, chain_id=chain_id,
+                expected_chain_id=expected,
+            )  # fmt: skip
+            raise RpcError(
+                f"chain {self.chain}: {url} is on chain id {chain_id}, "
+                f"but the configuration expects chain id {expected}"
+            )
+        self._verified.add(self._current if index is None else index)
+        return chain_id
+
+    # -- errors ------------------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        return redact_text(text, self._urls)
+
+    def _response_error(self, method: str, error: Any) -> RpcError:
+        code, message = _error_text(error)
+        text = (
+            f"chain {self.chain}: {method} refused by {self.current_url_redacted}: "
+            f"{self._redact(message)} (JSON-RPC error {code})"
+        )
+        if _is_range_refusal(method, error):
+            return RangeTooLarge(text)
+        data = error.get("data") if isinstance(error, Mapping) else None
+        return RpcResponseError(text, method=method, code=code, data=data)
+
+
+class PoolProvider(JSONBaseProvider):
+    """A web3 provider that sends every request through an ``RpcPool``.
+
+    JSON-RPC error answers go back to web3 untouched (so it raises its own exceptions, e.g.
+    ``ContractLogicError``); transport failures raise ``RpcError`` once the pool gives up.
+    """
+
+    def __init__(self, pool: RpcPool) -> None:
+        super().__init__()
+        self.pool = pool
+
+    def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
+        answer = self.pool._exchange([(str(method), params or ())])[0]
+        return cast(RPCResponse, answer)
+
+    def make_batch_request(self, requests: list[tuple[RPCEndpoint, Any]]) -> list[RPCResponse]:
+        calls = [(str(method), params or ()) for method, params in requests]
+        size = self.pool.max_batch
+        answers: list[dict[str, Any]] = []
+        for start in range(0, len(calls), size):
+            answers += self.pool._exchange(calls[start : start + size])
+        return cast(list[RPCResponse], answers)
+
+    def is_connected(self, show_traceback: bool = False) -> bool:
+        try:
+            self.pool.call("web3_clientVersion")
+        except RpcError as exc:
+            if show_traceback:
+                raise ProviderConnectionError(str(exc)) from exc
+            return False
+        return True
+
+    def __str__(self) -> str:
+        return f"RpcPool provider for {self.pool.chain} via {self.pool.current_url_redacted}"
