@@ -55,6 +55,7 @@ UNSETTLED = frozenset(
         InvoiceStatus.PENDING,
         InvoiceStatus.UNDERPAID,
         InvoiceStatus.NEEDS_REVIEW,
+        InvoiceStatus.EXPIRED,  # past due + grace, unpaid: still payable (then paid_late)
     }
 )
 SETTLED = frozenset({InvoiceStatus.PAID, InvoiceStatus.PAID_LATE})
@@ -91,7 +92,7 @@ class Terms:
 
 def max_tag(decimals: int) -> int:
     """The largest unique-amount tag for an asset: 1/1000 of a unit (0.001 USDC), at least 1."""
-    return max(1, 10**decimals // 1000)
+    return max(1, int(10**decimals) // 1000)
 
 
 def unique_amount(price: int, taken: Iterable[int], decimals: int) -> int:

@@ -39,9 +39,9 @@ def parse_amount(text: str, decimals: int, *, what: str = "amount") -> int:
     Refuses negatives, zero, exponents, NaN/Infinity, signs, spaces, and more fractional
     digits than the asset has: the message names the value.
     """
-    raw = text.strip() if isinstance(text, str) else text
-    if not isinstance(raw, str):
+    if not isinstance(text, str):
         raise BadInput(f"{what} {text!r} is not a decimal string")
+    raw = text.strip()
     match = _AMOUNT.match(raw)
     if match is None:
         raise BadInput(f"{what} {text!r} is not a plain positive decimal number (like 1500.25)")
@@ -50,7 +50,7 @@ def parse_amount(text: str, decimals: int, *, what: str = "amount") -> int:
         raise BadInput(
             f"{what} {text!r} has {len(frac)} decimal places; the asset has only {decimals}"
         )
-    base = int(match.group("int")) * 10**decimals + int(frac.ljust(decimals, "0") or "0")
+    base: int = int(match.group("int")) * int(10**decimals) + int(frac.ljust(decimals, "0") or "0")
     if base == 0:
         raise BadInput(f"{what} {text!r} must be greater than zero")
     return base

@@ -1,0 +1,196 @@
+"""``invoice attach``: an operator names the transfer that pays an invoice; it is checked on chain.
+
+Checks, each refusing with exit 3 and nothing written: the transaction exists on the invoice's
+chain and succeeded, it pays the receiving wallet, in the invoice's asset, and the transfer is
+not allocated to another invoice. Then it is allocated; it still waits for finality.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from eth_utils import to_checksum_address
+from sqlmodel import select
+
+from watcher.chain.rpc import RpcPool
+from watcher.chain.sources import TRANSFER_TOPIC, address_topic, decode_amount, same
+from watcher.domain.addresses import parse_tx_hash
+from watcher.errors import BadInput, Refused
+from watcher.ids import fmt_id
+from watcher.ledger import Context, get_invoice
+from watcher.settings import ChainSettings
+from watcher.settlement import Settlement
+from watcher.store.db import transaction
+from watcher.store.tables import Allocation, Attachment, Invoice, Transfer
+
+
+def transfer_uid(chain_id: int, tx_hash: str, kind: str, log_index: int | None) -> str:
+    return f"{chain_id}:{tx_hash}:{kind}:{'' if log_index is None else log_index}"
+
+
+@dataclass(frozen=True)
+class Found:
+    kind: str
+    log_index: int | None
+    from_address: str
+    amount: int
+
+
+def _int(value: Any) -> int:
+    return int(value, 16) if isinstance(value, str) else int(value)
+
+
+def _find_on_chain(
+    chain: ChainSettings,
+    invoice: Invoice,
+    tx: Mapping[str, Any],
+    receipt: Mapping[str, Any],
+    log_index: int | None,
+    known: list[Transfer],
+) -> Found:
+    wallet = chain.receiving_address
+    inv = fmt_id("INV", invoice.id)
+    if invoice.token_address is not None:
+        wallet_topic = address_topic(wallet)
+        logs = [
+            lg
+            for lg in receipt.get("logs", [])
+            if len(lg.get("topics", [])) == 3
+            and str(lg["topics"][0]).lower() == TRANSFER_TOPIC
+            and str(lg["topics"][2]).lower() == wallet_topic
+        ]
+        ours = [lg for lg in logs if same(lg.get("address"), invoice.token_address)]
+        if log_index is not None:
+            ours = [lg for lg in ours if _int(lg["logIndex"]) == log_index]
+        if not ours:
+            if logs:
+                raise Refused(
+                    f"transaction pays the wallet in another token, not {invoice.asset} ({inv})"
+                )
+            if _int(tx.get("value", "0x0")) > 0 and same(tx.get("to"), wallet):
+                raise Refused(f"transaction pays native coin, not {invoice.asset} ({inv})")
+            where = f" at log index {log_index}" if log_index is not None else ""
+            raise Refused(f"transaction has no {invoice.asset} transfer to {wallet}{where}")
+        if len(ours) > 1:
+            indexes = ", ".join(str(_int(lg["logIndex"])) for lg in ours)
+            raise BadInput(
+                f"transaction has several transfers to the wallet: pass --log-index "
+                f"(one of {indexes})"
+            )
+        lg = ours[0]
+        amount = decode_amount(lg.get("data"))
+        if amount is None or amount == 0:
+            raise Refused("the token transfer moves nothing")
+        sender = "0x" + str(lg["topics"][1])[-40:]
+        return Found("erc20", _int(lg["logIndex"]), to_checksum_address(sender), amount)
+    # native: a top-level transfer, or an internal one the scanner already found
+    internal = [t for t in known if t.kind == "internal"]
+    if same(tx.get("to"), wallet) and _int(tx.get("value", "0x0")) > 0 and log_index is None:
+        return Found("native", None, to_checksum_address(tx["from"]), _int(tx["value"]))
+    if internal:
+        pick = [t for t in internal if log_index is None or t.log_index == log_index]
+        if len(pick) == 1:
+            return Found("internal", pick[0].log_index, pick[0].from_address, pick[0].amount)
+        if len(pick) > 1:
+            raise BadInput("transaction has several internal transfers: pass --log-index")
+    if any(
+        len(lg.get("topics", [])) == 3
+        and str(lg["topics"][0]).lower() == TRANSFER_TOPIC
+        and str(lg["topics"][2]).lower() == address_topic(wallet)
+        for lg in receipt.get("logs", [])
+    ):
+        raise Refused(f"transaction pays a token, not {invoice.asset} ({inv})")
+    raise Refused(
+        f"transaction does not send {invoice.asset} to {wallet} (internal transfers are "
+        "accepted once the scanner has seen them)"
+    )
+
+
+def attach(ctx: Context, invoice_ref: str, tx_ref: str, log_index: int | None = None) -> Transfer:
+    """Verify ``tx_ref`` on the invoice's chain and allocate it to the invoice."""
+    tx_hash = parse_tx_hash(tx_ref)
+    if log_index is not None and log_index < 0:
+        raise BadInput(f"log index {log_index!r} must be >= 0")
+    with transaction(ctx.engine) as session:
+        invoice = get_invoice(session, invoice_ref)
+        _check_invoice(invoice)
+        known = list(
+            session.exec(
+                select(Transfer).where(
+                    Transfer.chain_id == invoice.chain_id, Transfer.tx_hash == tx_hash
+                )
+            ).all()
+        )
+    chain = ctx.settings.chain(invoice.chain)
+    pool = RpcPool(
+        chain.rpc_urls,
+        chain=chain.name,
+        expected_chain_id=chain.chain_id,
+        timeout=chain.rpc_timeout,
+    )
+    tx, receipt = pool.batch(
+        [("eth_getTransactionByHash", [tx_hash]), ("eth_getTransactionReceipt", [tx_hash])]
+    )
+    if tx is None:
+        raise Refused(f"transaction {tx_hash} not found on chain {chain.name}")
+    if receipt is None:
+        raise Refused(f"transaction {tx_hash} is not mined yet")
+    if _int(receipt.get("status", "0x0")) != 1:
+        raise Refused(f"transaction {tx_hash} reverted (status 0): it moved nothing")
+    found = _find_on_chain(chain, invoice, tx, receipt, log_index, known)
+    uid = transfer_uid(invoice.chain_id, tx_hash, found.kind, found.log_index)
+    settlement = Settlement(ctx.settings, ctx.now)
+    with transaction(ctx.engine) as session:
+        invoice = get_invoice(session, invoice_ref)
+        _check_invoice(invoice)
+        transfer = session.exec(select(Transfer).where(Transfer.uid == uid)).first()
+        if transfer is not None and transfer.status == "orphaned":
+            raise Refused(f"transfer {tx_hash} was orphaned by a reorg; it is not on the chain")
+        if transfer is not None and transfer.id is not None:
+            taken = session.exec(
+                select(Allocation).where(Allocation.transfer_id == transfer.id, Allocation.active)
+            ).first()
+            if taken is not None:
+                raise Refused(
+                    f"transaction {tx_hash} is already allocated to "
+                    f"{fmt_id('INV', taken.invoice_id)}"
+                )
+        if transfer is None:
+            transfer = Transfer(
+                uid=uid,
+                chain=chain.name,
+                chain_id=chain.chain_id,
+                kind=found.kind,
+                tx_hash=tx_hash,
+                log_index=found.log_index,
+                block_number=_int(receipt["blockNumber"]),
+                block_hash=str(receipt["blockHash"]).lower(),
+                from_address=found.from_address,
+                to_address=chain.receiving_address,
+                asset=invoice.asset,
+                token_address=invoice.token_address,
+                decimals=invoice.decimals,
+                amount=found.amount,
+                status="seen",
+                detected_at=ctx.now(),
+            )
+            session.add(transfer)
+            session.flush()
+        session.add(
+            Attachment(
+                invoice_id=invoice.id or 0,
+                chain_id=invoice.chain_id,
+                tx_hash=tx_hash,
+                log_index=found.log_index,
+                created_at=ctx.now(),
+            )
+        )
+        settlement.attach(session, transfer, invoice)
+        return transfer
+
+
+def _check_invoice(invoice: Invoice) -> None:
+    if invoice.status in {"paid", "paid_late", "void"}:
+        raise Refused(f"{fmt_id('INV', invoice.id)} is {invoice.status}: nothing to attach")

@@ -1,0 +1,200 @@
+"""Commands on the chain and the settled state: scan, tick, attach, transfers, cycles, proof."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from watcher import queries
+from watcher.attach import attach
+from watcher.cli.common import console, context, print_json
+from watcher.errors import BadInput
+from watcher.logs import configure
+from watcher.proof import load_proof, render_html
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
+
+
+def _scan_report_json(report: object) -> dict[str, object]:
+    fields = getattr(report, "__dataclass_fields__", {})
+    return {name: getattr(report, name) for name in fields}
+
+
+def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
+    @app.command()
+    def scan(
+        chain: Annotated[str | None, typer.Option("--chain", help="Only this chain.")] = None,
+        from_block: Annotated[int | None, typer.Option("--from", help="First block.")] = None,
+        to_block: Annotated[int | None, typer.Option("--to", help="Last block.")] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """One-off scan (and settlement) up to the head or --to."""
+        from watcher.service import Watcher
+
+        for value, name in ((from_block, "--from"), (to_block, "--to")):
+            if value is not None and value < 0:
+                raise BadInput(f"{name} {value!r} must be a block number >= 0")
+        if from_block is not None and to_block is not None and to_block < from_block:
+            raise BadInput(f"--to {to_block} is below --from {from_block}")
+        ctx = context()
+        configure(ctx.settings.secrets)
+        chains = [ctx.settings.chain(chain)] if chain else list(ctx.settings.chains)
+        watcher = Watcher(ctx)
+        reports = {}
+        for ch in chains:
+            if sys.stderr.isatty() and not as_json:
+                with Progress(
+                    TextColumn(f"[bold]{ch.name}"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TimeRemainingColumn(),
+                    console=console,
+                    transient=True,
+                ) as bar:
+                    task = bar.add_task("scan", total=None)
+
+                    def progress(
+                        done: int, total: int, bar: Progress = bar, task: TaskID = task
+                    ) -> None:
+                        bar.update(task, completed=done, total=total)
+
+                    reports[ch.name] = watcher.scan(
+                        ch, from_block=from_block, to_block=to_block, progress=progress
+                    )
+            else:
+                reports[ch.name] = watcher.scan(ch, from_block=from_block, to_block=to_block)
+        if as_json:
+            print_json({name: _scan_report_json(r) for name, r in reports.items()})
+            return
+        for name, r in reports.items():
+            typer.echo(f"{name}: {_scan_report_json(r)}")
+
+    @app.command()
+    def tick(as_json: JsonOpt = False) -> None:
+        """One round of every scheduled job (scan each chain, settle, renew, lapse, deliver)."""
+        from watcher.service import Watcher
+
+        ctx = context()
+        configure(ctx.settings.secrets)
+        report = Watcher(ctx).tick()
+        summary = {
+            "scans": {
+                name: (r if isinstance(r, str) else _scan_report_json(r))
+                for name, r in report.scans.items()
+            },
+            "renewals": _scan_report_json(report.renewals),
+            "delivery": _scan_report_json(report.delivery),
+            "failed_chains": report.failed_chains,
+        }
+        if as_json:
+            print_json(summary)
+        else:
+            for key, value in summary.items():
+                typer.echo(f"{key}: {value}")
+        if report.failed_chains:
+            raise typer.Exit(1)
+
+    @invoice_app.command("attach")
+    def invoice_attach(
+        invoice: Annotated[str, typer.Argument(help="Invoice id, e.g. INV-1.")],
+        txhash: Annotated[str, typer.Argument(help="Transaction hash (0x + 64 hex).")],
+        log_index: Annotated[
+            int | None, typer.Option("--log-index", help="Which transfer in the tx.")
+        ] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Claim a transfer for an invoice; verified on chain, then waits for finality."""
+        ctx = context()
+        transfer = attach(ctx, invoice, txhash, log_index)
+        row = queries.invoice(ctx.engine, invoice)
+        if as_json:
+            print_json(row)
+        else:
+            typer.echo(
+                f"{row['id']}: attached {transfer.tx_hash} ({transfer.kind}) -> {row['status']}"
+            )
+
+    @app.command()
+    def transfers(
+        unassigned: Annotated[
+            bool, typer.Option("--unassigned", help="Only inflows matched to no invoice.")
+        ] = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Inflows seen on chain."""
+        rows = queries.payments(context(readonly=True).engine, unassigned=unassigned)
+        if as_json:
+            print_json(rows)
+            return
+        table = Table("block", "tx", "from", "amount", "status", "invoice")
+        for r in rows:
+            table.add_row(
+                str(r["block_number"]),
+                r["tx_hash"][:18] + "…",
+                r["from"][:12] + "…",
+                f"{r['amount']} {r['asset']}",
+                r["status"],
+                r["invoice_id"] or "unassigned",
+            )
+        console.print(table)
+
+    @app.command()
+    def cycles(
+        retainer: Annotated[
+            str | None, typer.Option("--retainer", help="Only this retainer.")
+        ] = None,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Funded months."""
+        rows = queries.cycles(context(readonly=True).engine, retainer=retainer)
+        if as_json:
+            print_json(rows)
+            return
+        table = Table("id", "retainer", "month", "starts", "ends", "status", "invoice", "proof tx")
+        for r in rows:
+            table.add_row(
+                r["id"],
+                r["retainer_id"],
+                str(r["period_index"]),
+                r["starts_at"],
+                r["ends_at"],
+                r["status"],
+                r["funded_by_invoice"] or "",
+                (r["proof_tx_hash"] or "")[:18] + "…",
+            )
+        console.print(table)
+
+    @app.command()
+    def proof(
+        invoice: Annotated[str, typer.Argument(help="Invoice id, e.g. INV-1.")],
+        fmt: Annotated[str, typer.Option("--format", help="json | html.")] = "json",
+        output: Annotated[
+            Path | None, typer.Option("-o", "--output", help="Write to FILE.")
+        ] = None,
+    ) -> None:
+        """The proof bundle of a paid invoice."""
+        if fmt not in ("json", "html"):
+            raise BadInput(f"--format {fmt!r} must be json or html")
+        bundle = load_proof(context(readonly=True).engine, invoice)
+        if fmt == "json":
+            import json
+
+            text = json.dumps(bundle, indent=2) + "\n"
+        else:
+            text = render_html(bundle)
+        if output is None:
+            sys.stdout.write(text)
+        else:
+            output.write_text(text)
+            typer.echo(f"wrote {output}")

@@ -1,0 +1,181 @@
+"""The time-driven round: close ended months, issue renewals, expire invoices, lapse retainers.
+
+Runs inside one transaction per retainer, with the injected clock, so rehearsals with
+``WATCHER_NOW`` behave exactly like the calendar would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+import structlog
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from watcher.domain import cycles as rules
+from watcher.domain.billing import InvoiceKind, InvoiceStatus, RetainerStatus
+from watcher.domain.money import format_amount
+from watcher.errors import WatcherError
+from watcher.ids import fmt_id
+from watcher.ledger import issue_in
+from watcher.settings import Settings
+from watcher.store.db import transaction
+from watcher.store.outbox import emit, iso
+from watcher.store.tables import Cycle, Invoice, Retainer
+
+log = structlog.get_logger("watcher.renewals")
+
+
+@dataclass
+class RenewalReport:
+    issued: list[str] = field(default_factory=list)
+    lapsed: list[str] = field(default_factory=list)
+    expired: list[str] = field(default_factory=list)
+    closed: list[str] = field(default_factory=list)
+    blocked: list[str] = field(default_factory=list)
+
+
+def run_renewals(engine: Engine, settings: Settings, now: datetime) -> RenewalReport:
+    report = RenewalReport()
+    with transaction(engine) as session:
+        ids = [r.id for r in session.exec(select(Retainer)).all()]
+    for retainer_id in ids:
+        with transaction(engine) as session:
+            retainer = session.get(Retainer, retainer_id)
+            if retainer is not None:
+                _one(session, settings, retainer, now, report)
+    return report
+
+
+def _latest_cycle(session: Session, retainer_id: int) -> Cycle | None:
+    return session.exec(
+        select(Cycle)
+        .where(Cycle.retainer_id == retainer_id)
+        .order_by(col(Cycle.period_index).desc())
+    ).first()
+
+
+def _invoice_for(session: Session, retainer_id: int, period: int) -> Invoice | None:
+    return session.exec(
+        select(Invoice).where(
+            Invoice.retainer_id == retainer_id,
+            Invoice.period_index == period,
+            Invoice.kind != InvoiceKind.SPRINT.value,
+            Invoice.status != InvoiceStatus.VOID.value,
+        )
+    ).first()
+
+
+def _one(
+    session: Session, settings: Settings, retainer: Retainer, now: datetime, report: RenewalReport
+) -> None:
+    rid = retainer.id or 0
+    billing = settings.billing
+    for cycle in session.exec(
+        select(Cycle).where(Cycle.retainer_id == rid, Cycle.status == "open")
+    ).all():
+        if cycle.ends_at <= now:
+            cycle.status = "closed"
+            session.add(cycle)
+            report.closed.append(fmt_id("CYC", cycle.id) or "")
+    _expire_unpaid(session, settings, rid, now, report)
+    if retainer.status != RetainerStatus.ACTIVE:
+        return
+    latest = _latest_cycle(session, rid)
+    if latest is None:
+        return
+    nxt = _invoice_for(session, rid, latest.period_index + 1)
+    if nxt is None and rules.renewal_due(latest.ends_at, billing.renewal_lead_days, now):
+        try:
+            invoice = issue_in(
+                session,
+                settings,
+                retainer,
+                kind=InvoiceKind.RENEWAL,
+                price=retainer.monthly,
+                now=now,
+            )
+        except WatcherError as exc:
+            report.blocked.append(fmt_id("RET", rid) or "")
+            log.warning("renewal.blocked", retainer=fmt_id("RET", rid), reason=str(exc))
+        else:
+            nxt = invoice
+            report.issued.append(fmt_id("INV", invoice.id) or "")
+            emit(
+                session,
+                "invoice.renewal_issued",
+                {
+                    "invoice_id": fmt_id("INV", invoice.id),
+                    "retainer_id": fmt_id("RET", rid),
+                    "client": retainer.client,
+                    "period_index": invoice.period_index,
+                    "amount": invoice_amount(invoice),
+                    "amount_base_units": str(invoice.amount),
+                    "asset": invoice.asset,
+                    "chain": invoice.chain,
+                    "pay_to": invoice.pay_to,
+                    "payment_uri": invoice.payment_uri,
+                    "due_at": iso(invoice.due_at),
+                },
+                dedupe_key=f"invoice.renewal_issued:{fmt_id('INV', invoice.id)}",
+                now=now,
+            )
+            log.info("invoice.renewal_issued", invoice=fmt_id("INV", invoice.id))
+    funded = nxt is not None and nxt.status in {InvoiceStatus.PAID, InvoiceStatus.PAID_LATE}
+    if not funded and rules.lapsed(latest.ends_at, billing.grace_days, now):
+        retainer.status = RetainerStatus.LAPSED.value
+        latest.status = "lapsed"
+        session.add_all([retainer, latest])
+        report.lapsed.append(fmt_id("RET", rid) or "")
+        emit(
+            session,
+            "retainer.lapsed",
+            {
+                "retainer_id": fmt_id("RET", rid),
+                "client": retainer.client,
+                "last_cycle_id": fmt_id("CYC", latest.id),
+                "last_period_index": latest.period_index,
+                "ended_at": iso(latest.ends_at),
+                "unpaid_invoice_id": fmt_id("INV", nxt.id) if nxt else None,
+            },
+            dedupe_key=f"retainer.lapsed:{fmt_id('RET', rid)}:{latest.period_index}",
+            now=now,
+        )
+        log.warning("retainer.lapsed", retainer=fmt_id("RET", rid), month=latest.period_index)
+
+
+def _expire_unpaid(
+    session: Session, settings: Settings, retainer_id: int, now: datetime, report: RenewalReport
+) -> None:
+    """Unpaid invoices past due + grace become ``expired``; they stay payable (then late)."""
+    grace = timedelta(days=settings.billing.grace_days)
+    for invoice in session.exec(
+        select(Invoice).where(
+            Invoice.retainer_id == retainer_id,
+            col(Invoice.status).in_([InvoiceStatus.OPEN.value, InvoiceStatus.UNDERPAID.value]),
+        )
+    ).all():
+        if invoice.status == InvoiceStatus.OPEN and now >= invoice.due_at + grace:
+            invoice.status = InvoiceStatus.EXPIRED.value
+            session.add(invoice)
+            report.expired.append(fmt_id("INV", invoice.id) or "")
+            emit(
+                session,
+                "invoice.expired",
+                {
+                    "invoice_id": fmt_id("INV", invoice.id),
+                    "retainer_id": fmt_id("RET", retainer_id),
+                    "kind": invoice.kind,
+                    "period_index": invoice.period_index,
+                    "amount": invoice_amount(invoice),
+                    "asset": invoice.asset,
+                    "due_at": iso(invoice.due_at),
+                },
+                dedupe_key=f"invoice.expired:{fmt_id('INV', invoice.id)}",
+                now=now,
+            )
+
+
+def invoice_amount(invoice: Invoice) -> str:
+    return format_amount(invoice.amount, invoice.decimals)

@@ -1,0 +1,109 @@
+"""Use cases that sequence I/O around the domain: scan, settle, renew, deliver, tick.
+
+One ``Watcher`` per configuration and process: it keeps one RPC pool per chain and the
+token decimals read on chain, and hands the settlement hooks to the scanner so inflows,
+allocations, proofs, cycles and their events commit in the scanner's transactions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from watcher.chain.online import make_pool, read_decimals
+from watcher.chain.rpc import RpcPool
+from watcher.chain.scanner import ScanReport, scan_chain
+from watcher.errors import WatcherError
+from watcher.ledger import Context
+from watcher.renewals import RenewalReport, run_renewals
+from watcher.settings import ChainSettings
+from watcher.settlement import Settlement
+
+log = structlog.get_logger("watcher.service")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class TickReport:
+    scans: dict[str, ScanReport | str] = field(default_factory=dict)  # chain -> report or error
+    renewals: RenewalReport | None = None
+    delivery: Any = None
+
+    @property
+    def failed_chains(self) -> list[str]:
+        return [name for name, r in self.scans.items() if isinstance(r, str)]
+
+
+class Watcher:
+    """The application for one configuration: pools, settlement hooks, the scheduled rounds."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._pools: dict[str, RpcPool] = {}
+        self._decimals: dict[tuple[str, str], int] = {}
+        self.settlement = Settlement(ctx.settings, ctx.now, token_decimals=self.token_decimals)
+
+    def pool(self, chain: ChainSettings) -> RpcPool:
+        if chain.name not in self._pools:
+            self._pools[chain.name] = make_pool(chain)
+        return self._pools[chain.name]
+
+    def token_decimals(self, chain_name: str, token: str) -> int | None:
+        """``decimals()`` read on chain once per process; None if the node cannot say."""
+        key = (chain_name, token)
+        if key not in self._decimals:
+            try:
+                self._decimals[key] = read_decimals(
+                    self.pool(self.ctx.settings.chain(chain_name)), token
+                )
+            except WatcherError as exc:
+                log.warning(
+                    "token.decimals_unavailable", chain=chain_name, token=token, error=str(exc)
+                )
+                return None
+        return self._decimals[key]
+
+    def scan(
+        self,
+        chain: ChainSettings,
+        *,
+        from_block: int | None = None,
+        to_block: int | None = None,
+        progress: Progress | None = None,
+    ) -> ScanReport:
+        """Scan one chain up to its head (or ``to_block``), settling what became final."""
+        return scan_chain(
+            chain,
+            self.pool(chain),
+            self.ctx.engine,
+            self.ctx.now,
+            hooks=self.settlement,
+            from_block=from_block,
+            to_block=to_block,
+            progress=progress,
+        )
+
+    def renew(self) -> RenewalReport:
+        return run_renewals(self.ctx.engine, self.ctx.settings, self.ctx.now())
+
+    def deliver(self) -> Any:
+        from watcher.notify.outbox import deliver_due
+
+        return deliver_due(self.ctx.engine, self.ctx.settings, self.ctx.now)
+
+    def tick(self) -> TickReport:
+        """One round of every scheduled job; a failing chain does not stop the others."""
+        report = TickReport()
+        for chain in self.ctx.settings.chains:
+            try:
+                report.scans[chain.name] = self.scan(chain)
+            except WatcherError as exc:
+                log.error("scan.failed", chain=chain.name, error=str(exc))
+                report.scans[chain.name] = str(exc)
+        report.renewals = self.renew()
+        report.delivery = self.deliver()
+        return report
