@@ -190,11 +190,14 @@ def issue_in(
     """Issue an invoice inside ``session``: checks approval, picks the unique amount."""
     chain = settings.chain(retainer.chain)
     approval = session.get(Approval, retainer.approval_id) if retainer.approval_id else None
-    billing.check_issuable(
-        RetainerStatus(retainer.status),
-        approval.terms_hash if approval else None,
-        terms_of(retainer, chain).hash(),
-    )
+    try:
+        billing.check_issuable(
+            RetainerStatus(retainer.status),
+            approval.terms_hash if approval else None,
+            terms_of(retainer, chain).hash(),
+        )
+    except Refused as exc:  # name the retainer: the domain message does not know its id
+        raise Refused(f"{fmt_id('RET', retainer.id)}: {exc}") from None
     asset = asset_for(chain, retainer.asset)
     period: int | None = None
     if kind != InvoiceKind.SPRINT:

@@ -168,9 +168,25 @@ def looks_like_secret_key(value: str) -> str | None:
 class _Problems:
     def __init__(self) -> None:
         self.items: list[str] = []
+        self._hidden: set[str] = set()
 
     def add(self, key: str, why: str) -> None:
         self.items.append(f"{key}: {why}")
+
+    def hide(self, value: str) -> None:
+        """Never echo ``value`` (a key or mnemonic found in the config) in any message."""
+        stripped = value.strip()
+        parts = [stripped, repr(stripped)[1:-1]]
+        parts += [part for part in re.split(r"[\s,;=:/?&]+", stripped) if _HEX64.fullmatch(part)]
+        self._hidden.update(part for part in parts if part)
+
+    def messages(self) -> list[str]:
+        out = []
+        for item in self.items:
+            for secret in sorted(self._hidden, key=len, reverse=True):
+                item = item.replace(secret, "<redacted>")
+            out.append(item)
+        return out
 
 
 def _walk(value: Any, key: str) -> Iterator[tuple[str, str]]:
@@ -199,10 +215,12 @@ def load_settings(path: Path, env_file: Path | None = None) -> Settings:
             why = looks_like_secret_key(value)
             if why:
                 problems.add(f"{env_path.name}:{key}", why)
+                problems.hide(value)
     environ: dict[str, str] = {**file_env, **os.environ}
     for key, value in os.environ.items():
         if key.startswith(("WATCHER_", "PROOFWATCH_")) and (why := looks_like_secret_key(value)):
             problems.add(f"environment:{key}", why)
+            problems.hide(value)
     try:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -220,6 +238,7 @@ def load_settings(path: Path, env_file: Path | None = None) -> Settings:
         why = looks_like_secret_key(value)
         if why:
             problems.add(key, why)
+            problems.hide(value)
 
         def sub(match: re.Match[str]) -> str:
             name = match.group(1)
@@ -229,6 +248,7 @@ def load_settings(path: Path, env_file: Path | None = None) -> Settings:
             found = environ[name]
             if reason := looks_like_secret_key(found):
                 problems.add(key, f"${{{name}}} {reason}")
+                problems.hide(found)
             secrets.append(found)
             return found
 
@@ -237,7 +257,7 @@ def load_settings(path: Path, env_file: Path | None = None) -> Settings:
     data = interpolate(raw, "")
     settings = _build(path, data, problems, secrets)
     if problems.items:
-        raise ConfigError(problems.items)
+        raise ConfigError(problems.messages())
     assert settings is not None
     return settings
 

@@ -187,14 +187,6 @@ class RangeSizer:
             start = end + 1
 
 
-def split(start: int, end: int) -> list[tuple[int, int]]:
-    """A refused range in two halves (a single block cannot be split: returned as it is)."""
-    if end <= start:
-        return [(start, end)]
-    middle = (start + end) // 2
-    return [(start, middle), (middle + 1, end)]
-
-
 # --- balance guard --------------------------------------------------------------------------
 
 
