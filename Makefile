@@ -38,7 +38,7 @@ pytest: venv tools
 test: lint typecheck pytest
 
 demo: venv tools
-	$(BIN)/python -m watcher.demo
+	$(BIN)/python scripts/demo.py
 
 bench: venv tools
 	$(BIN)/python bench/scan.py

@@ -405,7 +405,9 @@ class Settlement:
                 anchor_at=last.anchor_at,
                 anchor_index=last.anchor_index,
                 ends_at=last.ends_at,
-                lapsed=last.status == "lapsed" or retainer.status == RetainerStatus.LAPSED,
+                lapsed=last.status == "lapsed"
+                or retainer.status == RetainerStatus.LAPSED
+                or cycle_rules.lapsed(last.ends_at, self.settings.billing.grace_days, finalized_at),
             )
         period = cycle_rules.next_period(
             period_index=invoice.period_index or 1,

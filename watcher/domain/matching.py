@@ -2,7 +2,9 @@
 
 Rules, first that applies wins (DESIGN.md "Matching"):
 
-1. attached: the operator named this transfer for an invoice (``invoice attach``);
+1. attached: the operator named this transfer for an invoice (``invoice attach``); it still
+   has to be on the invoice's chain, in its asset, to its wallet (another transfer of the same
+   tx never rides along on an attachment);
 2. amount: the inflow equals an unsettled invoice's unique amount (same chain, asset, wallet);
 3. payer: the sender is an expected payer of a retainer: the oldest not-yet-covered invoice of
    that retainer in the inflow's asset;
@@ -102,7 +104,7 @@ def match(inflow: Inflow, invoices: Iterable[Candidate]) -> Match:
     attached = [
         inv
         for inv in pool
-        if inv.chain_id == inflow.chain_id
+        if _same_wallet_asset(inflow, inv)
         and (
             (inflow.tx_hash, inflow.log_index) in inv.attached
             or (inflow.tx_hash, None) in inv.attached
@@ -151,6 +153,10 @@ def allocate(
     by_id = {inv.id: inv for inv in invoices}
     have = dict(funded or {})
     need = dict(threshold or {})
+    for inv in list(by_id.values()):
+        # Money allocated before this call may already cover an invoice.
+        if not inv.covered and have.get(inv.id, 0) >= need.get(inv.id, inv.price):
+            by_id[inv.id] = replace(inv, covered=True)
     out: list[Allocation] = []
     seen: set[str] = set()
     for inflow in sorted(inflows, key=lambda i: (i.order, i.uid)):
