@@ -1,0 +1,380 @@
+"""Apprise channels (email, Slack, Telegram, ntfy, ...): one ``apprise.Apprise`` per URL.
+
+The message is written for a person, from the event's stored body: ``render`` turns an event
+into a title and a plain-text body, coping with missing keys, and falls back to listing the
+data for event types it does not know.
+
+Apprise URLs carry passwords and tokens. Nothing here logs a URL; Apprise's own log records
+(and urllib3's, which Apprise uses for HTTP) pass through a filter that redacts every
+configured URL, its secret parts and any other URL, before any handler sees them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import apprise
+
+from watcher.chain.redact import redact_text
+
+#: Loggers whose records may quote an Apprise URL; all of them get the redacting filter.
+LIBRARY_LOGGERS = ("apprise", "urllib3.connectionpool")
+DETAIL_LIMIT = 200
+
+_WARNING_TYPES = {
+    "payment.orphaned",
+    "invoice.underpaid",
+    "invoice.expired",
+    "invoice.needs_review",
+    "retainer.lapsed",
+    "transfer.unassigned",
+    "watcher.degraded",
+    "watcher.unexplained_balance",
+}
+_SUCCESS_TYPES = {"cycle.opened", "payment.finalized", "invoice.paid_late", "watcher.recovered"}
+_FAILURE_TYPES = {"watcher.finality_violation"}
+
+
+# --- words -----------------------------------------------------------------------------------
+
+
+def _text(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or value == "":
+        return None
+    return str(value)
+
+
+def _when(value: Any) -> str | None:
+    """``2026-03-14 10:22 UTC``, or just ``2026-03-14`` at midnight; unparseable text as is."""
+    if not value:
+        return None
+    try:
+        moment = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return str(value)
+    moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
+    if (moment.hour, moment.minute, moment.second) == (0, 0, 0):
+        return f"{moment:%Y-%m-%d}"
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
+def _money(data: Mapping[str, Any], key: str = "amount") -> str | None:
+    amount = _text(data, key)
+    if amount is None:
+        return None
+    asset = _text(data, "asset")
+    return f"{amount} {asset}" if asset else amount
+
+
+def _client(data: Mapping[str, Any], fallback: str = "A client") -> str:
+    return _text(data, "client") or _text(data, "retainer_id") or fallback
+
+
+def _sentence(*parts: str | None) -> str:
+    return " ".join(p for p in parts if p)
+
+
+def _opt(template: str, value: str | None) -> str | None:
+    return template.format(value) if value is not None else None
+
+
+def _tx(data: Mapping[str, Any]) -> list[str]:
+    """The transaction line and its explorer link, when known."""
+    tx = _text(data, "tx_hash")
+    if tx is None:
+        return []
+    lines = [_sentence(f"Transaction {tx}", _opt("(block {})", _text(data, "block_number")))]
+    link = _text(data, "explorer_tx_url")
+    if link is None and (base := _text(data, "explorer_url")):
+        link = f"{base.rstrip('/')}/tx/{tx}"
+    if link:
+        lines.append(link)
+    return ["\n".join(lines)]
+
+
+# --- one renderer per event type: (title, paragraphs) -----------------------------------------
+
+Rendered = tuple[str, list[str]]
+
+
+def _cycle_opened(d: Mapping[str, Any]) -> Rendered:
+    client = _client(d)
+    month = _text(d, "period_index")
+    title = f"{client}: month {month} funded" if month else f"{client}: a month is funded"
+    paid = _sentence(
+        f"{client} paid",
+        f"month {month}" if month else "a month",
+        _opt("of retainer {}", _text(d, "retainer_id")),
+    )
+    amount = _sentence(_money(d), _opt("on {}", _text(d, "chain")))
+    first = f"{paid}: {amount}." if amount else f"{paid}."
+    start, end = _when(d.get("starts_at")), _when(d.get("ends_at"))
+    period = f"The month runs from {start} until {end}." if start and end else None
+    cycle, invoice = _text(d, "cycle_id"), _text(d, "invoice_id")
+    refs = ", ".join(r for r in (_opt("Cycle {}", cycle), _opt("invoice {}", invoice)) if r)
+    second = _sentence(period, f"{refs[:1].upper()}{refs[1:]}." if refs else None)
+    return title, [p for p in (first, second) if p] + _tx(d)
+
+
+def _payment(verb: str, after: str) -> Callable[[Mapping[str, Any]], Rendered]:
+    def render(d: Mapping[str, Any]) -> Rendered:
+        money = _money(d)
+        chain = _opt("on {}", _text(d, "chain"))
+        title = _sentence(f"Payment {verb}:", money or "a payment", chain)
+        text = _sentence(
+            "A payment",
+            _opt("of {}", money),
+            chain,
+            _opt("for invoice {}", _text(d, "invoice_id")),
+            verb,
+        )
+        return title, [f"{text}. {after}", *_tx(d)]
+
+    return render
+
+
+def _invoice(what: str, tail: Callable[[Mapping[str, Any]], str]) -> Callable[..., Rendered]:
+    def render(d: Mapping[str, Any]) -> Rendered:
+        invoice = _opt("invoice {}", _text(d, "invoice_id")) or "an invoice"
+        return f"{_client(d, 'proofwatch')}: {invoice} {what}", [tail(d), *_tx(d)]
+
+    return render
+
+
+def _underpaid(d: Mapping[str, Any]) -> str:
+    got = _money(d, "paid_amount")
+    return _sentence(
+        "Invoice",
+        _text(d, "invoice_id"),
+        f"asks {_money(d) or 'more'};",
+        f"{got} has arrived" if got else "not enough has arrived",
+        _opt("({} missing)", _money(d, "missing")),
+        "and the month is not funded yet.",
+    )
+
+
+def _renewal(d: Mapping[str, Any]) -> Rendered:
+    month = _text(d, "period_index")
+    title = f"{_client(d)}: invoice for month {month or '?'} issued"
+    text = _sentence(
+        "Invoice",
+        _text(d, "invoice_id"),
+        f"asks {_money(d) or 'payment'}",
+        _opt("on {}", _text(d, "chain")),
+        _opt("to {}", _text(d, "pay_to")),
+        _opt("by {}", _when(d.get("due_at"))),
+    )
+    return title, [f"{text}."]
+
+
+def _lapsed(d: Mapping[str, Any]) -> Rendered:
+    text = _sentence(
+        "Retainer",
+        _text(d, "retainer_id"),
+        "has lapsed:",
+        _opt("month {}", _text(d, "last_period_index")) or "the last funded month",
+        _opt("ended {}", _when(d.get("ended_at"))) or "ended",
+        "and the next month was not paid within the grace period",
+        _opt("(invoice {} is still open)", _text(d, "unpaid_invoice_id")),
+    )
+    return f"{_client(d)}: retainer lapsed", [f"{text}."]
+
+
+def _transfer(title: str, after: str) -> Callable[[Mapping[str, Any]], Rendered]:
+    def render(d: Mapping[str, Any]) -> Rendered:
+        money = _money(d) or "A payment"
+        chain = _opt("on {}", _text(d, "chain"))
+        text = _sentence(money, _opt("from {}", _text(d, "from")), "arrived", chain, after)
+        candidates = d.get("candidates")
+        if isinstance(candidates, list) and candidates:
+            text += " Candidates: " + ", ".join(str(c) for c in candidates) + "."
+        if reason := _text(d, "reason"):
+            text += f" Reason: {reason}."
+        return _sentence(title, money, chain), [text, *_tx(d)]
+
+    return render
+
+
+def _watcher(what: str, after: str) -> Callable[[Mapping[str, Any]], Rendered]:
+    def render(d: Mapping[str, Any]) -> Rendered:
+        name = _text(d, "chain")
+        chain = name or "a chain"
+        reason = _text(d, "reason") or _text(d, "error") or _text(d, "detail")
+        subject = f"Chain {name}" if name else "A chain"
+        text = _sentence(f"{subject} {what}" + (f": {reason}." if reason else "."), after)
+        rest = {k: v for k, v in d.items() if k not in ("chain", "reason", "error", "detail")}
+        return f"proofwatch: {chain} {what}", [text, _details(rest)]
+
+    return render
+
+
+_RENDERERS: dict[str, Callable[[Mapping[str, Any]], Rendered]] = {
+    "cycle.opened": _cycle_opened,
+    "payment.detected": _payment("was seen", "It is not final yet; you will hear when it is."),
+    "payment.finalized": _payment("is final", "It can no longer be reorganised away."),
+    "payment.orphaned": _payment(
+        "was dropped by a chain reorganisation", "The invoice waits for payment again."
+    ),
+    "invoice.paid_late": _invoice(
+        "paid late",
+        lambda d: (
+            _sentence("It was paid after its due date", _opt("({})", _when(d.get("due_at"))))
+            + "; the month is funded."
+        ),
+    ),
+    "invoice.underpaid": _invoice("underpaid", _underpaid),
+    "invoice.expired": _invoice(
+        "expired",
+        lambda d: _sentence(
+            "Invoice",
+            _text(d, "invoice_id"),
+            f"for {_money(d) or 'its amount'}",
+            _opt("was due {}", _when(d.get("due_at"))),
+            "and is unpaid past the grace period; it can still be paid.",
+        ),
+    ),
+    "invoice.renewal_issued": _renewal,
+    "invoice.needs_review": _transfer(
+        "Payment needs review:",
+        "and could not be matched to one invoice: see `proofwatch invoice attach`.",
+    ),
+    "transfer.unassigned": _transfer(
+        "Unassigned payment:",
+        "and matches no open invoice: see `proofwatch invoice attach`.",
+    ),
+    "retainer.lapsed": _lapsed,
+    "watcher.degraded": _watcher("is degraded", "Other chains keep being watched."),
+    "watcher.recovered": _watcher("has recovered", "Watching resumes where it stopped."),
+    "watcher.unexplained_balance": _watcher(
+        "has an unexplained balance change", "Check the receiving wallet."
+    ),
+    "watcher.finality_violation": _watcher(
+        "broke finality", "A block believed final was replaced: check the node."
+    ),
+}
+
+
+def _details(data: Mapping[str, Any]) -> str:
+    lines = []
+    for key, value in data.items():
+        if value is None or value == "":
+            continue
+        shown = value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+        lines.append(f"{key}: {shown}")
+    return "\n".join(lines)
+
+
+def render(event: Mapping[str, Any]) -> tuple[str, str]:
+    """(title, plain-text body) for a person, from a stored event body (id, type, ..., data)."""
+    kind = str(event.get("type") or "event")
+    raw = event.get("data")
+    data: Mapping[str, Any] = raw if isinstance(raw, Mapping) else {}
+    renderer = _RENDERERS.get(kind)
+    if renderer is None:
+        title, paragraphs = f"proofwatch: {kind}", [_details(data)]
+    else:
+        title, paragraphs = renderer(data)
+    footer = _sentence(
+        f"Event {event.get('id') or '?'} ({kind})", _opt("created {}", _text(event, "created_at"))
+    )
+    return title, "\n\n".join([*(p for p in paragraphs if p), footer + "."])
+
+
+def notify_type(event_type: str) -> apprise.NotifyType:
+    if event_type in _FAILURE_TYPES:
+        return apprise.NotifyType.FAILURE
+    if event_type in _WARNING_TYPES:
+        return apprise.NotifyType.WARNING
+    if event_type in _SUCCESS_TYPES:
+        return apprise.NotifyType.SUCCESS
+    return apprise.NotifyType.INFO
+
+
+# --- keeping URLs out of logs --------------------------------------------------------------------
+
+
+class _RedactingFilter(logging.Filter):
+    """Rewrites a record's message with every known secret and every URL redacted."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.secrets: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string must not stop the redaction
+            message = str(record.msg)
+        if record.exc_info:
+            message += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+            record.exc_info = None
+            record.exc_text = None
+        record.msg = redact_text(message, self.secrets)
+        record.args = None
+        return True
+
+
+_FILTER = _RedactingFilter()
+
+
+def protect_library_logs(secrets: Iterable[str]) -> None:
+    """Redact ``secrets`` (URLs or plain values) and any URL from Apprise's and urllib3's logs."""
+    _FILTER.secrets.update(s for s in secrets if s)
+    for name in LIBRARY_LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+# --- the channel -------------------------------------------------------------------------------
+
+
+class AppriseChannel:
+    """One configured Apprise URL: its own ``apprise.Apprise`` object, so its own channel."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        *,
+        events: tuple[str, ...],
+        timeout: float = 10.0,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        self.name = name
+        self.events = events
+        self._timeout = timeout
+        self._secrets = (url, *secrets)
+        self._scheme = url.partition("://")[0].lower() or "?"
+        protect_library_logs(self._secrets)
+        self._apprise = apprise.Apprise()
+        self._loaded = bool(self._apprise.add(url))
+
+    def __repr__(self) -> str:
+        return f"AppriseChannel({self.name!r}, {self._scheme}://...)"
+
+    def send(self, event_id: str, body: str) -> tuple[bool, str]:
+        """Render the event for a person and notify; (delivered, short redacted detail)."""
+        if not self._loaded:
+            return False, f"apprise: {self._scheme}:// URL not understood"
+        event = json.loads(body)
+        title, text = render(event)
+        result = self._apprise.notify(
+            body=text,
+            title=title,
+            notify_type=notify_type(str(event.get("type"))),
+            body_format=apprise.NotifyFormat.TEXT,
+            timeout=self._timeout,
+        )
+        with result:
+            if result:
+                return True, "apprise: sent"
+            problems = [e.message for e in result.logs() if e.level in ("WARNING", "ERROR")]
+            status = result.status.name.lower()
+        detail = f"apprise: {status}" + (f": {problems[-1]}" if problems else "")
+        return False, redact_text(detail, self._secrets)[:DETAIL_LIMIT]

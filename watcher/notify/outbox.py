@@ -1,0 +1,347 @@
+"""The delivery job: every outbox event to every channel that wants it, with a record per attempt.
+
+One run of ``deliver_due``:
+
+1. **Fan-out.** Each event not yet fanned out gets one ``Delivery`` row per configured channel
+   whose event filter matches, due at once; all in one transaction with ``fanned_out = True``.
+   Channels configured later receive later events only.
+2. **Delivery.** Due pending deliveries are attempted in event order. Each attempt happens
+   outside any transaction; its result (a ``DeliveryAttempt`` and the updated ``Delivery``) is
+   committed in its own transaction right after. A crash between the two repeats that one
+   delivery, with the same event id and body: delivery is at least once, never lost.
+
+Channels are independent. Every delivery has its own retry schedule (``backoff``), so a
+failing channel never holds back other channels, and a poisoned event (one a receiver keeps
+refusing) never holds back later events on its own channel either. Within one run, once a
+channel fails, its remaining due deliveries are left for the next run (no attempt recorded,
+no backoff step used), so a receiver that is down gets one request per run, not one per
+event. The price is ordering: after an outage a channel may receive a newer event before an
+older one whose retry is not due yet. Receivers order by ``created_at`` and de-duplicate on
+``id``.
+
+Channel names are ``webhook:<i>`` and ``apprise:<i>`` (position in the config), never URLs;
+logs use these names only.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol
+
+import structlog
+from sqlalchemy.engine import Engine
+from sqlmodel import col, func, select
+
+from watcher.chain.redact import redact_text
+from watcher.errors import NotFound, Refused
+from watcher.notify import backoff
+from watcher.notify.apprise_channel import AppriseChannel, protect_library_logs
+from watcher.notify.webhook import WebhookChannel
+from watcher.settings import Settings
+from watcher.store.db import read_session, transaction
+from watcher.store.outbox import iso
+from watcher.store.tables import Delivery, DeliveryAttempt, OutboxEvent
+
+log = structlog.get_logger("watcher.notify")
+
+PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+DETAIL_LIMIT = 200
+
+
+class Channel(Protocol):
+    """A destination for events: a webhook, an Apprise URL, or a test double."""
+
+    @property
+    def name(self) -> str:
+        """Stable name used in ``deliveries.channel`` and in logs (never a URL)."""
+
+    @property
+    def events(self) -> tuple[str, ...]:
+        """Event filter: exact types, ``"prefix.*"`` or ``"*"``."""
+
+    def send(self, event_id: str, body: str) -> tuple[bool, str]:
+        """Deliver the stored ``body`` of event ``event_id`` once.
+
+        Returns (delivered, detail): a short reason with no URL or secret in it. Should not
+        raise; an exception counts as a failed attempt.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryReport:
+    """What one ``deliver_due`` run did."""
+
+    events_fanned_out: int = 0
+    deliveries_created: int = 0
+    delivered: int = 0
+    failed: int = 0  # failed and scheduled again
+    dead: int = 0  # failed for the last time
+    deferred: int = 0  # due, but left for the next run: their channel failed earlier this run
+    unconfigured: int = 0  # due, but their channel is no longer in the config: left pending
+
+
+def wants(patterns: Iterable[str], event_type: str) -> bool:
+    """Whether an event filter (``"cycle.opened"``, ``"watcher.*"``, ``"*"``) selects a type."""
+    for pattern in patterns:
+        if pattern in ("*", event_type):
+            return True
+        if pattern.endswith(".*") and event_type.startswith(pattern[:-1]):
+            return True
+    return False
+
+
+def build_channels(settings: Settings) -> list[Channel]:
+    """The configured channels: ``webhook:<i>`` then ``apprise:<i>``, in config order."""
+    notify = settings.notify
+    secrets = _secrets(settings)
+    channels: list[Channel] = [
+        WebhookChannel(
+            f"webhook:{i}", hook.url, hook.secret, events=hook.events, timeout=notify.timeout
+        )
+        for i, hook in enumerate(notify.webhooks)
+    ]
+    channels += [
+        AppriseChannel(
+            f"apprise:{i}",
+            url,
+            events=notify.apprise_events,
+            timeout=notify.timeout,
+            secrets=secrets,
+        )
+        for i, url in enumerate(notify.urls)
+    ]
+    return channels
+
+
+def _secrets(settings: Settings) -> tuple[str, ...]:
+    notify = settings.notify
+    hooks = [v for hook in notify.webhooks for v in (hook.url, hook.secret)]
+    return tuple(s for s in (*settings.secrets, *notify.urls, *hooks) if s)
+
+
+# --- fan-out ---------------------------------------------------------------------------------
+
+
+def fan_out(
+    engine: Engine, channels: Sequence[Channel], now: datetime, limit: int
+) -> tuple[int, int]:
+    """Create the deliveries of up to ``limit`` new events; (events, deliveries) created."""
+    created = 0
+    with transaction(engine) as session:
+        events = session.exec(
+            select(OutboxEvent)
+            .where(OutboxEvent.fanned_out == False)  # noqa: E712
+            .order_by(col(OutboxEvent.seq))
+            .limit(limit)
+        ).all()
+        for event in events:
+            existing = set(
+                session.exec(select(Delivery.channel).where(Delivery.event_id == event.id)).all()
+            )
+            for channel in channels:
+                if channel.name in existing or not wants(channel.events, event.type):
+                    continue
+                session.add(Delivery(event_id=event.id, channel=channel.name, next_attempt_at=now))
+                created += 1
+            event.fanned_out = True
+            session.add(event)
+    return len(events), created
+
+
+# --- delivery --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Due:
+    seq: int
+    delivery_id: int
+    event_id: str
+    event_type: str
+    created_at: datetime
+    channel: str
+    body: str
+
+
+def _due(engine: Engine, now: datetime, channels: Iterable[str], limit: int) -> list[_Due]:
+    """Up to ``limit`` due deliveries per channel, merged in event order.
+
+    Per channel, so that a backlog on one channel never crowds another out of a run.
+    """
+    found: list[_Due] = []
+    with read_session(engine) as session:
+        for channel in channels:
+            rows = session.exec(
+                select(Delivery, OutboxEvent)
+                .join(OutboxEvent, col(OutboxEvent.id) == col(Delivery.event_id))
+                .where(
+                    Delivery.channel == channel,
+                    Delivery.status == PENDING,
+                    col(Delivery.next_attempt_at) <= now,
+                )
+                .order_by(col(OutboxEvent.seq))
+                .limit(limit)
+            ).all()
+            found += [
+                _Due(e.seq or 0, d.id or 0, e.id, e.type, e.created_at, d.channel, e.body)
+                for d, e in rows
+            ]
+    return sorted(found, key=lambda due: (due.seq, due.channel))
+
+
+def _count_unconfigured(engine: Engine, now: datetime, channels: Iterable[str]) -> int:
+    with read_session(engine) as session:
+        return session.exec(
+            select(func.count())
+            .select_from(Delivery)
+            .where(
+                Delivery.status == PENDING,
+                col(Delivery.next_attempt_at) <= now,
+                col(Delivery.channel).not_in(list(channels)),
+            )
+        ).one()
+
+
+def _attempt(channel: Channel, due: _Due, secrets: Sequence[str]) -> tuple[bool, str]:
+    """One send, never raising; the detail is redacted and short."""
+    try:
+        ok, detail = channel.send(due.event_id, due.body)
+    except Exception as exc:  # a channel bug must not stop the other deliveries
+        ok, detail = False, f"channel error ({type(exc).__name__})"
+    return ok, redact_text(detail, secrets)[:DETAIL_LIMIT]
+
+
+@dataclass(frozen=True, slots=True)
+class _Result:
+    status: str
+    attempts: int
+    retry_at: datetime | None
+
+
+def _record(
+    engine: Engine,
+    due: _Due,
+    ok: bool,
+    detail: str,
+    at: datetime,
+    rand: Callable[[], float],
+) -> _Result | None:
+    """Commit one attempt's result; None if the delivery left ``pending`` meanwhile."""
+    with transaction(engine) as session:
+        delivery = session.get(Delivery, due.delivery_id)
+        if delivery is None or delivery.status != PENDING:
+            return None
+        session.add(DeliveryAttempt(delivery_id=due.delivery_id, at=at, ok=ok, detail=detail))
+        delivery.attempts += 1
+        retry_at: datetime | None = None
+        if ok:
+            delivery.status = DELIVERED
+            delivery.delivered_at = at
+            delivery.last_error = None
+        else:
+            delivery.last_error = detail
+            retry_at = backoff.next_attempt(
+                failures=delivery.attempts, failed_at=at, created_at=due.created_at, rand=rand
+            )
+            if retry_at is None:
+                delivery.status = DEAD
+            else:
+                delivery.next_attempt_at = retry_at
+        session.add(delivery)
+        result = _Result(delivery.status, delivery.attempts, retry_at)
+    fields = {"event_id": due.event_id, "type": due.event_type, "channel": due.channel}
+    if ok:
+        log.info("notify.delivered", **fields, attempts=result.attempts)
+    elif result.status == DEAD:
+        log.error("notify.dead", **fields, attempts=result.attempts, reason=detail)
+    else:
+        log.warning(
+            "notify.failed",
+            **fields,
+            attempts=result.attempts,
+            reason=detail,
+            retry_at=iso(retry_at),
+        )
+    return result
+
+
+def deliver_due(
+    engine: Engine,
+    settings: Settings,
+    now: Callable[[], datetime],
+    *,
+    channels: Sequence[Channel] | None = None,
+    max_events: int = 100,
+    rand: Callable[[], float] = random.random,
+) -> DeliveryReport:
+    """Fan out new events, then attempt every due delivery once (see the module docstring).
+
+    ``channels`` defaults to ``build_channels(settings)``; ``rand`` feeds the backoff jitter;
+    ``max_events`` bounds both the events fanned out and the deliveries tried per channel.
+    Deliveries of channels that are no longer configured stay pending, untouched, and are
+    counted in ``unconfigured``: putting the channel back in the config resumes them.
+    """
+    chans = list(build_channels(settings) if channels is None else channels)
+    by_name = {c.name: c for c in chans}
+    secrets = _secrets(settings)
+    protect_library_logs(secrets)  # urllib3 logs webhook paths, which may hold tokens
+    events, created = fan_out(engine, chans, now(), max_events)
+    counts = {DELIVERED: 0, PENDING: 0, DEAD: 0}
+    deferred = 0
+    failed_this_run: set[str] = set()
+    for due in _due(engine, now(), by_name, max_events):
+        if due.channel in failed_this_run:
+            deferred += 1
+            continue
+        ok, detail = _attempt(by_name[due.channel], due, secrets)
+        result = _record(engine, due, ok, detail, now(), rand)
+        if result is not None:
+            counts[result.status] += 1
+        if not ok:
+            failed_this_run.add(due.channel)
+    return DeliveryReport(
+        events_fanned_out=events,
+        deliveries_created=created,
+        delivered=counts[DELIVERED],
+        failed=counts[PENDING],
+        dead=counts[DEAD],
+        deferred=deferred,
+        unconfigured=_count_unconfigured(engine, now(), by_name),
+    )
+
+
+# --- the operator's retry --------------------------------------------------------------------
+
+
+def normalise_event_id(text: str) -> str:
+    cleaned = text.strip()
+    if cleaned[:4].upper() == "EVT-":
+        return "EVT-" + cleaned[4:].lower()
+    return cleaned
+
+
+def retry_dead(engine: Engine, event_id: str, now: datetime) -> int:
+    """Re-queue every dead delivery of an event, due at once; returns how many.
+
+    The re-queued delivery starts its retry ladder again (see ``backoff``). Raises ``NotFound``
+    for an unknown event and ``Refused`` when none of its deliveries is dead.
+    """
+    eid = normalise_event_id(event_id)
+    with transaction(engine) as session:
+        if session.exec(select(OutboxEvent.id).where(OutboxEvent.id == eid)).first() is None:
+            raise NotFound(f"event {event_id!r} not found")
+        dead = session.exec(
+            select(Delivery).where(Delivery.event_id == eid, Delivery.status == DEAD)
+        ).all()
+        if not dead:
+            raise Refused(f"event {eid} has no dead-lettered delivery to retry")
+        for delivery in dead:
+            delivery.status = PENDING
+            delivery.attempts = 0
+            delivery.next_attempt_at = now
+            session.add(delivery)
+        channels = sorted(d.channel for d in dead)
+    log.info("notify.requeued", event_id=eid, channels=channels)
+    return len(channels)
