@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
@@ -18,6 +17,7 @@ from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import ScanReport, scan_chain
 from watcher.errors import WatcherError
 from watcher.ledger import Context
+from watcher.notify.outbox import Channel, DeliveryReport, build_channels, deliver_due
 from watcher.renewals import RenewalReport, run_renewals
 from watcher.settings import ChainSettings
 from watcher.settlement import Settlement
@@ -31,7 +31,7 @@ Progress = Callable[[int, int], None]
 class TickReport:
     scans: dict[str, ScanReport | str] = field(default_factory=dict)  # chain -> report or error
     renewals: RenewalReport | None = None
-    delivery: Any = None
+    delivery: DeliveryReport | None = None
 
     @property
     def failed_chains(self) -> list[str]:
@@ -45,6 +45,7 @@ class Watcher:
         self.ctx = ctx
         self._pools: dict[str, RpcPool] = {}
         self._decimals: dict[tuple[str, str], int] = {}
+        self._channels: list[Channel] | None = None
         self.settlement = Settlement(ctx.settings, ctx.now, token_decimals=self.token_decimals)
 
     def pool(self, chain: ChainSettings) -> RpcPool:
@@ -90,10 +91,12 @@ class Watcher:
     def renew(self) -> RenewalReport:
         return run_renewals(self.ctx.engine, self.ctx.settings, self.ctx.now())
 
-    def deliver(self) -> Any:
-        from watcher.notify.outbox import deliver_due
-
-        return deliver_due(self.ctx.engine, self.ctx.settings, self.ctx.now)
+    def deliver(self) -> DeliveryReport:
+        if self._channels is None:
+            self._channels = build_channels(self.ctx.settings)
+        return deliver_due(
+            self.ctx.engine, self.ctx.settings, self.ctx.now, channels=self._channels
+        )
 
     def tick(self) -> TickReport:
         """One round of every scheduled job; a failing chain does not stop the others."""
