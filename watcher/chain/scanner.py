@@ -1,0 +1,494 @@
+"""One poll of one chain: detect inflows up to the head, follow reorgs, mark transfers final.
+
+The cursor is the last block fully scanned. Each chunk's transfers, block hashes, balance and
+the new cursor commit in one transaction (``ScanHooks.found`` runs inside it), so a crash never
+leaves a gap or a half-stored block. The scanner never reads invoices: a poll's cost depends on
+the chain, not on how many invoices are open.
+
+Re-found transfers: a reorg marks the transfers above the common ancestor ``orphaned``; if the
+same transfer (same uid: tx hash, kind, log index / trace position) shows up again in the new
+branch, its row is reused: status back to ``seen``, block number and hash updated,
+``detected_at`` kept from the first sighting, and ``found`` is called for it again. A transfer
+that lands at another log index has another uid: a new row, the old one stays ``orphaned``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Protocol
+from weakref import WeakKeyDictionary
+
+import structlog
+from sqlalchemy import ColumnElement, delete, func
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from watcher.chain import sources
+from watcher.chain.redact import redact_text
+from watcher.chain.rpc import RpcPool
+from watcher.chain.sources import Chunk, Inflow
+from watcher.domain.finality import (
+    FinalityViolation,
+    RangeSizer,
+    Rewind,
+    decide_reorg,
+    final_block,
+    finality_tag,
+    unexplained_growth,
+)
+from watcher.errors import Refused, RpcError, WatcherError
+from watcher.settings import ChainSettings
+from watcher.store.db import read_session, transaction
+from watcher.store.outbox import emit
+from watcher.store.tables import BlockHash, ChainState, Transfer
+
+log = structlog.get_logger("watcher.chain.scanner")
+
+POSTS_PER_CHUNK = 2  # a chunk's blocks fill this many batches of pool.max_batch entries
+MAX_CHUNK_BLOCKS = 1000
+MAX_REORGS_PER_POLL = 3
+
+# Range widths learned per pool (one pool per chain, living as long as the daemon).
+_SIZERS: WeakKeyDictionary[RpcPool, dict[str, RangeSizer]] = WeakKeyDictionary()
+
+
+class ScanHooks(Protocol):
+    """What settlement does with transfers; every call runs inside the scanner's transaction,
+    so allocations, releases and settlements commit atomically with the cursor and statuses."""
+
+    def found(self, session: Session, transfers: list[Transfer]) -> None:
+        """New (or re-found after a reorg) transfers, status ``seen``."""
+
+    def orphaned(self, session: Session, transfers: list[Transfer]) -> None:
+        """Transfers that left the chain (status ``orphaned`` already set)."""
+
+    def finalized(self, session: Session, transfers: list[Transfer]) -> None:
+        """Transfers whose receipt was re-read at finality (status ``final`` already set)."""
+
+
+class _NoHooks:
+    def found(self, session: Session, transfers: list[Transfer]) -> None:
+        """Nothing to do."""
+
+    def orphaned(self, session: Session, transfers: list[Transfer]) -> None:
+        """Nothing to do."""
+
+    def finalized(self, session: Session, transfers: list[Transfer]) -> None:
+        """Nothing to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class ScanReport:
+    """What one poll of one chain saw and did."""
+
+    chain: str
+    head: int
+    final_block: int
+    cursor_before: int
+    cursor_after: int
+    found: int
+    orphaned: int
+    finalized: int
+    requests: int  # HTTP POSTs sent to the RPC pool during the poll
+    reorgs: int = 0
+    unexplained: int = 0  # watcher.unexplained_balance events raised
+
+
+def transfer_uid(chain_id: int, tx_hash: str, kind: str, log_index: int | None) -> str:
+    return f"{chain_id}:{tx_hash}:{kind}:{'' if log_index is None else log_index}"
+
+
+def scan_chain(
+    chain: ChainSettings,
+    pool: RpcPool,
+    engine: Engine,
+    now: Callable[[], datetime],
+    *,
+    hooks: ScanHooks | None = None,
+    from_block: int | None = None,
+    to_block: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> ScanReport:
+    """One poll: head and final block, reorg check, scan up to the head (or ``to_block``),
+    balance guard, finality. Idle (no new block, nothing awaiting finality) it costs 1 request.
+
+    ``from_block`` starts a new cursor there, or rewinds an existing one to rescan (transfers
+    already stored are not duplicated); it may not skip blocks past the cursor (``Refused``).
+    ``progress(cursor, target)`` is called after each chunk. Raises ``RpcError`` when the node
+    cannot be read (the cursor stays at the last complete chunk) and ``FinalityViolation``
+    when a reorg reaches below a final transfer; both are recorded in ``ChainState``.
+    """
+    scan = _ChainScan(chain, pool, engine, now, hooks or _NoHooks(), progress)
+    return scan.run(from_block, to_block)
+
+
+class _ChainScan:
+    def __init__(
+        self,
+        chain: ChainSettings,
+        pool: RpcPool,
+        engine: Engine,
+        now: Callable[[], datetime],
+        hooks: ScanHooks,
+        progress: Callable[[int, int], None] | None,
+    ) -> None:
+        self.chain, self.pool, self.engine, self.now = chain, pool, engine, now
+        self.hooks, self.progress = hooks, progress
+        self.log = log.bind(chain=chain.name)
+        self.sizers = _SIZERS.setdefault(pool, {})
+        for method in ("eth_getLogs", "trace_filter"):
+            self.sizers.setdefault(method, RangeSizer(max(1, chain.max_log_range)))
+        self.cursor = -1
+        self.cursor_hash: str | None = None
+        self.balance: int | None = None
+        self.counts = {"found": 0, "orphaned": 0, "finalized": 0, "reorgs": 0, "unexplained": 0}
+
+    # -- the poll ----------------------------------------------------------------------------
+
+    def run(self, from_block: int | None, to_block: int | None) -> ScanReport:
+        requests_before = self.pool.request_count
+        self._load_state(from_block)
+        cursor_before = self.cursor
+        try:
+            head, head_hash, final = self._head()
+            target = head if to_block is None else min(head, to_block)
+            if self.cursor_hash is not None and (
+                head < self.cursor or (head == self.cursor and head_hash != self.cursor_hash)
+            ):
+                self._reorg(head)
+            if self.cursor < target or self._waiting(final):
+                self._scan_to(target)
+                self._finalize(final)
+            else:
+                self.log.debug("scan.idle", head=head, cursor=self.cursor)
+            self._record(head=head, final=final, error=None)
+        except WatcherError as exc:
+            self._record(head=None, final=None, error=exc)
+            raise
+        report = ScanReport(
+            chain=self.chain.name,
+            head=head,
+            final_block=final,
+            cursor_before=cursor_before,
+            cursor_after=self.cursor,
+            requests=self.pool.request_count - requests_before,
+            **self.counts,
+        )
+        log.info("scan.done", **asdict(report))
+        return report
+
+    def _load_state(self, from_block: int | None) -> None:
+        chain = self.chain
+        with transaction(self.engine) as session:
+            state = session.get(ChainState, chain.name)
+            if state is None:
+                state = ChainState(chain=chain.name, chain_id=chain.chain_id)
+            elif state.chain_id != chain.chain_id:
+                raise Refused(
+                    f"chain {chain.name}: the database holds chain id {state.chain_id}, "
+                    f"the configuration says {chain.chain_id}"
+                )
+            if state.cursor is None:
+                state.cursor = (chain.start_block if from_block is None else from_block) - 1
+            elif from_block is not None and from_block - 1 > state.cursor:
+                raise Refused(
+                    f"chain {chain.name}: --from {from_block} would skip blocks "
+                    f"{state.cursor + 1}..{from_block - 1} (the cursor is at {state.cursor})"
+                )
+            elif from_block is not None and from_block - 1 < state.cursor:
+                row = session.get(BlockHash, (chain.name, from_block - 1))
+                state.cursor, state.cursor_hash = from_block - 1, row.hash if row else None
+                state.balance = None
+                self.log.info("scan.rewind", cursor=state.cursor)
+            session.add(state)
+            self.cursor, self.cursor_hash, self.balance = (
+                state.cursor, state.cursor_hash, state.balance
+            )  # fmt: skip
+
+    def _head(self) -> tuple[int, str, int]:
+        """Head number and hash and the final block, in one request."""
+        tag = finality_tag(self.chain.finality)
+        calls = [sources.block_call("latest")] + ([sources.block_call(tag)] if tag else [])
+        answers = self.pool.batch(calls)
+        head = sources.parse_block(answers[0], -1)
+        tag_number = sources.parse_block(answers[1], -1).number if tag else None
+        return head.number, head.hash, final_block(self.chain.finality, head.number, tag_number)
+
+    def _waiting(self, final: int) -> list[Transfer]:
+        """Seen transfers at or below the final block: due for the receipt check."""
+        with read_session(self.engine) as session:
+            query = select(Transfer).where(
+                Transfer.chain == self.chain.name,
+                Transfer.status == "seen",
+                Transfer.block_number <= final,
+            )
+            return list(session.exec(query.order_by(col(Transfer.block_number), col(Transfer.id))))
+
+    # -- scanning ----------------------------------------------------------------------------
+
+    def _chunk_width(self) -> int:
+        """Blocks per chunk: enough to fill POSTS_PER_CHUNK batches of the pool."""
+        chain = self.chain
+        extras = bool(chain.tokens) + (chain.internal == "trace_filter") + 2 * chain.balance_guard
+        per_block = 2 if chain.internal == "debug_trace" else 1
+        width = (self.pool.max_batch * POSTS_PER_CHUNK - extras) // per_block
+        return max(1, min(MAX_CHUNK_BLOCKS, width))
+
+    def _scan_to(self, target: int) -> None:
+        width = self._chunk_width()
+        if self.progress is not None:
+            self.progress(self.cursor, target)
+        while self.cursor < target:
+            first, last = self.cursor + 1, min(target, self.cursor + width)
+            try:
+                chunk = sources.fetch_chunk(
+                    self.pool, self.chain, first, last, self.sizers,
+                    parent_hash=self.cursor_hash, balance_before=self.balance is None,
+                )  # fmt: skip
+            except sources.ChainMoved as exc:
+                self.log.warning("scan.chain_moved", first=first, last=last, reason=str(exc))
+                return  # the next poll sees where the chain settled
+            if not chunk.linked:
+                if self.counts["reorgs"] >= MAX_REORGS_PER_POLL:
+                    raise WatcherError(f"chain {self.chain.name}: the chain keeps reorganising")
+                self._reorg(last)
+                continue
+            self._commit(chunk)
+            if self.progress is not None:
+                self.progress(self.cursor, target)
+
+    def _commit(self, chunk: Chunk) -> None:
+        """The chunk's transfers, block hashes, balance and the cursor, in one transaction."""
+        chain, last_hash = self.chain, chunk.blocks[-1].hash
+        event = self._balance_guard(chunk)
+        with transaction(self.engine) as session:
+            found = self._store(session, chunk.inflows)
+            if found:
+                self.hooks.found(session, found)
+            self._drop_hashes(session, col(BlockHash.number).between(chunk.first, chunk.last))
+            self._drop_hashes(session, col(BlockHash.number) <= chunk.last - chain.reorg_depth)
+            session.add_all(
+                BlockHash(chain=chain.name, number=b.number, hash=b.hash, parent_hash=b.parent_hash)
+                for b in chunk.blocks[-chain.reorg_depth :]
+            )
+            if event is not None:
+                key = f"watcher.unexplained_balance:{chain.name}:{chunk.first}:{chunk.last}"
+                emit(session, "watcher.unexplained_balance", event, dedupe_key=key, now=self.now())
+            self._move_cursor(session, chunk.last, last_hash, self.balance)
+        self.counts["found"] += len(found)
+        self.log.info("scan.chunk", first=chunk.first, last=chunk.last, found=len(found))
+
+    def _drop_hashes(self, session: Session, where: ColumnElement[bool]) -> None:
+        session.execute(delete(BlockHash).where(col(BlockHash.chain) == self.chain.name, where))
+
+    def _move_cursor(
+        self, session: Session, cursor: int, cursor_hash: str, balance: int | None
+    ) -> None:
+        state = session.get(ChainState, self.chain.name)
+        assert state is not None
+        state.cursor, state.cursor_hash, state.balance = cursor, cursor_hash, balance
+        session.add(state)
+        self.cursor, self.cursor_hash, self.balance = cursor, cursor_hash, balance
+
+    def _store(self, session: Session, inflows: Sequence[Inflow]) -> list[Transfer]:
+        """Insert new transfers and revive orphaned ones found again; returns both."""
+        chain, now = self.chain, self.now()
+        uids = {transfer_uid(chain.chain_id, i.tx_hash, i.kind, i.log_index): i for i in inflows}
+        query = select(Transfer).where(col(Transfer.uid).in_(list(uids)))
+        existing = {t.uid: t for t in session.exec(query)}
+        found: list[Transfer] = []
+        for uid, i in uids.items():
+            row = existing.get(uid)
+            if row is None:
+                token = i.token
+                row = Transfer(
+                    uid=uid, chain=chain.name, chain_id=chain.chain_id, kind=i.kind,
+                    tx_hash=i.tx_hash, log_index=i.log_index, block_number=i.block_number,
+                    block_hash=i.block_hash, from_address=i.from_address,
+                    to_address=chain.receiving_address, amount=i.amount, detected_at=now,
+                    asset=token.symbol if token else chain.native_symbol,
+                    token_address=token.address if token else None,
+                    decimals=token.decimals if token else sources.NATIVE_DECIMALS,
+                )  # fmt: skip
+            elif row.status == "final" or (row.status == "seen" and row.block_hash == i.block_hash):
+                continue  # known as it is (a rescan); a final row is never rewritten
+            else:  # orphaned and found again, or (rescan) seen on a branch since replaced
+                refound = row.status == "orphaned"
+                row.status, row.block_number, row.block_hash = "seen", i.block_number, i.block_hash
+                row.from_address, row.amount = i.from_address, i.amount
+                if not refound:
+                    session.add(row)
+                    continue
+            session.add(row)
+            found.append(row)
+            self.log.info(
+                "scan.found", kind=row.kind, tx=row.tx_hash, log_index=row.log_index,
+                block=row.block_number, asset=row.asset, amount=str(row.amount),
+                refound=row.id is not None,
+            )  # fmt: skip
+        session.flush()
+        return found
+
+    # -- reorgs ------------------------------------------------------------------------------
+
+    def _reorg(self, head: int) -> None:
+        """The block at the cursor left the chain: rewind to the common ancestor, or refuse."""
+        chain = self.chain
+        with read_session(self.engine) as session:
+            hashes = select(BlockHash).where(
+                BlockHash.chain == chain.name, BlockHash.number <= self.cursor
+            )
+            stored = {b.number: b.hash for b in session.exec(hashes)}
+            floor = session.exec(
+                select(func.max(Transfer.block_number)).where(
+                    Transfer.chain == chain.name, Transfer.status == "final"
+                )
+            ).one()
+        theirs = sources.block_hashes(self.pool, [n for n in stored if n <= head])
+        decision = decide_reorg(self.cursor, stored, theirs, final_floor=floor)
+        if not isinstance(decision, Rewind):
+            raise self._violation(decision.reason, decision.ancestor)
+        ancestor = decision.ancestor
+        with transaction(self.engine) as session:
+            query = select(Transfer).where(
+                Transfer.chain == chain.name,
+                Transfer.status == "seen",
+                Transfer.block_number > ancestor,
+            )
+            orphans = list(session.exec(query))
+            for transfer in orphans:
+                transfer.status = "orphaned"
+                session.add(transfer)
+            if orphans:
+                self.hooks.orphaned(session, orphans)
+            self._drop_hashes(session, col(BlockHash.number) > ancestor)
+            self._move_cursor(session, ancestor, stored[ancestor], None)
+        self.log.warning(
+            "scan.reorg", ancestor=ancestor, depth=decision.depth, orphaned=len(orphans)
+        )
+        for t in orphans:
+            self.log.warning("scan.orphaned", tx=t.tx_hash, kind=t.kind, block=t.block_number)
+        self.counts["orphaned"] += len(orphans)
+        self.counts["reorgs"] += 1
+
+    def _violation(self, reason: str, ancestor: int | None) -> FinalityViolation:
+        """Record and shout about a reorg below final data; the error to raise."""
+        chain = self.chain
+        data = {
+            "chain": chain.name, "chain_id": chain.chain_id, "cursor": self.cursor,
+            "cursor_hash": self.cursor_hash, "ancestor": ancestor, "reason": reason,
+        }  # fmt: skip
+        key = f"watcher.finality_violation:{chain.name}:{self.cursor}:{self.cursor_hash}"
+        with transaction(self.engine) as session:
+            emit(session, "watcher.finality_violation", data, dedupe_key=key, now=self.now())
+        log.error("scan.finality_violation", **data)
+        return FinalityViolation(
+            f"chain {chain.name}: finality violation: {reason}; final transfers are kept as "
+            "they are and this chain's scan stops until an operator looks"
+        )
+
+    # -- balance guard -----------------------------------------------------------------------
+
+    def _balance_guard(self, chunk: Chunk) -> dict[str, object] | None:
+        """The event to raise if the wallet's balance grew over the chunk more than the found
+        inflows explain (None otherwise); carries the balance forward in ``self.balance``."""
+        if not self.chain.balance_guard:
+            return None
+        before = self.balance if self.balance is not None else chunk.balance_before
+        after = self.balance = chunk.balance_after
+        if before is None or after is None:
+            self.log.warning("scan.balance_unavailable", first=chunk.first, last=chunk.last)
+            return None
+        explained = sum(chunk.explained.values())
+        excess = unexplained_growth(before, after, explained)
+        if excess <= 0:
+            return None
+        wallet = self.chain.receiving_address
+        try:
+            block: int | None = sources.locate_jump(
+                self.pool, wallet, chunk.first, chunk.last, before, chunk.explained
+            )
+        except RpcError as exc:
+            block = None
+            self.log.warning("scan.balance_locate_failed", reason=str(exc))
+        data: dict[str, object] = {
+            "chain": self.chain.name, "chain_id": self.chain.chain_id, "address": wallet,
+            "from_block": chunk.first, "to_block": chunk.last, "block": block,
+            "expected_growth": str(explained), "actual_growth": str(after - before),
+            "unexplained": str(excess),
+        }  # fmt: skip
+        log.warning("scan.unexplained_balance", **data)
+        self.counts["unexplained"] += 1
+        return data
+
+    # -- finality ----------------------------------------------------------------------------
+
+    def _finalize(self, final: int) -> None:
+        """Re-read the receipts of seen transfers at or below the final block: mark them final,
+        or orphaned when their block has left the chain.
+
+        A receipt that disagrees while the transfer's block is still on the chain is a node's
+        glitch (a lagging backend behind a load balancer), not a reorg: it waits for next poll.
+        """
+        waiting = self._waiting(final)
+        if not waiting:
+            return
+        wallet = self.chain.receiving_address
+        receipts, _ = sources.read_receipts(self.pool, sorted({t.tx_hash for t in waiting}))
+        doubts = {
+            t.id: why for t in waiting
+            if (why := sources.receipt_disagrees(t, receipts[t.tx_hash], wallet))
+        }  # fmt: skip
+        doubted = {t.block_number: t.block_hash for t in waiting if t.id in doubts}
+        chain_now = sources.block_hashes(self.pool, list(doubted))
+        done: list[Transfer] = []
+        lost: list[Transfer] = []
+        with transaction(self.engine) as session:
+            for t in waiting:
+                row = session.get(Transfer, t.id)
+                if row is None or row.status != "seen":
+                    continue
+                if row.id not in doubts:
+                    row.status, row.finalized_at, row.final_block = "final", self.now(), final
+                    done.append(row)
+                elif not sources.same(chain_now.get(row.block_number), row.block_hash):
+                    row.status = "orphaned"
+                    lost.append(row)
+                else:
+                    self.log.warning("scan.receipt_inconsistent", tx=row.tx_hash,
+                                     block=row.block_number, reason=doubts[row.id])  # fmt: skip
+                session.add(row)
+            session.flush()
+            if lost:
+                self.hooks.orphaned(session, lost)
+            if done:
+                self.hooks.finalized(session, done)
+        for row in lost:
+            self.log.warning("scan.orphaned", tx=row.tx_hash, kind=row.kind,
+                             block=row.block_number, reason=doubts[row.id])  # fmt: skip
+        for row in done:
+            self.log.info("scan.finalized", tx=row.tx_hash, kind=row.kind, block=row.block_number,
+                          log_index=row.log_index, final_block=final)  # fmt: skip
+        self.counts["finalized"] += len(done)
+        self.counts["orphaned"] += len(lost)
+
+    # -- chain state -------------------------------------------------------------------------
+
+    def _record(self, *, head: int | None, final: int | None, error: WatcherError | None) -> None:
+        """What this poll saw, in ChainState; an error's message is redacted."""
+        now = self.now()
+        with transaction(self.engine) as session:
+            state = session.get(ChainState, self.chain.name)
+            if state is None:
+                return
+            state.last_poll_at = now
+            if error is None:
+                state.head, state.final_block = head, final
+                state.last_ok_at, state.rpc_ok, state.last_error = now, True, None
+            else:
+                state.last_error = redact_text(str(error), self.chain.rpc_urls)
+                state.rpc_ok = not isinstance(error, RpcError)
+                self.log.error("scan.failed", error=state.last_error, kind=type(error).__name__)
+            session.add(state)
