@@ -15,6 +15,7 @@ from eth_utils import to_checksum_address
 from sqlmodel import select
 
 from watcher.chain.rpc import RpcPool
+from watcher.chain.scanner import transfer_uid
 from watcher.chain.sources import TRANSFER_TOPIC, address_topic, decode_amount, same
 from watcher.domain.addresses import parse_tx_hash
 from watcher.errors import BadInput, Refused
@@ -24,10 +25,6 @@ from watcher.settings import ChainSettings
 from watcher.settlement import Settlement
 from watcher.store.db import transaction
 from watcher.store.tables import Allocation, Attachment, Invoice, Transfer
-
-
-def transfer_uid(chain_id: int, tx_hash: str, kind: str, log_index: int | None) -> str:
-    return f"{chain_id}:{tx_hash}:{kind}:{'' if log_index is None else log_index}"
 
 
 @dataclass(frozen=True)

@@ -46,3 +46,7 @@ class RpcError(WatcherError):
 
 class RangeTooLarge(RpcError):
     """The provider refused an ``eth_getLogs`` range or result size; split the range and retry."""
+
+
+class FinalityViolation(WatcherError):
+    """A reorg reached below data already treated as final: proofs must not be rewritten."""

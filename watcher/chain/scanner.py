@@ -30,7 +30,6 @@ from watcher.chain.redact import redact_text
 from watcher.chain.rpc import RpcPool
 from watcher.chain.sources import Chunk, Inflow
 from watcher.domain.finality import (
-    FinalityViolation,
     RangeSizer,
     Rewind,
     decide_reorg,
@@ -38,7 +37,7 @@ from watcher.domain.finality import (
     finality_tag,
     unexplained_growth,
 )
-from watcher.errors import Refused, RpcError, WatcherError
+from watcher.errors import FinalityViolation, Refused, RpcError, WatcherError
 from watcher.settings import ChainSettings
 from watcher.store.db import read_session, transaction
 from watcher.store.outbox import emit

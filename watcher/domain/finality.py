@@ -11,13 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
-from watcher.errors import WatcherError
-
 FINALITY_TAGS = ("finalized", "safe")
-
-
-class FinalityViolation(WatcherError):
-    """A reorg reached below data already treated as final: proofs must not be rewritten."""
 
 
 # --- the final block ------------------------------------------------------------------------
