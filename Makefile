@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ANVIL := tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 ANVIL_VERSION := 1.7.1
 
-.PHONY: all venv tools test lint typecheck pytest demo bench clean
+.PHONY: all venv tools browser test lint typecheck pytest demo bench clean
 
 all: test
 
@@ -25,6 +25,13 @@ $(ANVIL):
 
 tools: $(ANVIL)
 
+# The status page is tested in a real headless Chromium (Debian's package; needs root).
+/usr/bin/chromium:
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq --no-install-recommends chromium fonts-dejavu-core
+
+browser: /usr/bin/chromium
+
 lint: venv
 	$(BIN)/ruff check watcher tests bench
 	$(BIN)/ruff format --check watcher tests bench
@@ -32,7 +39,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv tools
+pytest: venv tools browser
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest

@@ -10,7 +10,7 @@ from typing import Annotated
 import click
 import typer
 
-from watcher.cli import chain_cmds, ledger_cmds
+from watcher.cli import chain_cmds, ledger_cmds, ops_cmds
 from watcher.cli.common import GLOBALS, context, fail, load, print_json
 from watcher.errors import WatcherError
 from watcher.store.db import make_engine, migrate
@@ -27,6 +27,7 @@ app.add_typer(config_app, name="config")
 app.add_typer(ledger_cmds.retainer_app, name="retainer")
 app.add_typer(ledger_cmds.invoice_app, name="invoice")
 chain_cmds.register(app, ledger_cmds.invoice_app)
+ops_cmds.register(app)
 
 
 @app.callback()
@@ -107,23 +108,37 @@ def _hoist_globals(argv: list[str]) -> list[str]:
     return front + rest
 
 
+# Typer >= 0.20 vendors click as ``typer._click``: its exceptions are not click's own.
+_EXIT: tuple[type[click.exceptions.Exit] | type[typer.Exit], ...] = (
+    click.exceptions.Exit,
+    typer.Exit,
+)
+_ABORT: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort)
+_USAGE: tuple[type[click.ClickException] | type[typer.TyperException], ...] = (
+    click.ClickException,
+    getattr(typer, "TyperException", click.ClickException),
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: exit codes 0/1/2/3 and one-line errors (tracebacks only with --debug)."""
     args = _hoist_globals(list(sys.argv[1:] if argv is None else argv))
     debug = "--debug" in args
     try:
-        app(args=args, prog_name="proofwatch", standalone_mode=False)
+        # Without standalone mode a command's ``raise typer.Exit(n)`` comes back as the result.
+        result = app(args=args, prog_name="proofwatch", standalone_mode=False)
     except WatcherError as exc:
         if debug:
             traceback.print_exc()
         sys.exit(fail(exc))
-    except click.exceptions.Exit as exc:
+    except _EXIT as exc:
         sys.exit(exc.exit_code)
-    except click.ClickException as exc:
+    except _USAGE as exc:
         message = " ".join(exc.format_message().split())
-        sys.stderr.write(f"proofwatch: error: {message}\n")
+        if message:  # empty when the help was shown instead (no arguments)
+            sys.stderr.write(f"proofwatch: error: {message}\n")
         sys.exit(2)
-    except click.exceptions.Abort:
+    except _ABORT:
         sys.stderr.write("proofwatch: aborted\n")
         sys.exit(1)
     except KeyboardInterrupt:
@@ -133,7 +148,7 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exc()
         sys.stderr.write(f"proofwatch: internal error: {type(exc).__name__}: {exc}\n")
         sys.exit(1)
-    sys.exit(0)
+    sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
 
 
 __all__ = ["app", "context", "main"]

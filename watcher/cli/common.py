@@ -13,7 +13,7 @@ from rich.console import Console
 from watcher.errors import WatcherError
 from watcher.ledger import Context
 from watcher.settings import Settings, clock_from_env, config_path_from_env, load_settings
-from watcher.store.db import make_engine, require_schema
+from watcher.store.db import database_exists, make_engine, require_schema
 
 console = Console(highlight=False)
 
@@ -37,6 +37,9 @@ def load() -> Settings:
 def context(*, readonly: bool = False, check_schema: bool = True) -> Context:
     """Settings, an engine on the configured database, and the clock (``$WATCHER_NOW``)."""
     settings = load()
+    if check_schema and not database_exists(settings.database_url):
+        # before make_engine, which would leave an empty SQLite file behind
+        raise WatcherError("database is not initialised: run `proofwatch init`")
     engine = make_engine(settings.database_url, readonly=readonly)
     if check_schema:
         require_schema(engine)

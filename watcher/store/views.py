@@ -122,7 +122,10 @@ SELECT
     d.pid AS daemon_pid,
     {_ts("d.last_heartbeat_at")} AS last_heartbeat_at,
     (SELECT count(*) FROM deliveries WHERE status = 'pending') AS outbox_pending,
-    (SELECT count(*) FROM deliveries WHERE status = 'dead') AS outbox_dead
+    (SELECT count(*) FROM deliveries WHERE status = 'dead') AS outbox_dead,
+    s.degraded AS degraded,
+    {_ts("s.last_ok_at")} AS last_ok_at,
+    {_ts("d.stopped_at")} AS daemon_stopped_at
 FROM chain_state s LEFT JOIN daemon d ON d.id = 1
 """
 

@@ -1,0 +1,555 @@
+"""``proofwatch run``: the scheduler, the single-instance lock, signals, heartbeat, outages.
+
+One APScheduler 3 ``BlockingScheduler`` (UTC) runs these jobs, each in a worker thread of its
+own, all with ``max_instances=1`` and ``coalesce=True`` and their first run at once:
+
+- ``scan:<chain>``, one per chain, every ``poll_seconds``;
+- ``renew`` (renewals, expiries, lapses) every minute;
+- ``deliver`` (the outbox) every few seconds;
+- ``heartbeat`` (the ``daemon`` row) every ``HEARTBEAT_SECONDS``.
+
+A job never raises into the scheduler: failures are logged with fixed event names. A chain
+whose poll fails ``DEGRADED_AFTER_FAILURES`` times in a row (or keeps failing for
+``DEGRADED_AFTER``) is announced once with ``watcher.degraded`` and once more with
+``watcher.recovered`` when a poll succeeds again; the other chains keep their own schedule.
+
+Single instance: an exclusive ``flock`` on ``<database>.lock`` for SQLite (the kernel drops it
+when the process dies, even on ``kill -9``), a lease on the ``daemon`` row for other databases.
+Stopping (SIGTERM, SIGINT or ``request_stop()``): no new job starts, running jobs finish, the
+scheduler shuts down, the ``daemon`` row is marked stopped. The signal handler only writes a
+byte to a pipe (no lock, no logging); a stopper thread does the rest.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import signal
+import socket
+import threading
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from functools import partial
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import structlog
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_SCHEDULER_STARTED
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.base import STATE_STOPPED, SchedulerNotRunningError
+from apscheduler.schedulers.blocking import BlockingScheduler
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, col, select
+
+from watcher.chain.redact import redact_text
+from watcher.errors import RpcError, WatcherError
+from watcher.ledger import Context
+from watcher.settings import ChainSettings, Settings
+from watcher.status import HEARTBEAT_SECONDS, RUNNING_WITHIN
+from watcher.store.db import make_engine, read_session, sqlite_path, transaction
+from watcher.store.outbox import emit, iso
+from watcher.store.tables import ChainState, OutboxEvent
+from watcher.store.tables import Daemon as DaemonRow
+
+log = structlog.get_logger("watcher.daemon")
+
+DEGRADED_AFTER_FAILURES = 3
+DEGRADED_AFTER = timedelta(seconds=60)
+
+
+class DaemonLocked(WatcherError):
+    """Another daemon holds the single-instance lock on this database (exit 1)."""
+
+
+class Rounds(Protocol):
+    """The work the daemon schedules: ``watcher.service.Watcher``, or a test double."""
+
+    def scan(self, chain: ChainSettings) -> object:
+        """One poll of one chain (scan, settle what became final); raises when it fails."""
+
+    def renew(self) -> object:
+        """Close ended months, issue renewals, expire invoices, lapse retainers."""
+
+    def deliver(self) -> object:
+        """Deliver the due outbox events to their channels."""
+
+
+class InstanceLock(Protocol):
+    """Refuses a second daemon on the same data."""
+
+    def acquire(self) -> None:
+        """Take the lock, or raise ``DaemonLocked`` with a message naming the holder's pid."""
+
+    def release(self) -> None:
+        """Give the lock back; safe to call when it is not held."""
+
+
+# --- single-instance locks -------------------------------------------------------------------
+
+
+class FileLock:
+    """An exclusive ``flock`` on a file beside the SQLite database; the file holds the pid."""
+
+    def __init__(self, path: Path, *, pid: int) -> None:
+        self.path = path
+        self.pid = pid
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise WatcherError(f"cannot open lock file {self.path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise DaemonLocked(
+                f"another proofwatch daemon (pid {holder}) is already running on this "
+                f"database (lock file {self.path})"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{self.pid}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(self._fd, 0)
+        os.close(self._fd)  # closing drops the flock
+        self._fd = None
+
+
+class LeaseLock:
+    """A lease on the ``daemon`` row, for databases without a shared file (PostgreSQL).
+
+    The holder renews it with every heartbeat (``Daemon`` does); it expires ``ttl`` after the
+    last one, so a crashed daemon's successor waits at most that long.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        now: Callable[[], datetime],
+        *,
+        pid: int,
+        host: str,
+        ttl: timedelta = RUNNING_WITHIN,
+    ) -> None:
+        self.engine, self.now, self.pid, self.host, self.ttl = engine, now, pid, host, ttl
+
+    def acquire(self) -> None:
+        now = self.now()
+        with transaction(self.engine) as session:
+            row = session.get(DaemonRow, 1, with_for_update=True)
+            if row is not None and _held_by_other(row, self.pid, self.host, now, self.ttl):
+                raise DaemonLocked(
+                    f"another proofwatch daemon (pid {row.pid} on {row.host}) holds the lease "
+                    f"on this database (last heartbeat {iso(row.last_heartbeat_at)})"
+                )
+            row = row or DaemonRow(id=1)
+            row.pid, row.host, row.started_at = self.pid, self.host, now
+            row.last_heartbeat_at, row.stopped_at = now, None
+            session.add(row)
+
+    def release(self) -> None:
+        """Nothing to do: the daemon marks its row stopped, which frees the lease."""
+
+
+def _held_by_other(row: DaemonRow, pid: int, host: str, now: datetime, ttl: timedelta) -> bool:
+    if (row.pid, row.host) == (pid, host) or row.pid is None or row.stopped_at is not None:
+        return False
+    return row.last_heartbeat_at is not None and now - row.last_heartbeat_at <= ttl
+
+
+def make_lock(settings: Settings, engine: Engine, now: Callable[[], datetime]) -> InstanceLock:
+    """A file lock beside a SQLite database, else a lease on the ``daemon`` row."""
+    path = sqlite_path(settings.database_url)
+    if path is not None:
+        return FileLock(path.resolve().with_name(path.name + ".lock"), pid=os.getpid())
+    return LeaseLock(engine, now, pid=os.getpid(), host=socket.gethostname())
+
+
+# --- outages ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Outage:
+    """A chain's consecutive failed polls, and whether that outage has been announced."""
+
+    failures: int = 0
+    since: datetime | None = None  # when the first failed poll of this outage began
+    announced: bool = False  # watcher.degraded written
+    total_failures: int = 0  # failed polls over the life of the process (for /metrics)
+
+    def failed(self, now: datetime, began: datetime | None = None) -> bool:
+        """Count a failed poll (that ``began`` then and ended ``now``); True when the outage is
+        due to be announced and has not been yet."""
+        if self.since is None:
+            self.since = began or now
+        self.failures += 1
+        self.total_failures += 1
+        long = now - self.since >= DEGRADED_AFTER
+        return not self.announced and (self.failures >= DEGRADED_AFTER_FAILURES or long)
+
+    def reset(self) -> None:
+        """A poll succeeded (and any announced outage was announced as over)."""
+        self.failures, self.since, self.announced = 0, None, False
+
+
+# --- the daemon ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Intervals:
+    """Seconds between runs of the jobs that are not per chain."""
+
+    heartbeat: float = HEARTBEAT_SECONDS
+    deliver: float = 5.0
+    renew: float = 60.0
+
+
+class Daemon:
+    """``proofwatch run`` for one configuration: ``start()`` blocks until ``request_stop()``,
+    SIGTERM or SIGINT. Single use."""
+
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        rounds: Rounds | None = None,
+        intervals: Intervals | None = None,
+        lock: InstanceLock | None = None,
+        listen: str | None = None,
+        install_signals: bool | None = None,
+    ) -> None:
+        """``rounds`` defaults to a ``Watcher``; ``listen`` to ``[status] listen``; signal
+        handlers are installed only when ``start()`` runs in the main thread (unless told)."""
+        self.ctx = ctx
+        self.settings = ctx.settings
+        if rounds is None:
+            from watcher.service import Watcher  # the chain adapter: only when really running
+
+            rounds = Watcher(ctx)
+        self.rounds = rounds
+        self.intervals = intervals or Intervals()
+        self.lock = lock if lock is not None else make_lock(ctx.settings, ctx.engine, ctx.now)
+        self.listen = listen if listen is not None else ctx.settings.status.listen
+        self.install_signals = install_signals
+        self.pid, self.host = os.getpid(), socket.gethostname()
+        self.outages = {chain.name: Outage() for chain in ctx.settings.chains}
+        self.started = threading.Event()  # the scheduler is running
+        self.http_url: str | None = None
+        self._stop = threading.Event()  # set by the stopper: jobs starting now do nothing
+        self._stop_reason = ""
+        self._wake_r, self._wake_w = os.pipe()
+        self._lost_to: tuple[int | None, str | None] | None = None
+        self._secrets = (
+            *ctx.settings.secrets,
+            *(u for c in ctx.settings.chains for u in c.rpc_urls),
+        )
+
+    # -- control ------------------------------------------------------------------------------
+
+    def request_stop(self, reason: str = "requested") -> None:
+        """Ask the daemon to stop (from any thread, or a signal handler): no new job starts,
+        the running ones finish, then ``start()`` returns."""
+        self._stop_reason = self._stop_reason or reason
+        with contextlib.suppress(OSError):  # already stopped and closed
+            os.write(self._wake_w, b"x")
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        self.request_stop(signal.Signals(signum).name)
+
+    def start(self) -> None:
+        """Take the lock, run the scheduler until asked to stop, then mark the row stopped.
+
+        Raises ``DaemonLocked`` when another daemon holds the lock (nothing was started), or
+        after a clean stop when the lease was lost to another daemon.
+        """
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)  # we log job events ourselves
+        with self._signals():
+            self.lock.acquire()
+            try:
+                self._run()
+            finally:
+                self.lock.release()
+                for fd in (self._wake_r, self._wake_w):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+        if self._lost_to is not None:
+            pid, host = self._lost_to
+            raise DaemonLocked(
+                f"stopped: another daemon (pid {pid} on {host}) took over this database"
+            )
+
+    def _run(self) -> None:
+        from watcher.http import StatusServer  # the listener is optional
+
+        self._claim_row()
+        self._load_outages()
+        scheduler = self._scheduler()
+        stopper = threading.Thread(
+            target=self._stopper, args=(scheduler,), name="proofwatch-stopper", daemon=True
+        )
+        server = None
+        reader = make_engine(self.settings.database_url, readonly=True)
+        try:
+            if self.listen:
+                server = StatusServer(
+                    self.listen,
+                    reader,
+                    self.settings,
+                    self.ctx.now,
+                    poll_failures=self.poll_failures,
+                ).start()
+                self.http_url = server.url
+            stopper.start()
+            log.info(
+                "daemon.started",
+                pid=self.pid,
+                host=self.host,
+                chains=[c.name for c in self.settings.chains],
+                listen=self.http_url,
+            )
+            scheduler.start()  # blocks until the stopper has shut it down
+        finally:
+            self.started.set()  # release the stopper if the scheduler never started
+            self.request_stop("exiting")
+            if stopper.is_alive():
+                stopper.join()
+            if server is not None:
+                server.stop()
+            reader.dispose()
+            self._mark_stopped()
+            log.info("daemon.stopped", pid=self.pid, reason=self._stop_reason)
+
+    @contextlib.contextmanager
+    def _signals(self) -> Iterator[None]:
+        install = self.install_signals
+        if install is None:
+            install = threading.current_thread() is threading.main_thread()
+        if not install:
+            yield
+            return
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in _STOP_SIGNALS}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def _stopper(self, scheduler: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.read(self._wake_r, 1)  # blocks until request_stop()
+        self._stop.set()
+        self.started.wait()
+        if scheduler.state == STATE_STOPPED:
+            return  # never started
+        log.info("daemon.stopping", reason=self._stop_reason)
+        with contextlib.suppress(SchedulerNotRunningError):
+            scheduler.pause()
+            scheduler.shutdown(wait=True)  # running jobs finish first
+
+    # -- scheduling ---------------------------------------------------------------------------
+
+    def _scheduler(self) -> Any:
+        chains = self.settings.chains
+        scheduler = BlockingScheduler(
+            timezone=UTC,
+            executors={"default": ThreadPoolExecutor(max_workers=len(chains) + 3)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        # The scheduler's own timing is wall-clock time; ctx.now (maybe $WATCHER_NOW) is for data.
+        first = datetime.now(UTC)
+        jobs: list[tuple[str, Callable[[], object], float]] = [
+            ("heartbeat", self._heartbeat, self.intervals.heartbeat),
+            *((f"scan:{c.name}", partial(self._scan, c), c.poll_seconds) for c in chains),
+            ("renew", self.rounds.renew, self.intervals.renew),
+            ("deliver", self.rounds.deliver, self.intervals.deliver),
+        ]
+        for job_id, fn, seconds in jobs:
+            scheduler.add_job(
+                partial(self._guarded, job_id, fn),
+                "interval",
+                seconds=seconds,
+                id=job_id,
+                name=job_id,
+                next_run_time=first,
+            )
+        scheduler.add_listener(self._on_event, EVENT_SCHEDULER_STARTED | EVENT_JOB_MAX_INSTANCES)
+        return scheduler
+
+    def _on_event(self, event: Any) -> None:
+        if event.code == EVENT_SCHEDULER_STARTED:
+            self.started.set()
+        else:
+            log.debug("job.still_running", job=event.job_id)  # this run is skipped
+
+    def _guarded(self, job: str, fn: Callable[[], object]) -> None:
+        """Run one job; log its failure, never raise into the scheduler."""
+        if self._stop.is_set():
+            return
+        try:
+            fn()
+        except WatcherError as exc:
+            log.error("job.failed", job=job, error=self._error_text(exc))
+        except Exception as exc:
+            log.error(
+                "job.crashed",
+                job=job,
+                error=self._error_text(exc),
+                traceback=redact_text(traceback.format_exc(), self._secrets),
+            )
+
+    def _error_text(self, exc: BaseException) -> str:
+        text = " ".join(str(exc).split())
+        if not isinstance(exc, WatcherError):
+            text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+        return redact_text(text, self._secrets)[:500]
+
+    # -- the daemon row -----------------------------------------------------------------------
+
+    def _claim_row(self) -> None:
+        now = self.ctx.now()
+        with transaction(self.ctx.engine) as session:
+            row = session.get(DaemonRow, 1) or DaemonRow(id=1)
+            row.pid, row.host, row.started_at = self.pid, self.host, now
+            row.last_heartbeat_at, row.stopped_at = now, None
+            session.add(row)
+
+    def _heartbeat(self) -> None:
+        now = self.ctx.now()
+        with transaction(self.ctx.engine) as session:
+            row = session.get(DaemonRow, 1, with_for_update=True)
+            if row is not None and (row.pid, row.host) != (self.pid, self.host):
+                self._lost_to = (row.pid, row.host)
+            else:
+                row = row or DaemonRow(id=1, pid=self.pid, host=self.host, started_at=now)
+                row.last_heartbeat_at, row.stopped_at = now, None
+                session.add(row)
+        if self._lost_to is not None:
+            log.error("daemon.lock_lost", holder_pid=self._lost_to[0], holder=self._lost_to[1])
+            self.request_stop("lock lost")
+
+    def _mark_stopped(self) -> None:
+        with transaction(self.ctx.engine) as session:
+            row = session.get(DaemonRow, 1)
+            if row is not None and (row.pid, row.host) == (self.pid, self.host):
+                row.stopped_at = self.ctx.now()
+                session.add(row)
+
+    # -- chains -------------------------------------------------------------------------------
+
+    def poll_failures(self) -> dict[str, tuple[int, int]]:
+        """Per chain: (consecutive failed polls, failed polls since the daemon started)."""
+        return {name: (o.failures, o.total_failures) for name, o in self.outages.items()}
+
+    def _load_outages(self) -> None:
+        """Resume outages announced before a restart, so their recovery is announced once."""
+        with read_session(self.ctx.engine) as session:
+            for name, outage in self.outages.items():
+                state = session.get(ChainState, name)
+                if state is None or not state.degraded:
+                    continue
+                prefix = f"watcher.degraded:{name}:"
+                key = session.exec(
+                    select(OutboxEvent.dedupe_key)
+                    .where(col(OutboxEvent.dedupe_key).startswith(prefix, autoescape=True))
+                    .order_by(col(OutboxEvent.seq).desc())
+                ).first()
+                since = datetime.fromisoformat(key.removeprefix(prefix)) if key else None
+                outage.since = since or state.last_ok_at or self.ctx.now()
+                outage.announced = True
+
+    def _scan(self, chain: ChainSettings) -> None:
+        outage = self.outages[chain.name]
+        began = self.ctx.now()
+        try:
+            self.rounds.scan(chain)
+        except Exception as exc:
+            error = self._error_text(exc)
+            if not isinstance(exc, WatcherError):  # the scanner records only its own errors
+                log.error(
+                    "job.crashed",
+                    job=f"scan:{chain.name}",
+                    error=error,
+                    traceback=redact_text(traceback.format_exc(), self._secrets),
+                )
+            if outage.failed(self.ctx.now(), began):
+                self._degrade(chain, outage, error, rpc=isinstance(exc, RpcError))
+            elif not isinstance(exc, WatcherError):
+                self._record_error(chain, error)
+            return
+        if outage.announced:
+            self._recover(chain, outage)
+        outage.reset()
+
+    def _state(self, session: Session, chain: ChainSettings) -> ChainState:
+        state = session.get(ChainState, chain.name)
+        return state or ChainState(chain=chain.name, chain_id=chain.chain_id)
+
+    def _record_error(self, chain: ChainSettings, error: str) -> None:
+        with transaction(self.ctx.engine) as session:
+            state = self._state(session, chain)
+            state.last_poll_at, state.last_error = self.ctx.now(), error
+            session.add(state)
+
+    def _degrade(self, chain: ChainSettings, outage: Outage, error: str, *, rpc: bool) -> None:
+        now = self.ctx.now()
+        assert outage.since is not None
+        data = {
+            "chain": chain.name,
+            "chain_id": chain.chain_id,
+            "since": iso(outage.since),
+            "failures": outage.failures,
+            "error": error,
+        }
+        with transaction(self.ctx.engine) as session:
+            state = self._state(session, chain)
+            state.degraded, state.last_poll_at, state.last_error = True, now, error
+            if rpc:
+                state.rpc_ok = False
+            session.add(state)
+            emit(
+                session,
+                "watcher.degraded",
+                data,
+                dedupe_key=f"watcher.degraded:{chain.name}:{outage.since.isoformat()}",
+                now=now,
+            )
+        outage.announced = True
+        log.warning("chain.degraded", **data)
+
+    def _recover(self, chain: ChainSettings, outage: Outage) -> None:
+        now = self.ctx.now()
+        assert outage.since is not None
+        data = {
+            "chain": chain.name,
+            "chain_id": chain.chain_id,
+            "since": iso(outage.since),
+            "recovered_at": iso(now),
+            "down_seconds": max(0, int((now - outage.since).total_seconds())),
+        }
+        with transaction(self.ctx.engine) as session:
+            state = self._state(session, chain)
+            state.degraded, state.rpc_ok, state.last_error = False, True, None
+            session.add(state)
+            emit(
+                session,
+                "watcher.recovered",
+                data,
+                dedupe_key=f"watcher.recovered:{chain.name}:{outage.since.isoformat()}",
+                now=now,
+            )
+        log.info("chain.recovered", **data)
+
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

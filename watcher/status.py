@@ -1,0 +1,163 @@
+"""The status document (CONTRACT.md "Status") and the health verdict behind ``/healthz``.
+
+Chains are read from the ``v_status`` view, so ``proofwatch status --json`` and an operator's
+``SELECT * FROM v_status`` can never disagree. The daemon row and the outbox backlog are global:
+``v_status`` repeats them on every chain row and has no row at all before a chain is first
+polled, so they are read from their own tables with the view's definitions. Use a read-only
+engine: with SQLite in WAL mode a reader never waits for the daemon's writes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from watcher.chain.redact import redact_text
+from watcher.domain.billing import InvoiceStatus
+from watcher.settings import Settings
+from watcher.store.db import read_session
+from watcher.store.outbox import iso
+from watcher.store.tables import Daemon
+
+HEARTBEAT_SECONDS = 5.0
+#: The daemon counts as running while its last heartbeat is at most this old.
+RUNNING_WITHIN = timedelta(seconds=3 * HEARTBEAT_SECONDS)
+
+Row = dict[str, Any]
+
+
+def rows(engine: Engine, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
+    """Every row of a read-only query, as plain dicts."""
+    with engine.connect() as conn:
+        return [dict(m) for m in conn.execute(sa.text(sql), params or {}).mappings()]
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    """An ISO 8601 UTC timestamp from a view (``2026-11-21T15:21:25Z``), or None."""
+    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
+
+
+def daemon_status(engine: Engine, now: datetime) -> Row:
+    """``{running, pid, last_heartbeat_at}`` plus host, started_at and stopped_at."""
+    with read_session(engine) as session:
+        row = session.get(Daemon, 1)
+    if row is None:
+        return {
+            "running": False,
+            "pid": None,
+            "last_heartbeat_at": None,
+            "host": None,
+            "started_at": None,
+            "stopped_at": None,
+        }
+    beat = row.last_heartbeat_at
+    running = (
+        row.pid is not None
+        and row.stopped_at is None
+        and beat is not None
+        and now - beat <= RUNNING_WITHIN
+    )
+    return {
+        "running": running,
+        "pid": row.pid,
+        "last_heartbeat_at": iso(beat),
+        "host": row.host,
+        "started_at": iso(row.started_at),
+        "stopped_at": iso(row.stopped_at),
+    }
+
+
+def _chain_entry(name: str, chain_id: int, row: Row | None, secrets: Sequence[str]) -> Row:
+    row = row or {}
+    error = row.get("last_error")
+    return {
+        "name": name,
+        "chain_id": chain_id,
+        "head": row.get("head"),
+        "final_block": row.get("final_block"),
+        "cursor": row.get("cursor"),
+        "lag_blocks": row.get("lag_blocks"),
+        "last_poll_at": row.get("last_poll_at"),
+        "rpc_ok": None if row.get("rpc_ok") is None else bool(row["rpc_ok"]),
+        "last_ok_at": row.get("last_ok_at"),
+        "degraded": bool(row.get("degraded")),
+        "last_error": None if error is None else redact_text(error, secrets),
+    }
+
+
+def chain_statuses(engine: Engine, settings: Settings) -> list[Row]:
+    """One entry per configured chain (in config order; never-polled chains have nulls),
+    then any chain the database knows that is no longer configured (``configured: false``)."""
+    by_name = {r["name"]: r for r in rows(engine, "SELECT * FROM v_status ORDER BY name")}
+    secrets = [*settings.secrets, *(u for c in settings.chains for u in c.rpc_urls)]
+    out = []
+    for chain in settings.chains:
+        entry = _chain_entry(chain.name, chain.chain_id, by_name.pop(chain.name, None), secrets)
+        out.append({**entry, "configured": True})
+    for name, row in by_name.items():
+        out.append({**_chain_entry(name, row["chain_id"], row, secrets), "configured": False})
+    return out
+
+
+def invoice_counts(engine: Engine) -> dict[str, int]:
+    """Invoices by status; every status is present (0 when none)."""
+    counts = {status.value: 0 for status in InvoiceStatus}
+    for row in rows(engine, "SELECT status, count(*) AS n FROM invoices GROUP BY status"):
+        counts[row["status"]] = int(row["n"])
+    return counts
+
+
+def outbox_counts(engine: Engine) -> dict[str, int]:
+    """Deliveries waiting (``pending``) and dead-lettered (``dead``), as in ``v_status``."""
+    counts = {"pending": 0, "dead": 0}
+    sql = "SELECT status, count(*) AS n FROM deliveries WHERE status IN ('pending', 'dead') "
+    for row in rows(engine, sql + "GROUP BY status"):
+        counts[row["status"]] = int(row["n"])
+    return counts
+
+
+def status_document(engine: Engine, settings: Settings, now: datetime) -> dict[str, Any]:
+    """The ``proofwatch status --json`` document (CONTRACT.md), read at ``now``."""
+    return {
+        "generated_at": iso(now),
+        "daemon": daemon_status(engine, now),
+        "chains": chain_statuses(engine, settings),
+        "invoices": invoice_counts(engine),
+        "outbox": outbox_counts(engine),
+    }
+
+
+def health_problems(document: dict[str, Any], settings: Settings, now: datetime) -> list[str]:
+    """Why the service is unhealthy, one sentence each; empty when healthy.
+
+    Healthy means: the daemon's heartbeat is fresh, and every configured chain polled
+    successfully within ``[status] stale_seconds``.
+    """
+    problems = []
+    daemon = document["daemon"]
+    if not daemon["running"]:
+        if daemon["stopped_at"] is not None:
+            problems.append(f"daemon stopped at {daemon['stopped_at']}")
+        elif daemon["last_heartbeat_at"] is None:
+            problems.append("daemon has never run on this database")
+        else:
+            problems.append(f"daemon heartbeat is stale (last at {daemon['last_heartbeat_at']})")
+    stale = timedelta(seconds=settings.status.stale_seconds)
+    for chain in document["chains"]:
+        if not chain.get("configured", True):
+            continue
+        last_ok = parse_ts(chain["last_ok_at"])
+        if last_ok is None:
+            problems.append(f"chain {chain['name']} has not polled successfully yet")
+        elif now - last_ok > stale:
+            age = int((now - last_ok).total_seconds())
+            why = f": {chain['last_error']}" if chain["last_error"] else ""
+            problems.append(
+                f"chain {chain['name']} last polled successfully {age} s ago "
+                f"(stale after {settings.status.stale_seconds:g} s){why}"
+            )
+    return problems
