@@ -13,7 +13,6 @@ $(BIN)/proofwatch: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	@touch $@
 
 venv: $(BIN)/proofwatch
 

@@ -121,7 +121,7 @@ secret = "${{WEBHOOK_SECRET}}"
                 print(f"INV-1 is {status}", flush=True)
                 last = status
             if status in ("paid", "paid_late") and any(
-                r.json()["type"] == "cycle.opened" for r in receiver.accepted
+                r.json()["type"] == "cycle.opened" for r in receiver.accepted()
             ):
                 break
             time.sleep(0.5)
@@ -139,7 +139,7 @@ secret = "${{WEBHOOK_SECRET}}"
         pw("proof", "INV-1", "--format", "html", "-o", str(workdir / "proof-INV-1.html"))
 
         say("The consultant's webhook received (signature verified)")
-        for r in receiver.accepted:
+        for r in receiver.accepted():
             body = r.json()
             print(f"{body['id']} {body['type']} valid_signature={r.valid_signature}", flush=True)
             if body["type"] == "cycle.opened":

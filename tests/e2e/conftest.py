@@ -1,0 +1,270 @@
+"""Run the real `python -m watcher` in a subprocess against a temporary config and SQLite file.
+
+No chain is needed: the ledger commands never connect, so rpc_urls point at a closed port.
+Templates (config only; plus retainers; plus invoices) are built once per session, and every
+case runs on its own copy of one. Each command is a fresh interpreter that spends most of its
+time importing, so independent cases run side by side (``run_all``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from watcher import ledger
+from watcher.ledger import Context
+from watcher.settings import load_settings
+from watcher.store.db import make_engine, migrate
+
+NOW = "2026-01-31T10:00:00Z"
+WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
+USDC = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
+PAYER = "0x52908400098527886E0F7030069857D2E4169EE7"
+
+CONFIG = f"""\
+[database]
+url = "sqlite:///data/watcher.db"
+
+[[chains]]
+name = "base"
+chain_id = 8453
+rpc_urls = ["${{BASE_RPC_URL}}"]
+receiving_address = "{WALLET}"
+native_symbol = "ETH"
+
+[[chains.tokens]]
+symbol = "USDC"
+address = "{USDC}"
+decimals = 6
+
+[billing]
+due_days = 7
+"""
+DOTENV = "BASE_RPC_URL=http://127.0.0.1:9/v2/not-a-real-key\n"
+
+
+@dataclass
+class Workspace:
+    """A config dir (watcher.toml + .env) with its SQLite file under data/."""
+
+    root: Path
+
+    @property
+    def config(self) -> Path:
+        return self.root / "watcher.toml"
+
+    @property
+    def db(self) -> Path:
+        return self.root / "data" / "watcher.db"
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("WATCHER_", "PROOFWATCH_")) and k != "BASE_RPC_URL"
+        }
+        env.update({"WATCHER_NOW": NOW, "COLUMNS": "200", "PYTHONIOENCODING": "utf-8"})
+        env.update(extra)
+        return env
+
+    def run(
+        self, *args: str, config: bool = True, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """`python -m watcher [--config <ws>/watcher.toml] ARGS...` with WATCHER_NOW fixed."""
+        argv = [sys.executable, "-m", "watcher"]
+        if config:
+            argv += ["--config", str(self.config)]
+        return subprocess.run(
+            [*argv, *args],
+            cwd=self.root,
+            env=env if env is not None else self.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    def dump(self) -> list[str]:
+        """Every row and schema statement of the SQLite file, as `iterdump` prints them."""
+        conn = sqlite3.connect(self.db)
+        try:
+            return list(conn.iterdump())
+        finally:
+            conn.close()
+
+
+def new_workspace(root: Path) -> Workspace:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "watcher.toml").write_text(CONFIG)
+    (root / ".env").write_text(DOTENV)
+    return Workspace(root)
+
+
+def _build(root: Path, steps: Callable[[Context], None]) -> None:
+    """Run ledger use cases in-process (the same code the commands call) at WATCHER_NOW."""
+    settings = load_settings(root / "watcher.toml")
+    engine = make_engine(settings.database_url)
+    try:
+        migrate(engine)
+        now = datetime.fromisoformat(NOW.replace("Z", "+00:00"))
+        steps(Context(settings=settings, engine=engine, now=lambda: now))
+    finally:
+        engine.dispose()
+
+
+def _seed(ctx: Context) -> None:
+    usdc = {"chain": "base", "asset": "USDC"}
+    ledger.add_retainer(ctx, client="Draft Co", monthly="1500", payers=[PAYER], **usdc)
+    ledger.add_retainer(ctx, client="Acme", monthly="2000", scope="Backend work", **usdc)
+    ledger.approve_retainer(ctx, "RET-2", by="Alice Client")
+    ledger.add_retainer(ctx, client="Ether Ltd", chain="base", asset="ETH", monthly="0.5")
+    ledger.approve_retainer(ctx, "RET-3", by="Eve")
+
+
+def _invoice(ctx: Context) -> None:
+    ledger.issue_invoice(ctx, "RET-2")
+    ledger.issue_invoice(ctx, "RET-3")
+    ledger.issue_invoice(ctx, "RET-2", kind="sprint", amount="250.5")
+    ledger.void_invoice(ctx, "INV-3")
+
+
+@pytest.fixture(scope="session")
+def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RET-1 draft USDC 1500 (one payer); RET-2 approved USDC 2000; RET-3 approved ETH 0.5.
+
+    Built in-process with watcher.ledger to keep the suite fast; every one of these steps is
+    also run as a real command by a test of its own.
+    """
+    ws = new_workspace(tmp_path_factory.mktemp("seeded") / "ws")
+    _build(ws.root, _seed)
+    return ws.root
+
+
+@pytest.fixture(scope="session")
+def invoiced_template(seeded_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The seeded ledger plus INV-1 (RET-2 first month), INV-2 (RET-3 first month, ETH) and
+    INV-3 (RET-2 sprint 250.5, voided)."""
+    root = tmp_path_factory.mktemp("invoiced") / "ws"
+    shutil.copytree(seeded_template, root)
+    _build(root, _invoice)
+    return root
+
+
+def _copy(template: Path, where: Path) -> Workspace:
+    root = where / "ws"
+    shutil.copytree(template, root)
+    return Workspace(root)
+
+
+@pytest.fixture(scope="session")
+def templates(
+    seeded_template: Path, invoiced_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Path]:
+    """Every template by name: "bare" (config only, no database), "seeded", "invoiced"."""
+    bare = new_workspace(tmp_path_factory.mktemp("bare") / "ws")
+    return {"bare": bare.root, "seeded": seeded_template, "invoiced": invoiced_template}
+
+
+@dataclass(frozen=True)
+class Run:
+    """Commands on a private copy of a template; ``{root}`` in args/env is the copy's dir."""
+
+    template: str
+    args: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()  # extra environment variables
+    prepare: Callable[[Workspace], None] | None = None  # e.g. break the config first
+    config: bool = True  # pass --config <copy>/watcher.toml before the args
+    then: tuple[tuple[str, ...], ...] = ()  # further commands, in order, on the same copy
+
+
+@dataclass(frozen=True, kw_only=True)
+class Refusal(Run):
+    """A command that must fail: its exit code, what the one stderr line names, what it hides."""
+
+    code: int
+    names: tuple[str, ...]
+    hidden: tuple[str, ...] = ()  # none may appear anywhere in stdout or stderr
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a Run produced, with the database dumped before and after (None: no database)."""
+
+    ws: Workspace
+    results: list[subprocess.CompletedProcess[str]]  # one per command: args, then each `then`
+    before: list[str] | None
+    after: list[str] | None
+
+    @property
+    def result(self) -> subprocess.CompletedProcess[str]:
+        """The result of the first (for most runs: the only) command."""
+        return self.results[0]
+
+    def stdout(self, step: int = 0) -> str:
+        """The stdout of command ``step``, which must have exited 0 with nothing on stderr."""
+        result = self.results[step]
+        assert result.returncode == 0, (result.args, result.returncode, result.stderr)
+        assert result.stderr == "", result.stderr
+        return result.stdout
+
+    def json(self, step: int = 0) -> Any:
+        """The one JSON document command ``step`` printed."""
+        return json.loads(self.stdout(step))
+
+
+def run_all(runs: dict[str, Run], templates: dict[str, Path], tmp: Path) -> dict[str, Outcome]:
+    """Run every case on its own copy of its template, several cases at a time.
+
+    Each command is a fresh interpreter that spends most of its time importing, so running
+    them side by side keeps the suite fast without sharing any state between cases.
+    """
+
+    def one(name: str, run: Run) -> tuple[str, Outcome]:
+        ws = _copy(templates[run.template], tmp / name)
+        if run.prepare is not None:
+            run.prepare(ws)
+
+        def fill(text: str) -> str:
+            return text.replace("{root}", str(ws.root))
+
+        before = ws.dump() if ws.db.exists() else None
+        env = ws.env(**{k: fill(v) for k, v in run.env})
+        results = [
+            ws.run(*map(fill, args), config=run.config, env=env) for args in (run.args, *run.then)
+        ]
+        return name, Outcome(ws, results, before, ws.dump() if ws.db.exists() else None)
+
+    # The longest chains first, so that they do not end up running alone at the end.
+    ordered = sorted(runs.items(), key=lambda item: -len(item[1].then))
+    with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
+        return dict(pool.map(lambda item: one(*item), ordered))
+
+
+def assert_refused(outcome: Outcome, case: Refusal) -> str:
+    """The exit code, ONE stderr line naming the values, no traceback, nothing written."""
+    result = outcome.result
+    assert result.returncode == case.code, (result.returncode, result.stderr)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("proofwatch: error: "), line
+    for name in case.names:
+        assert name in line, (name, line)
+    for secret in case.hidden:
+        assert secret not in result.stderr + result.stdout
+    assert result.stdout == ""
+    assert outcome.before is not None
+    assert outcome.after == outcome.before, "the database changed"
+    return line
