@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -265,6 +265,8 @@ def issue_invoice(
     except ValueError:
         raise BadInput(f"invoice kind {kind!r} must be first_month, renewal or sprint") from None
     due_at = billing.parse_when(due, what="due date") if due else None
+    if due_at is not None and len(due.strip() if due else "") == 10:
+        due_at += timedelta(days=1, seconds=-1)  # a bare date is due by the end of that day
     with transaction(ctx.engine) as session:
         retainer = get_retainer(session, ref)
         chain = ctx.settings.chain(retainer.chain)

@@ -59,8 +59,15 @@ def invoices(
         params["status"] = status
     if retainer is not None:
         sql += " AND retainer_id = :rid"
-        params["rid"] = f"RET-{parse_id(retainer, 'RET')}"
+        params["rid"] = _known_retainer(engine, retainer)
     return _rows(engine, sql + " ORDER BY CAST(substr(id, 5) AS INTEGER)", params)
+
+
+def _known_retainer(engine: Engine, ref: str) -> str:
+    rid = f"RET-{parse_id(ref, 'RET')}"
+    if not _rows(engine, "SELECT id FROM v_retainers WHERE id = :id", {"id": rid}):
+        raise NotFound(f"unknown retainer {ref!r}")
+    return rid
 
 
 def invoice(engine: Engine, ref: str) -> Row:
@@ -83,5 +90,5 @@ def cycles(engine: Engine, *, retainer: str | None = None) -> list[Row]:
     params: dict[str, Any] = {}
     if retainer is not None:
         sql += " WHERE retainer_id = :rid"
-        params["rid"] = f"RET-{parse_id(retainer, 'RET')}"
+        params["rid"] = _known_retainer(engine, retainer)
     return _rows(engine, sql + " ORDER BY starts_at, period_index", params)

@@ -359,7 +359,7 @@ def test_invoice_issue_prints_exact_amount_address_uri_and_qr(ran: dict[str, Out
     assert "pay exactly: 2000.000001 USDC  (2000000001 base units)" in out
     assert f"to:          {WALLET}" in out
     assert f"token:       {USDC}" in out
-    assert "due:         2026-02-20T00:00:00Z" in out
+    assert "due:         2026-02-20T23:59:59Z" in out
     assert f"uri:         {uri}" in out
     qr_lines = [line for line in out.splitlines() if line and set(line) <= set("█▀▄ ")]
     assert len(qr_lines) >= 15
