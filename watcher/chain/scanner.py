@@ -21,7 +21,7 @@ from typing import Protocol
 from weakref import WeakKeyDictionary
 
 import structlog
-from sqlalchemy import ColumnElement, delete, func
+from sqlalchemy import ColumnElement, delete, func, insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -268,10 +268,14 @@ class _ChainScan:
                 self.hooks.found(session, found)
             self._drop_hashes(session, col(BlockHash.number).between(chunk.first, chunk.last))
             self._drop_hashes(session, col(BlockHash.number) <= chunk.last - chain.reorg_depth)
-            session.add_all(
-                BlockHash(chain=chain.name, number=b.number, hash=b.hash, parent_hash=b.parent_hash)
-                for b in chunk.blocks[-chain.reorg_depth :]
-            )
+            session.execute(  # one executemany: no ORM objects for up to reorg_depth rows
+                insert(BlockHash),
+                [
+                    {"chain": chain.name, "number": b.number, "hash": b.hash,
+                     "parent_hash": b.parent_hash}
+                    for b in chunk.blocks[-chain.reorg_depth :]
+                ],
+            )  # fmt: skip
             if event is not None:
                 key = f"watcher.unexplained_balance:{chain.name}:{chunk.first}:{chunk.last}"
                 emit(session, "watcher.unexplained_balance", event, dedupe_key=key, now=self.now())
@@ -445,8 +449,9 @@ class _ChainScan:
         done: list[Transfer] = []
         lost: list[Transfer] = []
         with transaction(self.engine) as session:
+            rows = self._load_transfers(session, [t.id for t in waiting if t.id is not None])
             for t in waiting:
-                row = session.get(Transfer, t.id)
+                row = rows.get(t.id)
                 if row is None or row.status != "seen":
                     continue
                 if row.id not in doubts:
@@ -472,6 +477,15 @@ class _ChainScan:
                           log_index=row.log_index, final_block=final)  # fmt: skip
         self.counts["finalized"] += len(done)
         self.counts["orphaned"] += len(lost)
+
+    @staticmethod
+    def _load_transfers(session: Session, ids: list[int]) -> dict[int | None, Transfer]:
+        """Transfers by id, read in a few IN queries rather than one query per row."""
+        rows: dict[int | None, Transfer] = {}
+        for start in range(0, len(ids), 500):
+            query = select(Transfer).where(col(Transfer.id).in_(ids[start : start + 500]))
+            rows.update((t.id, t) for t in session.exec(query))
+        return rows
 
     # -- chain state -------------------------------------------------------------------------
 
