@@ -32,8 +32,8 @@ tools: $(ANVIL)
 browser: /usr/bin/chromium
 
 lint: venv
-	$(BIN)/ruff check watcher tests bench
-	$(BIN)/ruff format --check watcher tests bench
+	$(BIN)/ruff check watcher tests bench scripts
+	$(BIN)/ruff format --check watcher tests bench scripts
 
 typecheck: venv
 	$(BIN)/mypy

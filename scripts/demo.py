@@ -97,14 +97,29 @@ secret = "${{WEBHOOK_SECRET}}"
         pw("config", "check", "--online")
         pw("init")
         daemon = subprocess.Popen(
-            [sys.executable, "-m", "watcher", "run"], env=env,
-            stdout=subprocess.DEVNULL, stderr=open(workdir / "daemon.log", "wb"),  # noqa: SIM115
+            [sys.executable, "-m", "watcher", "run"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(workdir / "daemon.log", "wb"),  # noqa: SIM115
         )
 
         say("The client approves a monthly retainer and gets the first-month invoice")
-        rid = pw("retainer", "add", "--client", "Acme GmbH", "--chain", "local", "--asset",
-                 "USDC", "--monthly", "1500", "--payer", client, "--scope",
-                 "Support retainer: 20 h/month").strip()
+        rid = pw(
+            "retainer",
+            "add",
+            "--client",
+            "Acme GmbH",
+            "--chain",
+            "local",
+            "--asset",
+            "USDC",
+            "--monthly",
+            "1500",
+            "--payer",
+            client,
+            "--scope",
+            "Support retainer: 20 h/month",
+        ).strip()
         pw("retainer", "approve", rid, "--by", "Jane Doe (Acme CFO)", "--note", "PO-4711")
         pw("invoice", "issue", rid)
         invoice = json.loads(pw("invoice", "show", "INV-1", "--json", show=False))
@@ -133,9 +148,12 @@ secret = "${{WEBHOOK_SECRET}}"
         pw("invoice", "show", "INV-1")
         proof: dict[str, Any] = json.loads(pw("proof", "INV-1", show=False))
         payment = proof["payments"][0]
-        print(f"proof: tx {payment['tx_hash']} block {payment['block_number']} "
-              f"(final at block {payment['final_block']}), {payment['amount_base_units']} base "
-              f"units, terms {proof['retainer']['terms_hash'][:23]}...", flush=True)
+        print(
+            f"proof: tx {payment['tx_hash']} block {payment['block_number']} "
+            f"(final at block {payment['final_block']}), {payment['amount_base_units']} base "
+            f"units, terms {proof['retainer']['terms_hash'][:23]}...",
+            flush=True,
+        )
         pw("proof", "INV-1", "--format", "html", "-o", str(workdir / "proof-INV-1.html"))
 
         say("The consultant's webhook received (signature verified)")

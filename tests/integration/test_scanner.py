@@ -23,8 +23,7 @@ from tests.support.contracts import deploy, erc20_transfer, send_eth, wait_recei
 from tests.support.rpcproxy import RpcProxy
 from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import ScanReport, scan_chain
-from watcher.errors import FinalityViolation
-from watcher.errors import Refused, RpcError
+from watcher.errors import FinalityViolation, Refused, RpcError
 from watcher.settings import ChainSettings, TokenSettings
 from watcher.store.db import make_engine, migrate, read_session
 from watcher.store.tables import BlockHash, ChainState, OutboxEvent, Transfer
