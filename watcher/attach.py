@@ -14,11 +14,12 @@ from typing import Any
 from eth_utils import to_checksum_address
 from sqlmodel import select
 
+from watcher.chain.online import read_decimals
 from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import transfer_uid
 from watcher.chain.sources import TRANSFER_TOPIC, address_topic, decode_amount, same
 from watcher.domain.addresses import parse_tx_hash
-from watcher.errors import BadInput, Refused
+from watcher.errors import BadInput, Refused, WatcherError
 from watcher.ids import fmt_id
 from watcher.ledger import Context, get_invoice
 from watcher.settings import ChainSettings
@@ -138,7 +139,10 @@ def attach(ctx: Context, invoice_ref: str, tx_ref: str, log_index: int | None = 
         raise Refused(f"transaction {tx_hash} reverted (status 0): it moved nothing")
     found = _find_on_chain(chain, invoice, tx, receipt, log_index, known)
     uid = transfer_uid(invoice.chain_id, tx_hash, found.kind, found.log_index)
-    settlement = Settlement(ctx.settings, ctx.now)
+    # Read before the write transaction: the proof frozen if this settles the invoice
+    # records the token's decimals as the chain reports them.
+    decimals = _decimals_on_chain(pool, invoice.token_address)
+    settlement = Settlement(ctx.settings, ctx.now, token_decimals=lambda _c, _t: decimals)
     with transaction(ctx.engine) as session:
         invoice = get_invoice(session, invoice_ref)
         _check_invoice(invoice)
@@ -186,6 +190,16 @@ def attach(ctx: Context, invoice_ref: str, tx_ref: str, log_index: int | None = 
         )
         settlement.attach(session, transfer, invoice)
         return transfer
+
+
+def _decimals_on_chain(pool: RpcPool, token: str | None) -> int | None:
+    """The token's ``decimals()`` (None for the native coin, or if the node cannot say)."""
+    if token is None:
+        return None
+    try:
+        return read_decimals(pool, token)
+    except WatcherError:
+        return None
 
 
 def _check_invoice(invoice: Invoice) -> None:

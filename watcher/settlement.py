@@ -168,16 +168,19 @@ class Settlement:
             allocation = _active_allocation(session, transfer.id)
             if allocation is None:
                 continue
-            emit(
-                session,
-                "payment.finalized",
-                self._transfer_data(transfer, invoice_id=allocation.invoice_id),
-                dedupe_key=f"payment.finalized:{transfer.uid}",
-                now=self.now(),
-            )
+            self._emit_finalized(session, transfer, allocation.invoice_id)
             touched.add(allocation.invoice_id)
         for invoice_id in sorted(touched):
             self.refresh(session, invoice_id)
+
+    def _emit_finalized(self, session: Session, transfer: Transfer, invoice_id: int) -> None:
+        emit(
+            session,
+            "payment.finalized",
+            self._transfer_data(transfer, invoice_id=invoice_id),
+            dedupe_key=f"payment.finalized:{transfer.uid}",
+            now=self.now(),
+        )
 
     # --- allocation ----------------------------------------------------------------------
 
@@ -250,6 +253,8 @@ class Settlement:
         invoice.review_reason = None
         session.add(invoice)
         self._allocate(session, transfer, invoice.id or 0, matching.Rule.ATTACHED.value)
+        if transfer.status == "final":  # attached after the scanner saw it final
+            self._emit_finalized(session, transfer, invoice.id or 0)
         self._clear_review(session, transfer.uid)
         session.flush()
         self.refresh(session, invoice.id or 0)

@@ -18,7 +18,6 @@ from rich.progress import (
 from rich.table import Table
 
 from watcher import queries
-from watcher.attach import attach
 from watcher.cli.common import console, context, print_json
 from watcher.errors import BadInput
 from watcher.logs import configure
@@ -116,7 +115,10 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Claim a transfer for an invoice; verified on chain, then waits for finality."""
+        from watcher.attach import attach  # the chain adapter: only this command needs it
+
         ctx = context()
+        configure(ctx.settings.secrets)  # log lines go to stderr; stdout is the answer
         transfer = attach(ctx, invoice, txhash, log_index)
         row = queries.invoice(ctx.engine, invoice)
         if as_json:
