@@ -632,3 +632,23 @@ def test_new_cursor_starts_before_start_block(h: Harness) -> None:
 
     assert report.cursor_before == h.block_of(early)
     assert [t.tx_hash for t in h.transfers()] == [late]
+
+
+def test_reorg_replacing_every_stored_block_rewinds_to_the_start(h: Harness) -> None:
+    """A reorg of all scanned blocks rewinds to the parent of the first one, not a violation."""
+    h.node.mine(3)
+    start = h.node.block_number() + 1
+    tx = send_eth(h.w3, h.payer, WALLET, 5)
+    h.node.mine(1)
+    h.scan(h.chain(start_block=start))
+    (seen,) = h.transfers()
+    assert (seen.tx_hash, seen.status, seen.block_number) == (tx, "seen", start)
+
+    h.node.reorg(2)
+    report = h.scan(h.chain(start_block=start))
+
+    (gone,) = h.transfers()
+    assert gone.status == "orphaned"
+    assert report.reorgs == 1 and report.orphaned == 1
+    assert h.events("watcher.finality_violation") == []
+    assert h.state().cursor_hash == h.node.block("latest")["hash"]

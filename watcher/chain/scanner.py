@@ -343,7 +343,12 @@ class _ChainScan:
             hashes = select(BlockHash).where(
                 BlockHash.chain == chain.name, BlockHash.number <= self.cursor
             )
-            stored = {b.number: b.hash for b in session.exec(hashes)}
+            rows = list(session.exec(hashes))
+            stored = {b.number: b.hash for b in rows}
+            if rows:  # the lowest block's parent is known too: a reorg may replace every row
+                lowest = min(rows, key=lambda b: b.number)
+                if lowest.number > 0:
+                    stored.setdefault(lowest.number - 1, lowest.parent_hash)
             floor = session.exec(
                 select(func.max(Transfer.block_number)).where(
                     Transfer.chain == chain.name, Transfer.status == "final"
