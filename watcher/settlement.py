@@ -71,6 +71,34 @@ def _active_payments(session: Session, invoice_id: int) -> list[Transfer]:
     )
 
 
+def _funded_by_invoice(session: Session, invoice_ids: list[int]) -> dict[int, int]:
+    """What each invoice already has allocated (orphaned transfers excluded): one query."""
+    funded = dict.fromkeys(invoice_ids, 0)
+    if not invoice_ids:
+        return funded
+    rows = session.exec(
+        select(Allocation.invoice_id, Transfer.amount)
+        .join(Transfer, col(Allocation.transfer_id) == col(Transfer.id))
+        .where(col(Allocation.invoice_id).in_(invoice_ids), Allocation.active)
+        .where(Transfer.status != "orphaned")
+    ).all()
+    for invoice_id, amount in rows:
+        funded[invoice_id] += amount
+    return funded
+
+
+def _allocated_ids(session: Session, transfer_ids: list[int]) -> set[int]:
+    """Which of these transfers already fund an invoice: one query."""
+    if not transfer_ids:
+        return set()
+    rows = session.exec(
+        select(Allocation.transfer_id).where(
+            col(Allocation.transfer_id).in_(transfer_ids), Allocation.active
+        )
+    ).all()
+    return set(rows)
+
+
 def _active_allocation(session: Session, transfer_id: int) -> Allocation | None:
     return session.exec(
         select(Allocation).where(Allocation.transfer_id == transfer_id, Allocation.active)
@@ -93,16 +121,14 @@ class Settlement:
         if not fresh:
             return
         candidates = self._candidates(session, {t.chain_id for t in fresh})
-        funded = {c.id: self._funded(session, c.id) for c in candidates}
+        funded = _funded_by_invoice(session, [c.id for c in candidates])
         thresholds = {
             c.id: matching.covered_threshold(c.price, self.settings.billing.underpay_tolerance)
             for c in candidates
         }
-        for c in candidates:
-            if funded[c.id] >= thresholds[c.id]:
-                candidates[candidates.index(c)] = _replace_covered(c)
+        allocated = _allocated_ids(session, [t.id for t in fresh if t.id is not None])
         results = matching.allocate(
-            [_inflow(t) for t in fresh if t.id is not None and not self._allocated(session, t)],
+            [_inflow(t) for t in fresh if t.id is not None and t.id not in allocated],
             candidates,
             funded,
             threshold=thresholds,
@@ -162,14 +188,20 @@ class Settlement:
     def finalized(self, session: Session, transfers: list[Transfer]) -> None:
         """Final transfers: tell the world, and settle the invoices they complete."""
         touched: set[int] = set()
+        ids = [t.id for t in transfers if t.id is not None]
+        invoice_of = dict(
+            session.exec(
+                select(Allocation.transfer_id, Allocation.invoice_id).where(
+                    col(Allocation.transfer_id).in_(ids), Allocation.active
+                )
+            ).all()
+        )
         for transfer in transfers:
-            if transfer.id is None:
+            invoice_id = invoice_of.get(transfer.id or 0)
+            if invoice_id is None:
                 continue
-            allocation = _active_allocation(session, transfer.id)
-            if allocation is None:
-                continue
-            self._emit_finalized(session, transfer, allocation.invoice_id)
-            touched.add(allocation.invoice_id)
+            self._emit_finalized(session, transfer, invoice_id)
+            touched.add(invoice_id)
         for invoice_id in sorted(touched):
             self.refresh(session, invoice_id)
 
@@ -183,12 +215,6 @@ class Settlement:
         )
 
     # --- allocation ----------------------------------------------------------------------
-
-    def _allocated(self, session: Session, transfer: Transfer) -> bool:
-        return transfer.id is not None and _active_allocation(session, transfer.id) is not None
-
-    def _funded(self, session: Session, invoice_id: int) -> int:
-        return sum(t.amount for t in _active_payments(session, invoice_id))
 
     def _candidates(self, session: Session, chain_ids: set[int]) -> list[matching.Candidate]:
         invoices = session.exec(
@@ -592,9 +618,3 @@ class Settlement:
             "due_at": iso(invoice.due_at),
             "cycle_id": fmt_id("CYC", invoice.cycle_id),
         }
-
-
-def _replace_covered(c: matching.Candidate) -> matching.Candidate:
-    from dataclasses import replace
-
-    return replace(c, covered=True)

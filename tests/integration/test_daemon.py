@@ -561,9 +561,9 @@ def two_chains(tmp_path: Path, dbs: Callable[[Path], Db]) -> Db:
                     degraded=not ok,
                 )
             )
-        event = emit(session, "watcher.degraded", {"chain": "flaky"}, dedupe_key="k", now=now)
+        event_id = emit(session, "watcher.degraded", {"chain": "flaky"}, dedupe_key="k", now=now)
         session.add(
-            Delivery(event_id=event.id, channel="webhook:0", status="dead", next_attempt_at=now)
+            Delivery(event_id=event_id, channel="webhook:0", status="dead", next_attempt_at=now)
         )
     ctx = db.context()
     retainer = ledger.add_retainer(
@@ -861,17 +861,16 @@ def test_notify_retry_requeues_a_dead_delivery_once(
     config = write_config(tmp_path, {"local": dead_url()})
     db = dbs(config)
     with transaction(db.engine) as session:
-        event = emit(session, "cycle.opened", {"cycle": "CYC-1"}, dedupe_key="c1", now=T0)
+        event_id = emit(session, "cycle.opened", {"cycle": "CYC-1"}, dedupe_key="c1", now=T0)
         session.add(
             Delivery(
-                event_id=event.id,
+                event_id=event_id,
                 channel="webhook:0",
                 status="dead",
                 attempts=9,
                 next_attempt_at=T0,
             )
         )
-        event_id = event.id
     first = cli(config, "notify", "retry", event_id)
     assert first.returncode == 0, first.stderr
     assert first.stdout.strip() == f"{event_id}: 1 dead delivery re-queued"

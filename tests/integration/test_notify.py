@@ -118,13 +118,14 @@ def add_event(
     key: str = "",
 ) -> OutboxEvent:
     with transaction(engine) as session:
-        return emit(
+        event_id = emit(
             session,
             type_,
             CYCLE_DATA if data is None else data,
             dedupe_key=key or f"{type_}:{clock.now.isoformat()}",
             now=clock.now,
         )
+        return session.exec(select(OutboxEvent).where(OutboxEvent.id == event_id)).one()
 
 
 def deliver(

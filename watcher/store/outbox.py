@@ -11,7 +11,8 @@ import json
 from datetime import datetime
 from typing import Any
 
-from sqlmodel import Session, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlmodel import Session
 
 from watcher.store.tables import OutboxEvent
 
@@ -47,24 +48,32 @@ def event_id(dedupe_key: str) -> str:
 
 def emit(
     session: Session, type_: str, data: dict[str, Any], *, dedupe_key: str, now: datetime
-) -> OutboxEvent:
-    """Add an event to the outbox in ``session``'s transaction; a repeat of the key is a no-op.
+) -> str:
+    """Add an event to the outbox in ``session``'s transaction; returns its id.
 
     ``dedupe_key`` names the fact (``"cycle.opened:CYC-3"``): writing the same fact twice
-    returns the existing event unchanged.
+    leaves the first event unchanged (one ``INSERT ... ON CONFLICT DO NOTHING``).
     """
     if type_ not in EVENT_TYPES:
         raise ValueError(f"unknown event type {type_!r}")
-    existing = session.exec(select(OutboxEvent).where(OutboxEvent.dedupe_key == dedupe_key)).first()
-    if existing is not None:
-        return existing
     eid = event_id(dedupe_key)
     body = json.dumps(
         {"id": eid, "type": type_, "created_at": iso(now), "data": data},
         separators=(",", ":"),
         sort_keys=False,
     )
-    event = OutboxEvent(id=eid, type=type_, dedupe_key=dedupe_key, created_at=now, body=body)
-    session.add(event)
-    session.flush()
-    return event
+    row = {
+        "id": eid,
+        "type": type_,
+        "dedupe_key": dedupe_key,
+        "created_at": now,
+        "body": body,
+        "fanned_out": False,
+    }
+    dialect = session.get_bind().dialect.name
+    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = (
+        insert(OutboxEvent).values(row).on_conflict_do_nothing(index_elements=["dedupe_key"])
+    )
+    session.execute(statement)
+    return eid
