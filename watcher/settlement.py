@@ -22,7 +22,7 @@ from watcher.domain.billing import SETTLED, UNSETTLED, InvoiceKind, InvoiceStatu
 from watcher.domain.money import format_amount
 from watcher.ids import fmt_id
 from watcher.settings import Settings
-from watcher.store.outbox import emit, iso
+from watcher.store.outbox import emit, emit_many, iso
 from watcher.store.tables import (
     Allocation,
     Approval,
@@ -135,6 +135,7 @@ class Settlement:
         )
         by_uid = {t.uid: t for t in fresh}
         touched: set[int] = set()
+        unassigned: list[tuple[str, dict[str, Any], str]] = []
         for result in results:
             transfer = by_uid[result.uid]
             target = result.match.invoice_id
@@ -144,13 +145,14 @@ class Settlement:
             elif result.match.rule == matching.Rule.REVIEW:
                 self._needs_review(session, transfer, result.match.invoice_ids)
             else:
-                emit(
-                    session,
-                    "transfer.unassigned",
-                    self._transfer_data(transfer),
-                    dedupe_key=f"transfer.unassigned:{transfer.uid}:{transfer.block_hash}",
-                    now=self.now(),
+                unassigned.append(
+                    (
+                        "transfer.unassigned",
+                        self._transfer_data(transfer),
+                        f"transfer.unassigned:{transfer.uid}:{transfer.block_hash}",
+                    )
                 )
+        emit_many(session, unassigned, now=self.now())
         for invoice_id in sorted(touched):
             self.refresh(session, invoice_id)
 

@@ -15,6 +15,7 @@ that lands at another log index has another uid: a new row, the old one stays ``
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Protocol
@@ -142,6 +143,7 @@ class _ChainScan:
         self.cursor = -1
         self.cursor_hash: str | None = None
         self.balance: int | None = None
+        self.final_at_start = -1  # the final block when this poll began
         self.counts = {"found": 0, "orphaned": 0, "finalized": 0, "reorgs": 0, "unexplained": 0}
 
     # -- the poll ----------------------------------------------------------------------------
@@ -152,6 +154,7 @@ class _ChainScan:
         cursor_before = self.cursor
         try:
             head, head_hash, final = self._head()
+            self.final_at_start = final
             target = head if to_block is None else min(head, to_block)
             if self.cursor_hash is not None and (
                 head < self.cursor or (head == self.cursor and head_hash != self.cursor_hash)
@@ -236,27 +239,54 @@ class _ChainScan:
         return max(1, min(MAX_CHUNK_BLOCKS, width))
 
     def _scan_to(self, target: int) -> None:
+        """Fetch and commit chunks up to ``target``.
+
+        Pipelined: while one chunk is committed to the database, the next is fetched in a
+        worker thread (the link to the previous block hash is known as soon as a chunk is
+        fetched). A chunk that does not link is a reorg: nothing is prefetched past it.
+        """
         width = self._chunk_width()
         if self.progress is not None:
             self.progress(self.cursor, target)
-        while self.cursor < target:
-            first, last = self.cursor + 1, min(target, self.cursor + width)
-            try:
-                chunk = sources.fetch_chunk(
-                    self.pool, self.chain, first, last, self.sizers,
-                    parent_hash=self.cursor_hash, balance_before=self.balance is None,
-                )  # fmt: skip
-            except sources.ChainMoved as exc:
-                self.log.warning("scan.chain_moved", first=first, last=last, reason=str(exc))
-                return  # the next poll sees where the chain settled
-            if not chunk.linked:
-                if self.counts["reorgs"] >= MAX_REORGS_PER_POLL:
-                    raise WatcherError(f"chain {self.chain.name}: the chain keeps reorganising")
-                self._reorg(last)
-                continue
-            self._commit(chunk)
-            if self.progress is not None:
-                self.progress(self.cursor, target)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="scan-prefetch") as worker:
+            pending: Future[Chunk] | None = None
+            while self.cursor < target:
+                first, last = self.cursor + 1, min(target, self.cursor + width)
+                if pending is None:
+                    pending = worker.submit(
+                        self._fetch, first, last, self.cursor_hash, self.balance is None
+                    )
+                try:
+                    chunk = pending.result()
+                except sources.ChainMoved as exc:
+                    self.log.warning("scan.chain_moved", first=first, last=last, reason=str(exc))
+                    return  # the next poll sees where the chain settled
+                pending = None
+                if not chunk.linked:
+                    if self.counts["reorgs"] >= MAX_REORGS_PER_POLL:
+                        raise WatcherError(f"chain {self.chain.name}: the chain keeps reorganising")
+                    self._reorg(chunk.last)
+                    continue
+                if chunk.last < target:
+                    nxt = min(target, chunk.last + width)
+                    needs_balance = not self.chain.balance_guard or chunk.balance_after is None
+                    pending = worker.submit(
+                        self._fetch, chunk.last + 1, nxt, chunk.blocks[-1].hash, needs_balance
+                    )
+                try:
+                    self._commit(chunk)
+                except BaseException:
+                    if pending is not None:
+                        pending.cancel()
+                    raise
+                if self.progress is not None:
+                    self.progress(self.cursor, target)
+
+    def _fetch(self, first: int, last: int, parent_hash: str | None, balance_before: bool) -> Chunk:
+        return sources.fetch_chunk(
+            self.pool, self.chain, first, last, self.sizers,
+            parent_hash=parent_hash, balance_before=balance_before,
+        )  # fmt: skip
 
     def _commit(self, chunk: Chunk) -> None:
         """The chunk's transfers, block hashes, balance and the cursor, in one transaction."""
@@ -266,6 +296,16 @@ class _ChainScan:
             found = self._store(session, chunk.inflows)
             if found:
                 self.hooks.found(session, found)
+            # Read in this poll from blocks already final when it began: these came from the
+            # final chain itself (logs, receipts checked for status), so re-reading their
+            # receipts later would prove nothing new. They become final in this transaction.
+            final_now = [t for t in found if t.block_number <= self.final_at_start]
+            for t in final_now:
+                t.status, t.finalized_at, t.final_block = "final", self.now(), self.final_at_start
+                session.add(t)
+            if final_now:
+                session.flush()
+                self.hooks.finalized(session, final_now)
             self._drop_hashes(session, col(BlockHash.number).between(chunk.first, chunk.last))
             self._drop_hashes(session, col(BlockHash.number) <= chunk.last - chain.reorg_depth)
             session.execute(  # one executemany: no ORM objects for up to reorg_depth rows
@@ -281,6 +321,7 @@ class _ChainScan:
                 emit(session, "watcher.unexplained_balance", event, dedupe_key=key, now=self.now())
             self._move_cursor(session, chunk.last, last_hash, self.balance)
         self.counts["found"] += len(found)
+        self.counts["finalized"] += len(final_now)
         self.log.info("scan.chunk", first=chunk.first, last=chunk.last, found=len(found))
 
     def _drop_hashes(self, session: Session, where: ColumnElement[bool]) -> None:
@@ -302,36 +343,45 @@ class _ChainScan:
         query = select(Transfer).where(col(Transfer.uid).in_(list(uids)))
         existing = {t.uid: t for t in session.exec(query)}
         found: list[Transfer] = []
+        fresh: list[dict[str, object]] = []
         for uid, i in uids.items():
             row = existing.get(uid)
             if row is None:
                 token = i.token
-                row = Transfer(
-                    uid=uid, chain=chain.name, chain_id=chain.chain_id, kind=i.kind,
-                    tx_hash=i.tx_hash, log_index=i.log_index, block_number=i.block_number,
-                    block_hash=i.block_hash, from_address=i.from_address,
-                    to_address=chain.receiving_address, amount=i.amount, detected_at=now,
-                    asset=token.symbol if token else chain.native_symbol,
-                    token_address=token.address if token else None,
-                    decimals=token.decimals if token else sources.NATIVE_DECIMALS,
-                )  # fmt: skip
-            elif row.status == "final" or (row.status == "seen" and row.block_hash == i.block_hash):
+                fresh.append({
+                    "uid": uid, "chain": chain.name, "chain_id": chain.chain_id, "kind": i.kind,
+                    "tx_hash": i.tx_hash, "log_index": i.log_index, "block_number": i.block_number,
+                    "block_hash": i.block_hash, "from_address": i.from_address,
+                    "to_address": chain.receiving_address, "amount": i.amount, "detected_at": now,
+                    "asset": token.symbol if token else chain.native_symbol,
+                    "token_address": token.address if token else None,
+                    "decimals": token.decimals if token else sources.NATIVE_DECIMALS,
+                    "status": "seen",
+                })  # fmt: skip
+                continue
+            if row.status == "final" or (row.status == "seen" and row.block_hash == i.block_hash):
                 continue  # known as it is (a rescan); a final row is never rewritten
-            else:  # orphaned and found again, or (rescan) seen on a branch since replaced
-                refound = row.status == "orphaned"
-                row.status, row.block_number, row.block_hash = "seen", i.block_number, i.block_hash
-                row.from_address, row.amount = i.from_address, i.amount
-                if not refound:
-                    session.add(row)
-                    continue
+            # orphaned and found again, or (rescan) seen on a branch since replaced
+            refound = row.status == "orphaned"
+            row.status, row.block_number, row.block_hash = "seen", i.block_number, i.block_hash
+            row.from_address, row.amount = i.from_address, i.amount
             session.add(row)
-            found.append(row)
+            if refound:
+                found.append(row)
+        if fresh:  # one executemany, then load the rows back (cheaper than ORM construction)
+            session.execute(insert(Transfer), fresh)
+            new_uids = [str(r["uid"]) for r in fresh]
+            for start in range(0, len(new_uids), 500):
+                part = select(Transfer).where(col(Transfer.uid).in_(new_uids[start : start + 500]))
+                found.extend(session.exec(part))
+        session.flush()
+        found.sort(key=lambda t: (t.block_number, t.tx_hash, t.kind, t.log_index or 0))
+        for row in found:
             self.log.info(
                 "scan.found", kind=row.kind, tx=row.tx_hash, log_index=row.log_index,
                 block=row.block_number, asset=row.asset, amount=str(row.amount),
-                refound=row.id is not None,
+                refound=row.uid in existing,
             )  # fmt: skip
-        session.flush()
         return found
 
     # -- reorgs ------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -52,28 +53,31 @@ def emit(
     """Add an event to the outbox in ``session``'s transaction; returns its id.
 
     ``dedupe_key`` names the fact (``"cycle.opened:CYC-3"``): writing the same fact twice
-    leaves the first event unchanged (one ``INSERT ... ON CONFLICT DO NOTHING``).
+    leaves the first event unchanged (``INSERT ... ON CONFLICT DO NOTHING``).
     """
-    if type_ not in EVENT_TYPES:
-        raise ValueError(f"unknown event type {type_!r}")
-    eid = event_id(dedupe_key)
-    body = json.dumps(
-        {"id": eid, "type": type_, "created_at": iso(now), "data": data},
-        separators=(",", ":"),
-        sort_keys=False,
-    )
-    row = {
-        "id": eid,
-        "type": type_,
-        "dedupe_key": dedupe_key,
-        "created_at": now,
-        "body": body,
-        "fanned_out": False,
-    }
-    dialect = session.get_bind().dialect.name
-    insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = (
-        insert(OutboxEvent).values(row).on_conflict_do_nothing(index_elements=["dedupe_key"])
-    )
-    session.execute(statement)
-    return eid
+    return emit_many(session, [(type_, data, dedupe_key)], now=now)[0]
+
+
+def emit_many(
+    session: Session, events: Sequence[tuple[str, dict[str, Any], str]], *, now: datetime
+) -> list[str]:
+    """``emit`` for several ``(type, data, dedupe_key)`` facts in one statement; their ids."""
+    rows: list[dict[str, Any]] = []
+    for type_, data, dedupe_key in events:
+        if type_ not in EVENT_TYPES:
+            raise ValueError(f"unknown event type {type_!r}")
+        eid = event_id(dedupe_key)
+        body = json.dumps(
+            {"id": eid, "type": type_, "created_at": iso(now), "data": data},
+            separators=(",", ":"),
+        )
+        rows.append(
+            {"id": eid, "type": type_, "dedupe_key": dedupe_key, "created_at": now,
+             "body": body, "fanned_out": False}
+        )  # fmt: skip
+    if rows:
+        dialect = session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        statement = insert(OutboxEvent).on_conflict_do_nothing(index_elements=["dedupe_key"])
+        session.execute(statement, rows)
+    return [str(row["id"]) for row in rows]
