@@ -120,7 +120,7 @@ class Settlement:
         fresh = [t for t in transfers if t.status != "orphaned"]
         if not fresh:
             return
-        candidates = self._candidates(session, {t.chain_id for t in fresh})
+        candidates = self._candidates(session, fresh)
         funded = _funded_by_invoice(session, [c.id for c in candidates])
         thresholds = {
             c.id: matching.covered_threshold(c.price, self.settings.billing.underpay_tolerance)
@@ -218,13 +218,32 @@ class Settlement:
 
     # --- allocation ----------------------------------------------------------------------
 
-    def _candidates(self, session: Session, chain_ids: set[int]) -> list[matching.Candidate]:
-        invoices = session.exec(
-            select(Invoice).where(
-                col(Invoice.chain_id).in_(sorted(chain_ids)),
-                col(Invoice.status).in_([s.value for s in UNSETTLED]),
-            )
-        ).all()
+    def _candidates(self, session: Session, transfers: list[Transfer]) -> list[matching.Candidate]:
+        """The unsettled invoices any of ``transfers`` could match: by attached tx hash, by
+        amount, or by expected payer. Looked up by those keys, so the cost follows the
+        transfers, not the number of open invoices."""
+        chain_ids = sorted({t.chain_id for t in transfers})
+        unsettled = [s.value for s in UNSETTLED]
+        by_key = select(Invoice).where(
+            col(Invoice.chain_id).in_(chain_ids), col(Invoice.status).in_(unsettled)
+        )
+        found: dict[int | None, Invoice] = {}
+        amounts = sorted({t.amount for t in transfers})
+        txs = sorted({t.tx_hash for t in transfers})
+        senders = sorted({t.from_address for t in transfers})
+        attached_ids = select(Attachment.invoice_id).where(col(Attachment.tx_hash).in_(txs))
+        payer_retainers = [
+            r.id
+            for sender in senders
+            for r in session.exec(select(Retainer).where(col(Retainer.payers).contains(sender)))
+        ]
+        for query in (
+            by_key.where(col(Invoice.amount).in_(amounts)),
+            by_key.where(col(Invoice.id).in_(attached_ids)),
+            by_key.where(col(Invoice.retainer_id).in_(sorted({r for r in payer_retainers if r}))),
+        ):
+            found.update((i.id, i) for i in session.exec(query))
+        invoices = list(found.values())
         if not invoices:
             return []
         retainer_ids = sorted({i.retainer_id for i in invoices})
