@@ -152,6 +152,35 @@ def approve_retainer(ctx: Context, ref: str, *, by: str, note: str = "") -> Appr
     return approval
 
 
+def update_retainer(
+    ctx: Context,
+    ref: str,
+    *,
+    monthly: str | None = None,
+    payers: Sequence[str] | None = None,
+    scope: str | None = None,
+    scope_cap: str | None = None,
+) -> Retainer:
+    """Change a retainer's terms. The next invoice needs a new approval of the new terms."""
+    with transaction(ctx.engine) as session:
+        retainer = get_retainer(session, ref)
+        if retainer.status == RetainerStatus.ENDED:
+            raise Refused(f"retainer {fmt_id('RET', retainer.id)} has ended")
+        if monthly is not None:
+            retainer.monthly = parse_amount(monthly, retainer.decimals, what="monthly amount")
+        if payers is not None:
+            retainer.payers = json.dumps(
+                sorted({parse_address(p, what="payer address") for p in payers})
+            )
+        if scope is not None:
+            retainer.scope = _text(scope, "scope", limit=2000, required=False)
+        if scope_cap is not None:
+            retainer.scope_cap = _text(scope_cap, "scope cap", required=False)
+        retainer.terms_hash = terms_of(retainer, ctx.settings.chain(retainer.chain)).hash()
+        session.add(retainer)
+    return retainer
+
+
 def taken_amounts(session: Session, chain_id: int, asset: str, pay_to: str) -> list[int]:
     """Amounts held by unsettled invoices for one chain + asset + wallet."""
     rows = session.exec(

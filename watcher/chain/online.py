@@ -6,7 +6,7 @@ from typing import Any
 
 from watcher.chain.redact import redact_url
 from watcher.chain.rpc import RpcPool
-from watcher.errors import ConfigError, RpcError
+from watcher.errors import ConfigError, RpcError, WatcherError
 from watcher.settings import ChainSettings, Settings
 
 DECIMALS_SELECTOR = "0x313ce567"  # decimals()
@@ -31,7 +31,8 @@ def read_decimals(pool: RpcPool, token: str) -> int:
 
 def check_online(settings: Settings) -> list[dict[str, Any]]:
     """Every RPC URL's chain id and every token's decimals; all problems raised at once."""
-    problems: list[str] = []
+    problems: list[str] = []  # the config disagrees with the chain: exit 2
+    unreachable: list[str] = []  # could not ask: exit 1
     report: list[dict[str, Any]] = []
     for i, chain in enumerate(settings.chains):
         entry: dict[str, Any] = {"name": chain.name, "chain_id": chain.chain_id, "rpc": []}
@@ -40,7 +41,7 @@ def check_online(settings: Settings) -> list[dict[str, Any]]:
             try:
                 got = int(pool.call("eth_chainId"), 16)
             except RpcError as exc:
-                problems.append(f"chains[{i}].rpc_urls[{j}]: unreachable: {exc}")
+                unreachable.append(f"chains[{i}].rpc_urls[{j}]: unreachable: {exc}")
                 entry["rpc"].append({"url": redact_url(url), "ok": False})
                 continue
             if got != chain.chain_id:
@@ -50,8 +51,12 @@ def check_online(settings: Settings) -> list[dict[str, Any]]:
             entry["rpc"].append(
                 {"url": redact_url(url), "ok": got == chain.chain_id, "chain_id": got}
             )
+        tokens: list[dict[str, Any]] = []
+        entry["tokens"] = tokens
+        report.append(entry)
+        if not any(r.get("ok") for r in entry["rpc"]):
+            continue  # decimals on an unreachable node or another chain mean nothing
         pool = make_pool(chain)
-        tokens = []
         for k, token in enumerate(chain.tokens):
             try:
                 decimals = read_decimals(pool, token.address)
@@ -64,8 +69,8 @@ def check_online(settings: Settings) -> list[dict[str, Any]]:
                     f"{decimals} on chain for {token.symbol}"
                 )
             tokens.append({"symbol": token.symbol, "address": token.address, "decimals": decimals})
-        entry["tokens"] = tokens
-        report.append(entry)
     if problems:
-        raise ConfigError(problems)
+        raise ConfigError(problems + unreachable)
+    if unreachable:
+        raise WatcherError("; ".join(unreachable))
     return report

@@ -72,6 +72,34 @@ def retainer_approve(
         typer.echo(f"{row['id']} approved by {approval.approved_by}: {approval.terms_hash}")
 
 
+@retainer_app.command("update")
+def retainer_update(
+    retainer: Annotated[str, typer.Argument(help="Retainer id, e.g. RET-1.")],
+    monthly: Annotated[str | None, typer.Option("--monthly", help="New monthly price.")] = None,
+    payer: Annotated[
+        list[str] | None,
+        typer.Option("--payer", help="Expected payer address (repeatable; replaces the list)."),
+    ] = None,
+    scope: Annotated[str | None, typer.Option("--scope", help="New scope text.")] = None,
+    scope_cap: Annotated[str | None, typer.Option("--scope-cap", help="New scope cap.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change the terms; the next invoice waits for a new `retainer approve`."""
+    if monthly is None and payer is None and scope is None and scope_cap is None:
+        raise BadInput("nothing to update: give --monthly, --payer, --scope or --scope-cap")
+    ctx = context()
+    ledger.update_retainer(
+        ctx, retainer, monthly=monthly, payers=payer, scope=scope, scope_cap=scope_cap
+    )
+    row = queries.retainer(ctx.engine, retainer)
+    if as_json:
+        print_json(row)
+        return
+    pending = row["terms_hash"] != row["approved_terms_hash"]
+    note = "terms changed: approve them again before the next invoice" if pending else "unchanged"
+    typer.echo(f"{row['id']} updated ({note})")
+
+
 @retainer_app.command("list")
 def retainer_list(as_json: JsonOpt = False) -> None:
     """All retainers."""
