@@ -113,8 +113,9 @@ footer {{ margin-top: 2rem; color: #57606a; font-size: 12px; }}
 <th>Final at</th></tr>
 {"".join(rows)}
 </table>
-<footer>Each payment was read from the chain by a watch-only service, re-checked by transaction
-hash when its block was final (block hash, status 1, transfer still present), and frozen here.
+<footer>Each payment was read from the chain by a watch-only service and counted only once its
+block was final: read from an already final block, or re-checked by transaction hash when its
+block became final (same block hash, status 1, transfer still present). Then it was frozen here.
 Anyone can verify it on any node or explorer of chain {_e(chain["chain_id"])}.</footer>
 </body></html>
 """
