@@ -112,11 +112,14 @@ def invoice_counts(engine: Engine) -> dict[str, int]:
 
 
 def outbox_counts(engine: Engine) -> dict[str, int]:
-    """Deliveries waiting (``pending``) and dead-lettered (``dead``), as in ``v_status``."""
+    """Deliveries waiting (``pending``, including events not yet handed to their channels)
+    and dead-lettered (``dead``), as in ``v_status``."""
     counts = {"pending": 0, "dead": 0}
     sql = "SELECT status, count(*) AS n FROM deliveries WHERE status IN ('pending', 'dead') "
     for row in rows(engine, sql + "GROUP BY status"):
         counts[row["status"]] = int(row["n"])
+    for row in rows(engine, "SELECT count(*) AS n FROM outbox WHERE fanned_out = 0"):
+        counts["pending"] += int(row["n"])
     return counts
 
 

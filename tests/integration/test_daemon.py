@@ -26,9 +26,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
+import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import Engine
-from sqlmodel import select
+from sqlmodel import col, select
 from structlog.testing import capture_logs
 
 from tests.support.anvil import AnvilNode, free_port
@@ -562,6 +563,9 @@ def two_chains(tmp_path: Path, dbs: Callable[[Path], Db]) -> Db:
                 )
             )
         event_id = emit(session, "watcher.degraded", {"chain": "flaky"}, dedupe_key="k", now=now)
+        session.execute(  # handed to its one channel, where it is dead-lettered
+            sa.update(OutboxEvent).where(col(OutboxEvent.id) == event_id).values(fanned_out=True)
+        )
         session.add(
             Delivery(event_id=event_id, channel="webhook:0", status="dead", next_attempt_at=now)
         )

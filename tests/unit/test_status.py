@@ -220,13 +220,23 @@ def test_invoice_counts_have_every_status(db: Db) -> None:
 
 
 def test_outbox_counts_pending_and_dead_deliveries_like_v_status(db: Db) -> None:
-    """The outbox backlog counts pending and dead deliveries, as v_status does."""
+    """The outbox backlog counts pending and dead deliveries, plus events not yet handed to
+    their channels, as v_status does."""
     _state(db, head=1, cursor=1)
     with transaction(db.engine) as session:
+        session.add(
+            OutboxEvent(id="EVT-new", type="cycle.opened", dedupe_key="new", created_at=NOW,
+                        body="{}")
+        )  # fmt: skip
         for n, status in enumerate(("pending", "pending", "dead", "delivered")):
             session.add(
                 OutboxEvent(
-                    id=f"EVT-{n}", type="cycle.opened", dedupe_key=str(n), created_at=NOW, body="{}"
+                    id=f"EVT-{n}",
+                    type="cycle.opened",
+                    dedupe_key=str(n),
+                    created_at=NOW,
+                    body="{}",
+                    fanned_out=True,
                 )
             )
             session.flush()
@@ -235,10 +245,10 @@ def test_outbox_counts_pending_and_dead_deliveries_like_v_status(db: Db) -> None
                     event_id=f"EVT-{n}", channel="webhook:0", status=status, next_attempt_at=NOW
                 )
             )
-    assert db.document()["outbox"] == {"pending": 2, "dead": 1}
+    assert db.document()["outbox"] == {"pending": 3, "dead": 1}
     with db.reader.connect() as conn:
         view = conn.execute(sa.text("SELECT outbox_pending, outbox_dead FROM v_status")).one()
-    assert tuple(view) == (2, 1)
+    assert tuple(view) == (3, 1)
 
 
 def test_health_names_the_stopped_daemon_and_every_stale_or_unpolled_chain(db: Db) -> None:

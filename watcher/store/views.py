@@ -121,7 +121,8 @@ SELECT
     s.last_error AS last_error,
     d.pid AS daemon_pid,
     {_ts("d.last_heartbeat_at")} AS last_heartbeat_at,
-    (SELECT count(*) FROM deliveries WHERE status = 'pending') AS outbox_pending,
+    (SELECT count(*) FROM deliveries WHERE status = 'pending')
+        + (SELECT count(*) FROM outbox WHERE fanned_out = 0) AS outbox_pending,
     (SELECT count(*) FROM deliveries WHERE status = 'dead') AS outbox_dead,
     s.degraded AS degraded,
     {_ts("s.last_ok_at")} AS last_ok_at,
