@@ -8,10 +8,10 @@ nothing: allocations are keyed by transfer, events by a dedupe key, proofs writt
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from sqlmodel import Session, col, select
@@ -20,6 +20,7 @@ from watcher.domain import cycles as cycle_rules
 from watcher.domain import matching
 from watcher.domain.billing import SETTLED, UNSETTLED, InvoiceKind, InvoiceStatus, RetainerStatus
 from watcher.domain.money import format_amount
+from watcher.errors import WatcherError
 from watcher.ids import fmt_id
 from watcher.settings import Settings
 from watcher.store.outbox import emit, emit_many, iso
@@ -35,6 +36,7 @@ from watcher.store.tables import (
 )
 
 log = structlog.get_logger("watcher.settlement")
+T = TypeVar("T")
 
 #: Token decimals as read on chain: (chain name, token address) -> decimals, or None if unknown.
 DecimalsReader = Callable[[str, str], int | None]
@@ -69,6 +71,12 @@ def _active_payments(session: Session, invoice_id: int) -> list[Transfer]:
             .order_by(col(Transfer.block_number), col(Transfer.id))
         ).all()
     )
+
+
+def _batches(values: list[T], size: int = 500) -> Iterator[list[T]]:
+    """``values`` in slices that stay far below SQLite's limit of bound parameters."""
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
 
 
 def _funded_by_invoice(session: Session, invoice_ids: list[int]) -> dict[int, int]:
@@ -230,18 +238,19 @@ class Settlement:
         found: dict[int | None, Invoice] = {}
         amounts = sorted({t.amount for t in transfers})
         txs = sorted({t.tx_hash for t in transfers})
-        senders = sorted({t.from_address for t in transfers})
-        attached_ids = select(Attachment.invoice_id).where(col(Attachment.tx_hash).in_(txs))
-        payer_retainers = [
-            r.id
-            for sender in senders
-            for r in session.exec(select(Retainer).where(col(Retainer.payers).contains(sender)))
-        ]
-        for query in (
-            by_key.where(col(Invoice.amount).in_(amounts)),
-            by_key.where(col(Invoice.id).in_(attached_ids)),
-            by_key.where(col(Invoice.retainer_id).in_(sorted({r for r in payer_retainers if r}))),
-        ):
+        senders = {t.from_address for t in transfers}
+        payer_retainers = sorted(
+            r.id or 0
+            for r in session.exec(select(Retainer).where(Retainer.payers != "[]"))
+            if senders & set(json.loads(r.payers))
+        )
+        queries = [by_key.where(col(Invoice.retainer_id).in_(payer_retainers))]
+        for amount_part in _batches(amounts):
+            queries.append(by_key.where(col(Invoice.amount).in_(amount_part)))
+        for tx_part in _batches(txs):
+            by_tx = select(Attachment.invoice_id).where(col(Attachment.tx_hash).in_(tx_part))
+            queries.append(by_key.where(col(Invoice.id).in_(by_tx)))
+        for query in queries:
             found.update((i.id, i) for i in session.exec(query))
         invoices = list(found.values())
         if not invoices:
@@ -296,9 +305,10 @@ class Settlement:
         )
 
     def attach(self, session: Session, transfer: Transfer, invoice: Invoice) -> None:
-        """Allocate an operator-named transfer (already verified on chain) to ``invoice``."""
-        invoice.review_reason = None
-        session.add(invoice)
+        """Allocate an operator-named transfer (already verified on chain) to ``invoice``.
+
+        Only the review this transfer caused is cleared: another ambiguous transfer that
+        flagged the same invoice keeps it flagged."""
         self._allocate(session, transfer, invoice.id or 0, matching.Rule.ATTACHED.value)
         if transfer.status == "final":  # attached after the scanner saw it final
             self._emit_finalized(session, transfer, invoice.id or 0)
@@ -345,13 +355,17 @@ class Settlement:
     def refresh(self, session: Session, invoice_id: int) -> Invoice:
         """Recompute an invoice from its allocated payments; settle it when covered and final."""
         invoice = session.get(Invoice, invoice_id)
-        if invoice is None or invoice.status in SETTLED or invoice.status == "void":
-            assert invoice is not None
+        if invoice is None:
+            raise WatcherError(f"invoice {fmt_id('INV', invoice_id)} vanished during settlement")
+        if invoice.status in SETTLED or invoice.status == InvoiceStatus.VOID:
             return invoice
         payments = _active_payments(session, invoice_id)
-        current = InvoiceStatus(invoice.status)
         if invoice.review_reason:
             current = InvoiceStatus.NEEDS_REVIEW
+        elif invoice.status == InvoiceStatus.NEEDS_REVIEW:
+            current = InvoiceStatus.OPEN  # review cleared: the renewal round may expire it
+        else:
+            current = InvoiceStatus(invoice.status)
         result = matching.coverage(
             price=invoice.price,
             amount=invoice.amount,

@@ -340,8 +340,11 @@ class _ChainScan:
         """Insert new transfers and revive orphaned ones found again; returns both."""
         chain, now = self.chain, self.now()
         uids = {transfer_uid(chain.chain_id, i.tx_hash, i.kind, i.log_index): i for i in inflows}
-        query = select(Transfer).where(col(Transfer.uid).in_(list(uids)))
-        existing = {t.uid: t for t in session.exec(query)}
+        existing: dict[str, Transfer] = {}
+        keys = list(uids)
+        for start in range(0, len(keys), 500):  # far below SQLite's bound-parameter limit
+            query = select(Transfer).where(col(Transfer.uid).in_(keys[start : start + 500]))
+            existing.update((t.uid, t) for t in session.exec(query))
         found: list[Transfer] = []
         fresh: list[dict[str, object]] = []
         for uid, i in uids.items():

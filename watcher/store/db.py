@@ -27,6 +27,13 @@ BUSY_TIMEOUT_MS = 10_000
 #: (version, statements). Append only; never edit a released entry.
 MIGRATIONS: list[tuple[int, list[str]]] = [
     (1, []),  # the initial schema, created from the table definitions
+    (
+        2,  # a transfer funds at most one invoice, also under concurrent writers (PostgreSQL)
+        [
+            "CREATE UNIQUE INDEX IF NOT EXISTS uq_allocations_active_transfer "
+            "ON allocations (transfer_id) WHERE active"
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, String, TypeDecorator, UniqueConstraint
+from sqlalchemy import Column, DateTime, Index, String, TypeDecorator, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 
@@ -164,6 +164,16 @@ class Allocation(SQLModel, table=True):
     """Which invoice a transfer funds. A transfer funds at most one invoice at a time."""
 
     __tablename__ = "allocations"
+    __table_args__ = (
+        # A transfer funds at most one invoice: enforced by the database too (schema 2).
+        Index(
+            "uq_allocations_active_transfer",
+            "transfer_id",
+            unique=True,
+            sqlite_where=text("active"),
+            postgresql_where=text("active"),
+        ),
+    )
     id: int | None = Field(default=None, primary_key=True)
     transfer_id: int = Field(foreign_key="transfers.id", index=True)
     invoice_id: int = Field(foreign_key="invoices.id", index=True)
