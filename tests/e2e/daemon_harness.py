@@ -18,7 +18,6 @@ import hashlib
 import hmac
 import json
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from web3.contract import Contract
 from tests.support.anvil import AnvilNode
 from tests.support.contracts import deploy, erc20_transfer, wait_receipt
 from tests.support.receivers import Received, WebhookReceiver
+from tests.support.service import DaemonProcess
 from watcher import ledger
 from watcher.ledger import Context
 from watcher.settings import load_settings
@@ -101,46 +101,6 @@ class Hook:
     url: str
     secret: str = SECRET
     events: tuple[str, ...] = ("*",)
-
-
-class DaemonProcess:
-    """``python -m watcher run --config ...`` as a child process, its log (stderr) in a file."""
-
-    def __init__(self, config: Path, env: dict[str, str]) -> None:
-        self.log_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
-        with self.log_path.open("wb") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "watcher", "run", "--config", str(config)],
-                cwd=REPO_ROOT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=log,
-            )
-        self.pid = self.proc.pid
-
-    @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def kill9(self) -> int:
-        """SIGKILL: no handler runs, nothing is flushed or marked stopped."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGKILL)
-        return self.proc.wait(STOP_TIMEOUT)
-
-    def terminate(self) -> int:
-        """SIGTERM and the exit code (killed, and an AssertionError, past the deadline)."""
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            self.kill9()
-            raise AssertionError(f"daemon did not exit within {STOP_TIMEOUT:g} s") from None
 
 
 class Site:
@@ -254,7 +214,7 @@ due_days = 7
         return {**env, "PYTHONUNBUFFERED": "1"}
 
     def start_daemon(self) -> DaemonProcess:
-        daemon = DaemonProcess(self.config, self.child_env())
+        daemon = DaemonProcess(self.config, self.child_env(), stop_timeout=STOP_TIMEOUT)
         self.daemons.append(daemon)
         return daemon
 

@@ -34,6 +34,7 @@ from structlog.testing import capture_logs
 
 from tests.support.anvil import AnvilNode, free_port
 from tests.support.rpcproxy import RpcProxy
+from tests.support.service import DaemonProcess
 from watcher import ledger
 from watcher.daemon import (
     DEGRADED_AFTER,
@@ -179,54 +180,12 @@ def cli(config: Path, *args: str, timeout: float = 60) -> subprocess.CompletedPr
     )
 
 
-class DaemonProcess:
-    """``python -m watcher run`` as a child process, its stderr in a file."""
-
-    def __init__(self, config: Path) -> None:
-        self.stderr_path = config.parent / f"daemon-{time.monotonic_ns()}.log"
-        with self.stderr_path.open("wb") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "watcher", "run", "--config", str(config)],
-                cwd=REPO_ROOT,
-                env=child_env(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-            )
-        self.pid = self.proc.pid
-
-    @property
-    def stderr(self) -> str:
-        return self.stderr_path.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def stop(self, sig: signal.Signals = signal.SIGTERM, timeout: float = DEADLINE) -> int:
-        """Send ``sig`` and wait for the exit code (killed, and the test failed, past the
-        deadline)."""
-        if self.alive():
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            raise AssertionError(
-                f"daemon did not exit within {timeout:g} s of {sig.name}"
-            ) from None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.proc.kill()
-        self.proc.wait(10)
-
-
 @pytest.fixture
 def daemons() -> Iterator[Callable[[Path], DaemonProcess]]:
     started: list[DaemonProcess] = []
 
     def start(config: Path) -> DaemonProcess:
-        process = DaemonProcess(config)
+        process = DaemonProcess(config, child_env(), stop_timeout=DEADLINE)
         started.append(process)
         return process
 

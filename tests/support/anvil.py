@@ -17,11 +17,12 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import requests
 from web3 import Web3
+
+from tests.support.service import Service
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_ANVIL = REPO_ROOT / "tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil"
@@ -59,7 +60,7 @@ class AnvilError(RuntimeError):
         super().__init__(f"{method}: {error.get('message')} (code {self.code})")
 
 
-class AnvilNode:
+class AnvilNode(Service):
     """One Anvil process on 127.0.0.1; use as a context manager or call start()/stop()."""
 
     def __init__(
@@ -191,17 +192,6 @@ class AnvilNode:
             return ""
         text = self.log_path.read_text(errors="replace")
         return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> AnvilNode:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- JSON-RPC --------------------------------------------------------------------------
 

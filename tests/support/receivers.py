@@ -23,13 +23,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 
 from tests.support.anvil import free_port
+from tests.support.service import Service
 from watcher.notify.webhook import EVENT_ID_HEADER, SIGNATURE_HEADER, verify_signature
 
 T = TypeVar("T")
@@ -79,7 +79,7 @@ class _Behaviour:
     failing_events: dict[str, int] = field(default_factory=dict)
 
 
-class WebhookReceiver:
+class WebhookReceiver(Service):
     """A webhook receiver on 127.0.0.1 that verifies signatures; start/stop or ``with``."""
 
     def __init__(
@@ -135,17 +135,6 @@ class WebhookReceiver:
     @property
     def running(self) -> bool:
         return self._server is not None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def url(self, path: str = "/hook") -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -257,7 +246,7 @@ class _Collector:
         return "250 OK"
 
 
-class SmtpServer:
+class SmtpServer(Service):
     """A local SMTP server (aiosmtpd) collecting messages; optional AUTH without TLS."""
 
     def __init__(self, *, username: str | None = None, password: str | None = None) -> None:
@@ -292,17 +281,6 @@ class SmtpServer:
         if self._started:
             self._controller.stop()
             self._started = False
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def messages(self) -> list[EmailMessage]:

@@ -22,10 +22,11 @@ import threading
 from collections import Counter, deque
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from types import TracebackType
 from typing import Any
 
 import requests
+
+from tests.support.service import Service
 
 Handler = Callable[[str, list[Any]], Any]
 
@@ -51,7 +52,7 @@ def _answer_error(entry: Any, error: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": req_id, "error": error}
 
 
-class RpcProxy:
+class RpcProxy(Service):
     """A JSON-RPC proxy on 127.0.0.1; use as a context manager or call start()/stop()."""
 
     def __init__(
@@ -127,17 +128,6 @@ class RpcProxy:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-
-    def __enter__(self) -> RpcProxy:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- serving ---------------------------------------------------------------------------
 
