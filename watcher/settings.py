@@ -23,6 +23,7 @@ from dotenv import dotenv_values
 from watcher.domain.addresses import parse_address
 from watcher.domain.money import parse_fraction
 from watcher.errors import BadInput, ConfigError
+from watcher.notify.webhook import standard_key
 
 DEFAULT_CONFIG = Path("config/watcher.toml")
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -518,6 +519,11 @@ def _notify(raw: Mapping[str, Any], p: _Problems) -> NotifySettings:
         secret = hook.get("secret")
         if not isinstance(secret, str) or len(secret) < 16:
             p.add(f"{hp}.secret", "must be a string of at least 16 characters (use ${VAR})")
+        else:
+            try:
+                standard_key(secret)
+            except ValueError as exc:
+                p.add(f"{hp}.secret", f"{exc} (value not shown)")
         hooks.append(
             WebhookSettings(
                 url=str(url),

@@ -6,6 +6,7 @@ The database is a real SQLite file.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import sqlite3
@@ -18,12 +19,19 @@ import pytest
 import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.support.receivers import SmtpServer, WebhookReceiver, free_port, wait_for
 from watcher.errors import NotFound, Refused
 from watcher.notify.apprise_channel import render
 from watcher.notify.outbox import Channel, DeliveryReport, deliver_due, retry_dead, wants
-from watcher.notify.webhook import WebhookChannel, signature_header, verify_signature
+from watcher.notify.webhook import (
+    WebhookChannel,
+    signature_header,
+    standard_key,
+    standard_signature,
+    verify_signature,
+)
 from watcher.settings import NotifySettings, Settings, WebhookSettings
 from watcher.store.db import make_engine, migrate, read_session, transaction
 from watcher.store.outbox import emit
@@ -31,6 +39,8 @@ from watcher.store.tables import Delivery, DeliveryAttempt, OutboxEvent
 
 SECRET = "whsec-test-0123456789abcdef"
 OTHER_SECRET = "whsec-other-fedcba9876543210"
+#: A Standard Webhooks secret: ``whsec_`` and the base64 of a 32-byte key.
+STANDARD_SECRET = "whsec_" + base64.b64encode(bytes(range(32))).decode()
 SMTP_PASSWORD = "Sm7pPa55-w0rd-xyz"
 T0 = datetime(2026, 3, 14, 10, 0, tzinfo=UTC)
 TX = "0x" + "5e" * 32
@@ -182,6 +192,64 @@ def test_event_is_delivered_once_with_valid_signature_and_exact_headers(
     assert (delivery.channel, delivery.status, delivery.attempts) == ("webhook:0", "delivered", 1)
     assert delivery.delivered_at == T0
     assert [(a.ok, a.detail) for a in attempts(engine)] == [(True, "HTTP 200")]
+
+
+def test_whsec_secret_adds_standard_webhooks_headers_verified_by_the_library(
+    tmp_path: Path, engine: Engine, clock: Clock
+) -> None:
+    """With a whsec_ secret the delivery verifies with the standardwebhooks package and with
+    the Proofwatch-Signature scheme, both over the same stored body and timestamp."""
+    with WebhookReceiver(STANDARD_SECRET) as receiver:
+        settings = settings_for(tmp_path, webhooks=(hook(receiver.url(), STANDARD_SECRET),))
+        event = add_event(engine, clock)
+        report = deliver(engine, settings, clock)
+        (got,) = receiver.requests
+    assert report.delivered == 1
+    assert got.standard_valid is True
+    assert got.valid_signature is True
+    assert Webhook(STANDARD_SECRET).verify(got.body, got.headers) == json.loads(event.body)
+    assert got.headers["webhook-id"] == event.id == got.headers["Proofwatch-Event-Id"]
+    t = got.headers["webhook-timestamp"]
+    assert got.headers["Proofwatch-Signature"].startswith(f"t={t},v1=")
+    assert got.headers["webhook-signature"].startswith("v1,")
+    other = Webhook("whsec_" + base64.b64encode(bytes(range(1, 33))).decode())
+    with pytest.raises(WebhookVerificationError):
+        other.verify(got.body, got.headers)
+
+
+def test_plain_secret_sends_no_standard_webhooks_headers(
+    tmp_path: Path, engine: Engine, clock: Clock, receiver: WebhookReceiver
+) -> None:
+    """A secret without the whsec_ prefix gets only today's Proofwatch-* headers."""
+    settings = settings_for(tmp_path, webhooks=(hook(receiver.url()),))
+    add_event(engine, clock)
+    deliver(engine, settings, clock)
+    (got,) = receiver.requests
+    assert got.valid_signature is True and got.standard_valid is None
+    assert not {"webhook-id", "webhook-timestamp", "webhook-signature"} & {
+        k.lower() for k in got.headers
+    }
+
+
+def test_standard_signature_matches_the_specification_example() -> None:
+    """The webhook-signature of the Standard Webhooks specification's own example is reproduced."""
+    key = standard_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    assert key == base64.b64decode("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    body = '{"test": 2432232314}'
+    assert (
+        standard_signature(key, "msg_p5jXN8AQM9LWM0D4loKWxJek", 1614265330, body)
+        == "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+    )
+
+
+def test_standard_key_refuses_a_whsec_secret_that_is_not_a_usable_key() -> None:
+    """A whsec_ secret must be base64 of 24 to 64 bytes; other secrets have no standard key."""
+    assert standard_key(SECRET) is None
+    assert standard_key("whsec_" + base64.b64encode(b"k" * 24).decode().rstrip("=")) == b"k" * 24
+    with pytest.raises(ValueError, match="not base64"):
+        standard_key("whsec_not*base64!")
+    with pytest.raises(ValueError, match="24 to 64 bytes, not 12"):
+        standard_key("whsec_" + base64.b64encode(b"k" * 12).decode())
 
 
 def test_receiver_error_is_retried_with_backoff_and_delivered_after_recovery(

@@ -1,7 +1,8 @@
 """Real local receivers for notification tests: an HTTP webhook receiver and an SMTP server.
 
 ``WebhookReceiver`` is a ``ThreadingHTTPServer`` on 127.0.0.1 that records every request
-(headers, raw body, whether its ``Proofwatch-Signature`` verifies with the shared secret) before
+(headers, raw body, whether its ``Proofwatch-Signature`` verifies with the shared secret and,
+for a ``whsec_`` secret, whether the ``standardwebhooks`` library accepts it) before
 answering, so a request is recorded by the time the sender has its answer. It can answer errors
 for a while, refuse one event, or be stopped (connection refused) and restarted on its port.
 
@@ -27,6 +28,7 @@ from typing import Any, Self, TypeVar
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
+from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.support.anvil import free_port
 from tests.support.service import Service
@@ -63,6 +65,7 @@ class Received:
     valid_signature: bool | None  # None when the receiver has no secret
     status: int
     at: datetime
+    standard_valid: bool | None = None  # standardwebhooks' verdict; None unless whsec_ secret
 
     @property
     def event_id(self) -> str | None:
@@ -168,6 +171,16 @@ class WebhookReceiver(Service):
         """The requests answered with a 2xx, in arrival order."""
         return [r for r in self.requests if 200 <= r.status < 300]
 
+    def standard_verdict(self, headers: dict[str, str], body: bytes) -> bool | None:
+        """Whether ``standardwebhooks`` verifies the request, as a receiver's code would."""
+        if self.secret is None or not self.secret.startswith("whsec_"):
+            return None
+        try:
+            Webhook(self.secret).verify(body, headers)
+        except (WebhookVerificationError, ValueError):  # ValueError: a malformed header
+            return False
+        return True
+
     def _answer(self, received_headers: dict[str, str], body: bytes) -> tuple[int, bool | None]:
         valid: bool | None = None
         if self.secret is not None:
@@ -215,6 +228,7 @@ def _handler_for(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
                     valid_signature=valid,
                     status=status,
                     at=datetime.now(UTC),
+                    standard_valid=receiver.standard_verdict(headers, body),
                 )
             )
             reply = b'{"ok": true}' if 200 <= status < 300 else b'{"ok": false}'

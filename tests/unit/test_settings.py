@@ -234,6 +234,25 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert settings.database_url == f"sqlite:///{tmp_path.resolve() / 'data' / 'watcher.db'}"
 
 
+def test_standard_webhooks_secret_is_accepted(tmp_path: Path) -> None:
+    """A whsec_ secret whose base64 part decodes to a 32-byte key loads unchanged."""
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSwMfKQ9r8GKYo="
+    settings = load_settings(
+        write(tmp_path, base_config(), env={**DOTENV, "WEBHOOK_SECRET": secret})
+    )
+    assert settings.notify.webhooks[0].secret == secret
+
+
+def test_bad_standard_webhooks_secret_is_not_echoed(tmp_path: Path) -> None:
+    """A whsec_ secret that does not decode is refused without quoting it."""
+    secret = "whsec_this-is-not-base64!"
+    error = refused(write(tmp_path, base_config(), env={**DOTENV, "WEBHOOK_SECRET": secret}))
+    assert error.problems == [
+        "notify.webhooks[0].secret: the part after whsec_ is not base64 (value not shown)"
+    ]
+    assert "this-is-not" not in str(error)
+
+
 def test_lowercase_address_is_checksummed(tmp_path: Path) -> None:
     """An all-lowercase receiving address is accepted and stored EIP-55 checksummed."""
     config = base_config()
@@ -303,6 +322,8 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("notify.webhooks", "https://x", "must be a list of [[notify.webhooks]] tables"),
     ("notify.webhooks[0].url", "ftp://hooks.example", "is not an http(s) URL"),
     ("notify.webhooks[0].secret", "short", "at least 16 characters"),
+    ("notify.webhooks[0].secret", "whsec_not*base64*at-all", "the part after whsec_ is not base64"),
+    ("notify.webhooks[0].secret", "whsec_a2tra2tra2tra2tr", "to 64 bytes, not 12"),
     ("notify.webhooks[0].events", [""], "must be a list of event types"),
     ("status.listen", "9464", "'9464' must be host:port"),
     ("status.stale_seconds", 0, "0 must be a positive number"),
