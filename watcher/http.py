@@ -243,6 +243,14 @@ class _StatusCollector(Collector):
                 consecutive.add_metric([name], now_failing)
                 total.add_metric([name], ever)
             yield from (consecutive, total)
+        off = GaugeMetricFamily(
+            "proofwatch_channel_disabled",
+            "1 for each notification channel disabled by a 410 Gone answer.",
+            labels=["channel"],
+        )
+        for channel in doc["disabled_channels"]:
+            off.add_metric([channel["channel"]], 1)
+        yield off
         for key in ("pending", "dead"):
             yield GaugeMetricFamily(
                 f"proofwatch_outbox_{key}",
@@ -415,9 +423,18 @@ def render_page(engine: Engine, settings: Settings, now: datetime) -> str:
         daemon_html = _pill("not running", "bad")
     daemon_html += f' <span class="sub">heartbeat {_when(daemon["last_heartbeat_at"])}</span>'
     health = _pill("healthy", "ok") if not reasons else _pill("unhealthy", "bad")
+    warnings = [
+        *reasons,
+        *(
+            f"notification channel {c['channel']} disabled since {c['disabled_at']} "
+            f"({c['reason']} on {c['event_id']}), {c['pending']} pending: "
+            f"proofwatch notify enable {c['channel']}"
+            for c in doc["disabled_channels"]
+        ),
+    ]
     reasons_html = (
-        '<ul class="reasons">' + "".join(f"<li>{_e(r)}</li>" for r in reasons) + "</ul>"
-        if reasons
+        '<ul class="reasons">' + "".join(f"<li>{_e(r)}</li>" for r in warnings) + "</ul>"
+        if warnings
         else ""
     )
 

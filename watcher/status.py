@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from watcher.chain.redact import redact_text
 from watcher.domain.billing import InvoiceStatus
+from watcher.notify.disabled import disabled_channels
 from watcher.settings import Settings
 from watcher.store.db import read_session
 from watcher.store.outbox import iso
@@ -124,13 +125,18 @@ def outbox_counts(engine: Engine) -> dict[str, int]:
 
 
 def status_document(engine: Engine, settings: Settings, now: datetime) -> dict[str, Any]:
-    """The ``proofwatch status --json`` document (CONTRACT.md), read at ``now``."""
+    """The ``proofwatch status --json`` document (CONTRACT.md), read at ``now``.
+
+    Beyond the contract's fields: ``disabled_channels``, each notification channel disabled by
+    a 410 Gone answer (``channel, disabled_at, reason, event_id, pending``).
+    """
     return {
         "generated_at": iso(now),
         "daemon": daemon_status(engine, now),
         "chains": chain_statuses(engine, settings),
         "invoices": invoice_counts(engine),
         "outbox": outbox_counts(engine),
+        "disabled_channels": disabled_channels(engine),
     }
 
 

@@ -725,3 +725,18 @@ def test_other_event_types_read_as_one_paragraph() -> None:
     )
     assert degraded[0] == "proofwatch: base is degraded"
     assert degraded[1].startswith("Chain base is degraded: RPC down.")
+
+
+def test_channel_disabled_reads_as_an_instruction_to_the_operator() -> None:
+    """watcher.channel_disabled names the channel, the answer and the command that lifts it."""
+    title, text = render(
+        {
+            "id": "EVT-7",
+            "type": "watcher.channel_disabled",
+            "data": {"channel": "webhook:0", "reason": "HTTP 410", "event_id": "EVT-6"},
+        }
+    )
+    assert title == "proofwatch: channel webhook:0 disabled"
+    assert text.startswith("Notification channel webhook:0 answered HTTP 410 and is disabled.")
+    assert "`proofwatch notify enable webhook:0`" in text
+    assert "event_id: EVT-6" in text

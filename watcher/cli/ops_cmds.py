@@ -1,4 +1,4 @@
-"""Operating commands: ``run`` (the daemon), ``status``, ``notify retry``."""
+"""Operating commands: ``run`` (the daemon), ``status``, ``notify retry``, ``notify enable``."""
 
 from __future__ import annotations
 
@@ -76,6 +76,25 @@ def notify_retry(
         typer.echo(f"{event_id}: {count} dead deliver{'y' if count == 1 else 'ies'} re-queued")
 
 
+@notify_app.command("enable")
+def notify_enable(
+    channel: Annotated[str, typer.Argument(help="Channel name as in `status`, e.g. webhook:0")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Enable a channel disabled by a 410 Gone answer; its waiting deliveries go out next run."""
+    from watcher.notify.disabled import enable
+
+    ctx = context()
+    configure(ctx.settings.secrets)
+    pending = enable(ctx.engine, channel.strip())
+    if as_json:
+        print_json({"channel": channel.strip(), "enabled": True, "pending": pending})
+    else:
+        typer.echo(
+            f"{channel.strip()}: enabled, {pending} pending deliver{'y' if pending == 1 else 'ies'}"
+        )
+
+
 def _dash(value: Any) -> str:
     return "—" if value is None else escape(str(value))
 
@@ -128,6 +147,12 @@ def _print_status(document: dict[str, Any], problems: list[str]) -> None:
     console.print(f"invoices {counts}")
     outbox = document["outbox"]
     console.print(f"outbox   pending {outbox['pending']} · dead {outbox['dead']}")
+    for off in document["disabled_channels"]:
+        console.print(
+            f"channel  [red]{escape(off['channel'])} disabled[/] since {off['disabled_at']} "
+            f"({escape(off['reason'])} on {off['event_id']}), {off['pending']} pending: "
+            f"proofwatch notify enable {escape(off['channel'])}"
+        )
     if problems:
         console.print("health   [red]unhealthy[/]: " + escape("; ".join(problems)))
     else:

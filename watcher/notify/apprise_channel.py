@@ -34,6 +34,7 @@ _WARNING_TYPES = {
     "transfer.unassigned",
     "watcher.degraded",
     "watcher.unexplained_balance",
+    "watcher.channel_disabled",
 }
 _SUCCESS_TYPES = {"cycle.opened", "payment.finalized", "invoice.paid_late", "watcher.recovered"}
 _FAILURE_TYPES = {"watcher.finality_violation"}
@@ -213,6 +214,18 @@ def _watcher(what: str, after: str) -> Callable[[Mapping[str, Any]], Rendered]:
     return render
 
 
+def _channel_disabled(d: Mapping[str, Any]) -> Rendered:
+    channel = _text(d, "channel") or "a channel"
+    reason = _text(d, "reason") or "410 Gone"
+    text = _sentence(
+        f"Notification channel {channel} answered {reason} and is disabled.",
+        "Its deliveries wait, unsent; after fixing the receiver or the config run",
+        f"`proofwatch notify enable {channel}`.",
+    )
+    rest = {k: v for k, v in d.items() if k not in ("channel", "reason")}
+    return f"proofwatch: channel {channel} disabled", [text, _details(rest)]
+
+
 _RENDERERS: dict[str, Callable[[Mapping[str, Any]], Rendered]] = {
     "cycle.opened": _cycle_opened,
     "payment.detected": _payment("was seen", "It is not final yet; you will hear when it is."),
@@ -253,6 +266,7 @@ _RENDERERS: dict[str, Callable[[Mapping[str, Any]], Rendered]] = {
     "watcher.unexplained_balance": _watcher(
         "has an unexplained balance change", "Check the receiving wallet."
     ),
+    "watcher.channel_disabled": _channel_disabled,
     "watcher.finality_violation": _watcher(
         "broke finality", "A block believed final was replaced: check the node."
     ),

@@ -19,6 +19,11 @@ event. The price is ordering: after an outage a channel may receive a newer even
 older one whose retry is not due yet. Receivers order by ``created_at`` and de-duplicate on
 ``id``.
 
+A receiver that answers 410 Gone disables its channel (``watcher.notify.disabled``): that
+attempt is recorded, the channel's deliveries stay pending and unattempted, and
+``watcher.channel_disabled`` is emitted, all in one transaction; ``proofwatch notify enable``
+resumes them.
+
 Channel names are ``webhook:<i>`` and ``apprise:<i>`` (position in the config), never URLs;
 logs use these names only.
 """
@@ -37,9 +42,9 @@ from sqlmodel import col, func, select
 
 from watcher.chain.redact import redact_text
 from watcher.errors import NotFound, Refused
-from watcher.notify import backoff
+from watcher.notify import backoff, disabled
 from watcher.notify.apprise_channel import AppriseChannel, protect_library_logs
-from watcher.notify.webhook import WebhookChannel
+from watcher.notify.webhook import ChannelGone, WebhookChannel
 from watcher.settings import Settings
 from watcher.store.db import read_session, transaction
 from watcher.store.outbox import iso
@@ -65,8 +70,9 @@ class Channel(Protocol):
     def send(self, event_id: str, body: str) -> tuple[bool, str]:
         """Deliver the stored ``body`` of event ``event_id`` once.
 
-        Returns (delivered, detail): a short reason with no URL or secret in it. Should not
-        raise; an exception counts as a failed attempt.
+        Returns (delivered, detail): a short reason with no URL or secret in it. Raises
+        ``ChannelGone`` when the receiver is gone for good (HTTP 410): the channel is then
+        disabled. Should not raise anything else; an exception counts as a failed attempt.
         """
 
 
@@ -81,6 +87,8 @@ class DeliveryReport:
     dead: int = 0  # failed for the last time
     deferred: int = 0  # due, but left for the next run: their channel failed earlier this run
     unconfigured: int = 0  # due, but their channel is no longer in the config: left pending
+    gone: int = 0  # answered 410 Gone: their channel is now disabled, they stay pending
+    held: int = 0  # due, but their channel is disabled: left pending
 
 
 def wants(patterns: Iterable[str], event_type: str) -> bool:
@@ -204,13 +212,29 @@ def _count_unconfigured(engine: Engine, now: datetime, channels: Iterable[str]) 
         ).one()
 
 
-def _attempt(channel: Channel, due: _Due, secrets: Sequence[str]) -> tuple[bool, str]:
-    """One send, never raising; the detail is redacted and short."""
+def _count_held(engine: Engine, now: datetime, channels: Iterable[str]) -> int:
+    with read_session(engine) as session:
+        return session.exec(
+            select(func.count())
+            .select_from(Delivery)
+            .where(
+                Delivery.status == PENDING,
+                col(Delivery.next_attempt_at) <= now,
+                col(Delivery.channel).in_(list(channels)),
+            )
+        ).one()
+
+
+def _attempt(channel: Channel, due: _Due, secrets: Sequence[str]) -> tuple[bool, str, bool]:
+    """One send, never raising: (delivered, detail, gone); the detail is redacted and short."""
+    gone = False
     try:
         ok, detail = channel.send(due.event_id, due.body)
+    except ChannelGone as exc:
+        ok, detail, gone = False, exc.detail, True
     except Exception as exc:  # a channel bug must not stop the other deliveries
         ok, detail = False, f"channel error ({type(exc).__name__})"
-    return ok, redact_text(detail, secrets)[:DETAIL_LIMIT]
+    return ok, redact_text(detail, secrets)[:DETAIL_LIMIT], gone
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +291,31 @@ def _record(
     return result
 
 
+def _record_gone(engine: Engine, due: _Due, detail: str, at: datetime) -> bool:
+    """Commit a 410 answer: the attempt, the channel disabled and its event, in one transaction.
+
+    The delivery stays pending (its backoff untouched) for when the channel is enabled again.
+    Returns False if the delivery left ``pending`` meanwhile.
+    """
+    with transaction(engine) as session:
+        delivery = session.get(Delivery, due.delivery_id)
+        if delivery is None or delivery.status != PENDING:
+            return False
+        session.add(DeliveryAttempt(delivery_id=due.delivery_id, at=at, ok=False, detail=detail))
+        delivery.attempts += 1
+        delivery.last_error = f"{detail}: channel disabled"
+        session.add(delivery)
+        disabled.disable(session, due.channel, reason=detail, event_id=due.event_id, now=at)
+    log.error(
+        "notify.channel_disabled",
+        event_id=due.event_id,
+        type=due.event_type,
+        channel=due.channel,
+        reason=detail,
+    )
+    return True
+
+
 def deliver_due(
     engine: Engine,
     settings: Settings,
@@ -281,7 +330,8 @@ def deliver_due(
     ``channels`` defaults to ``build_channels(settings)``; ``rand`` feeds the backoff jitter;
     ``max_events`` bounds both the events fanned out and the deliveries tried per channel.
     Deliveries of channels that are no longer configured stay pending, untouched, and are
-    counted in ``unconfigured``: putting the channel back in the config resumes them.
+    counted in ``unconfigured``: putting the channel back in the config resumes them. Those of
+    a disabled channel (410 Gone) likewise stay pending, counted in ``held``.
     """
     chans = list(build_channels(settings) if channels is None else channels)
     by_name = {c.name: c for c in chans}
@@ -289,13 +339,20 @@ def deliver_due(
     protect_library_logs(secrets)  # urllib3 logs webhook paths, which may hold tokens
     events, created = fan_out(engine, chans, now(), max_events)
     counts = {DELIVERED: 0, PENDING: 0, DEAD: 0}
-    deferred = 0
+    deferred = gone = 0
     failed_this_run: set[str] = set()
-    for due in _due(engine, now(), by_name, max_events):
+    off = disabled.disabled_names(engine)
+    for due in _due(engine, now(), [n for n in by_name if n not in off], max_events):
+        if due.channel in off:  # it answered 410 earlier in this run
+            continue
         if due.channel in failed_this_run:
             deferred += 1
             continue
-        ok, detail = _attempt(by_name[due.channel], due, secrets)
+        ok, detail, is_gone = _attempt(by_name[due.channel], due, secrets)
+        if is_gone:
+            gone += _record_gone(engine, due, detail, now())
+            off.add(due.channel)
+            continue
         result = _record(engine, due, ok, detail, now(), rand)
         if result is not None:
             counts[result.status] += 1
@@ -309,6 +366,8 @@ def deliver_due(
         dead=counts[DEAD],
         deferred=deferred,
         unconfigured=_count_unconfigured(engine, now(), by_name),
+        gone=gone,
+        held=_count_held(engine, now(), off & set(by_name)) if off else 0,
     )
 
 

@@ -34,6 +34,16 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ON allocations (transfer_id) WHERE active"
         ],
     ),
+    (
+        8,  # a channel whose receiver answered 410 Gone is disabled until the operator enables it
+        [
+            "CREATE TABLE IF NOT EXISTS disabled_channels ("
+            "channel VARCHAR NOT NULL PRIMARY KEY, "
+            "disabled_at TIMESTAMP NOT NULL, "
+            "reason VARCHAR NOT NULL, "
+            "event_id VARCHAR NOT NULL)"
+        ],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

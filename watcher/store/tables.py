@@ -274,3 +274,17 @@ class Daemon(SQLModel, table=True):
     started_at: datetime | None = _when()
     last_heartbeat_at: datetime | None = _when()
     stopped_at: datetime | None = _when()
+
+
+class DisabledChannel(SQLModel, table=True):
+    """A channel whose receiver answered 410 Gone: not attempted until the operator enables it.
+
+    ``channel`` is the identifier ``deliveries.channel`` uses. Its pending deliveries wait,
+    unattempted; new events still get deliveries for it, so nothing is lost.
+    """
+
+    __tablename__ = "disabled_channels"
+    channel: str = Field(primary_key=True)
+    disabled_at: datetime = _when(nullable=False)
+    reason: str  # short, redacted: "HTTP 410"
+    event_id: str  # the event whose delivery got the answer
