@@ -8,7 +8,12 @@
   every value escaped, no JavaScript.
 
 Everything is read through a read-only engine (the operator views), so serving never blocks
-the daemon's writes. Bind it to 127.0.0.1: it has no authentication.
+the daemon's writes.
+
+Safe behind a proxy (``watcher.http_guard``): every request's ``Host`` must name the listen
+host or one of ``[status] allowed_hosts`` (else 400), and with ``[status] token`` set the page
+and ``/metrics`` need the token (else 401 with a ``WWW-Authenticate`` challenge); ``/healthz``
+stays open for health checkers.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
 from watcher.errors import WatcherError
+from watcher.http_guard import OPEN_PATHS, HostCheck, token_matches
 from watcher.settings import Settings
 from watcher.status import Row, health_problems, parse_ts, rows, status_document
 
@@ -74,6 +80,8 @@ class StatusServer:
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_StatusCollector(self))
         self.url = ""
+        self.token = settings.status.token
+        self.hosts = HostCheck(parse_listen(listen)[0], settings.status.allowed_hosts)
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -154,6 +162,23 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self, *, send_body: bool) -> None:
         owner = self.server_owner
         path = self.path.split("?", 1)[0]
+        text = "text/plain; charset=utf-8"
+        if not owner.hosts.allows(self.headers.get("Host")):
+            log.warning("http.host_refused", host=str(self.headers.get("Host"))[:100], path=path)
+            self._reply(400, text, b"host not allowed\n", send_body)
+            return
+        if (
+            owner.token is not None
+            and path not in OPEN_PATHS
+            and not token_matches(owner.token, self.headers.get("Authorization"))
+        ):
+            log.info("http.unauthorized", path=path, client=self.client_address[0])
+            challenges = [
+                ("WWW-Authenticate", 'Bearer realm="proofwatch"'),
+                ("WWW-Authenticate", 'Basic realm="proofwatch", charset="UTF-8"'),  # browsers
+            ]
+            self._reply(401, text, b"token required\n", send_body, challenges)
+            return
         try:
             if path == "/healthz":
                 status, body = owner.healthz()
@@ -169,11 +194,18 @@ class _Handler(BaseHTTPRequestHandler):
             log.error("http.failed", path=path, error=f"{type(exc).__name__}: {exc}")
             self._reply(500, "text/plain; charset=utf-8", b"status unavailable\n", send_body)
 
-    def _reply(self, status: int, content_type: str, body: bytes, send_body: bool) -> None:
+    def _reply(
+        self,
+        status: int,
+        content_type: str,
+        body: bytes,
+        send_body: bool,
+        extra: Iterable[tuple[str, str]] = (),
+    ) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
-        for name, value in _SECURITY_HEADERS.items():
+        for name, value in [*_SECURITY_HEADERS.items(), *extra]:
             self.send_header(name, value)
         self.end_headers()
         if send_body:

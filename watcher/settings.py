@@ -30,6 +30,11 @@ _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _HEX64 = re.compile(r"(?:0x)?[0-9a-fA-F]{64}")
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _SYMBOL = re.compile(r"^[A-Za-z0-9.]{1,16}$")
+_TOKEN = re.compile(r"[A-Za-z0-9._~+/=-]{16,}")
+_HOSTNAME = re.compile(
+    r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.?"
+    r"|\[[0-9a-f:.]+\]"
+)
 INTERNAL_MODES = ("trace_filter", "debug_trace", "off")
 
 
@@ -95,6 +100,8 @@ class NotifySettings:
 class StatusSettings:
     listen: str | None = None
     stale_seconds: float = 300.0
+    token: str | None = None  # bearer token for the page and /metrics; from the environment
+    allowed_hosts: tuple[str, ...] = ()  # Host headers accepted besides the listen address
 
 
 @dataclass(frozen=True, slots=True)
@@ -255,6 +262,16 @@ def load_settings(path: Path, env_file: Path | None = None) -> Settings:
 
         return _VAR.sub(sub, value)
 
+    status_raw = raw.get("status")
+    if isinstance(status_raw, dict) and isinstance(status_raw.get("token"), str):
+        token_raw = str(status_raw["token"])
+        if not _VAR.fullmatch(token_raw.strip()):
+            problems.add(
+                "status.token",
+                'must come from the environment, like "${STATUS_TOKEN}" (value not shown)',
+            )
+            problems.hide(token_raw)
+            status_raw.pop("token")  # reported once, here
     data = interpolate(raw, "")
     settings = _build(path, data, problems, secrets)
     if problems.items:
@@ -543,7 +560,30 @@ def _notify(raw: Mapping[str, Any], p: _Problems) -> NotifySettings:
 
 
 def _status(raw: Mapping[str, Any], p: _Problems) -> StatusSettings:
-    _unknown(raw, {"listen", "stale_seconds"}, "status", p)
+    _unknown(raw, {"listen", "stale_seconds", "token", "allowed_hosts"}, "status", p)
+    token = raw.get("token")
+    if token is not None and (not isinstance(token, str) or not _TOKEN.fullmatch(token)):
+        if isinstance(token, str) and token:  # "" is reported as an unset ${VAR}
+            p.add(
+                "status.token",
+                "must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / = - (value not shown)",
+            )
+        elif not isinstance(token, str):
+            p.add("status.token", 'must be a string like "${STATUS_TOKEN}"')
+        token = None
+    hosts = raw.get("allowed_hosts", [])
+    allowed: list[str] = []
+    if not isinstance(hosts, list) or not all(isinstance(h, str) for h in hosts):
+        p.add(
+            "status.allowed_hosts",
+            f'{hosts!r} must be a list of host names like "status.example.com"',
+        )
+        hosts = []
+    for i, host in enumerate(hosts):
+        name = host.strip().lower()
+        if not _HOSTNAME.fullmatch(name):
+            p.add(f"status.allowed_hosts[{i}]", f"{host!r} is not a host name (no port, no scheme)")
+        allowed.append(name.rstrip("."))
     listen = raw.get("listen")
     if listen is not None and (
         not isinstance(listen, str) or not re.fullmatch(r"[0-9A-Za-z.\-\[\]:]+:[0-9]{1,5}", listen)
@@ -553,4 +593,6 @@ def _status(raw: Mapping[str, Any], p: _Problems) -> StatusSettings:
     return StatusSettings(
         listen=listen,
         stale_seconds=_number(raw, "stale_seconds", "status.stale_seconds", p, 300.0),
+        token=token,
+        allowed_hosts=tuple(allowed),
     )

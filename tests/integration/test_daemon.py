@@ -7,6 +7,8 @@ Every wait polls a condition with a deadline; every process started here is stop
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import json
 import os
 import signal
@@ -58,6 +60,7 @@ from watcher.store.tables import Daemon as DaemonRow
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 SECRET = "SECRETKEY0123456789"
+STATUS_TOKEN = "status-token-0123456789abcdef"
 WALLETS = [
     "0xB3e9568A9cbB624403743340358c85CCce130893",
     "0x1111111111111111111111111111111111111111",
@@ -89,8 +92,10 @@ def write_config(
     poll_seconds: float = 0.5,
     listen: str | None = None,
     stale_seconds: float = 30,
+    token: str | None = None,
 ) -> Path:
-    """A config with one ``[[chains]]`` per (name, RPC URL); the URLs live in ``.env``."""
+    """A config with one ``[[chains]]`` per (name, RPC URL); the URLs (and the status
+    ``token``, if any) live in ``.env``."""
     env, blocks = [], []
     for (name, url), wallet in zip(chains.items(), WALLETS, strict=False):
         var = name.upper().replace("-", "_") + "_RPC_URL"
@@ -103,6 +108,9 @@ def write_config(
     status = f"[status]\nstale_seconds = {stale_seconds}\n"
     if listen:
         status += f'listen = "{listen}"\n'
+    if token:
+        status += 'token = "${STATUS_TOKEN}"\n'
+        env.append(f"STATUS_TOKEN={token}")
     config = folder / "watcher.toml"
     config.write_text('[database]\nurl = "sqlite:///watcher.db"\n\n' + "\n".join(blocks) + status)
     (folder / ".env").write_text("\n".join(env) + "\n")
@@ -203,12 +211,29 @@ def wait_for_heartbeat(db: Db, daemon: DaemonProcess) -> DaemonRow:
     return wait_until(beating, f"the heartbeat of pid {daemon.pid}")
 
 
-def http_get(url: str) -> tuple[int, bytes]:
+def http_get(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+    return http_answer(url, headers)[:2]
+
+
+def http_answer(url: str, headers: dict[str, str] | None = None) -> tuple[int, bytes, Any]:
+    """(status, body, response headers) of a GET; ``headers`` may override ``Host``."""
+    request = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
-            return response.status, response.read()
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.status, response.read(), response.headers
     except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
+        return exc.code, exc.read(), exc.headers
+
+
+def with_status(db: Db, **changes: Any) -> Settings:
+    """``db``'s settings with some ``[status]`` keys changed."""
+    return dataclasses.replace(
+        db.settings, status=dataclasses.replace(db.settings.status, **changes)
+    )
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
 
 
 def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -624,34 +649,107 @@ def test_status_page_escapes_values_and_unknown_paths_are_404(two_chains: Db) ->
     assert "<script" not in page
 
 
+def test_status_token_guards_the_page_and_metrics_but_not_healthz(two_chains: Db) -> None:
+    """With ``[status] token`` the page and /metrics answer 401 with a challenge unless the
+    request carries the token (Bearer, or Basic as the password); /healthz needs none."""
+    db = two_chains
+    settings = with_status(db, token=STATUS_TOKEN)
+    server = StatusServer("127.0.0.1:0", db.reader, settings, db.now).start()
+    basic = base64.b64encode(f"anyone:{STATUS_TOKEN}".encode()).decode()
+    try:
+        for path in ("/", "/metrics", "/admin"):
+            status, body, headers = http_answer(f"{server.url}{path}")
+            assert (status, body) == (401, b"token required\n"), path
+            assert headers.get_all("WWW-Authenticate") == [
+                'Bearer realm="proofwatch"',
+                'Basic realm="proofwatch", charset="UTF-8"',
+            ]
+            assert http_get(f"{server.url}{path}", bearer(STATUS_TOKEN + "x"))[0] == 401
+            assert http_get(f"{server.url}{path}", {"Authorization": STATUS_TOKEN})[0] == 401
+        page = http_get(f"{server.url}/", bearer(STATUS_TOKEN))
+        by_browser = http_get(f"{server.url}/", {"Authorization": f"Basic {basic}"})
+        metrics = http_get(f"{server.url}/metrics", bearer(STATUS_TOKEN))
+        health = http_get(f"{server.url}/healthz")
+        missing = http_get(f"{server.url}/admin", bearer(STATUS_TOKEN))
+    finally:
+        server.stop()
+    assert page[0] == by_browser[0] == 200 and b"INV-1" in page[1]
+    assert metrics[0] == 200 and b"proofwatch_daemon_up" in metrics[1]
+    assert health[0] == 200 and json.loads(health[1])["ok"] is True
+    assert missing[0] == 404
+
+
+def test_foreign_host_header_is_refused_on_every_path(two_chains: Db) -> None:
+    """A Host header naming neither the listen host nor an allowed host (DNS rebinding) gets
+    400 everywhere, token or not; localhost, another port and allowed_hosts are answered."""
+    db = two_chains
+    settings = with_status(db, token=STATUS_TOKEN, allowed_hosts=("status.example.com",))
+    server = StatusServer("127.0.0.1:0", db.reader, settings, db.now).start()
+    try:
+        for path in ("/", "/metrics", "/healthz"):
+            for host in ("evil.example", f"evil.example:{server.url.rsplit(':', 1)[1]}", "x:y"):
+                headers = {**bearer(STATUS_TOKEN), "Host": host}
+                answer = http_get(f"{server.url}{path}", headers)
+                assert answer == (400, b"host not allowed\n"), (path, host)
+        answered = {
+            host: http_get(f"{server.url}/", {**bearer(STATUS_TOKEN), "Host": host})[0]
+            for host in ("127.0.0.1:1", "localhost", "STATUS.example.com", "status.example.com:443")
+        }
+    finally:
+        server.stop()
+    assert answered == dict.fromkeys(answered, 200)
+
+
+def test_without_a_token_the_page_is_open_but_the_host_is_still_checked(two_chains: Db) -> None:
+    """No ``[status] token`` keeps today's open page; the Host check applies regardless."""
+    db = two_chains
+    server = StatusServer("127.0.0.1:0", db.reader, db.settings, db.now).start()
+    try:
+        open_page = http_get(f"{server.url}/")[0]
+        rebound = http_get(f"{server.url}/", {"Host": "attacker.example"})[0]
+    finally:
+        server.stop()
+    assert (open_page, rebound) == (200, 400)
+
+
+def chromium_dom(url: str) -> subprocess.CompletedProcess[str]:
+    """Headless Chromium's DOM of ``url`` after it loaded, in a fresh profile."""
+    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
+        return subprocess.run(
+            [
+                str(CHROMIUM),
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+                f"--user-data-dir={profile}",
+                "--dump-dom",
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+
+
 @pytest.mark.skipif(
     not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium"
 )
 def test_status_page_renders_in_headless_chromium(two_chains: Db) -> None:
-    """Real headless Chromium loads the status page; its DOM shows the client and the invoice."""
+    """Real headless Chromium loads the token-guarded status page with the token as its
+    password; its DOM shows the client and the invoice, and without the token it does not."""
     db = two_chains
-    server = StatusServer("127.0.0.1:0", db.reader, db.settings, db.now).start()
+    settings = with_status(db, token=STATUS_TOKEN)
+    server = StatusServer("127.0.0.1:0", db.reader, settings, db.now).start()
     try:
-        with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-            result = subprocess.run(
-                [
-                    str(CHROMIUM),
-                    "--headless",
-                    "--no-sandbox",
-                    "--disable-gpu",
-                    "--disable-background-networking",
-                    "--disable-component-update",
-                    "--disable-sync",
-                    "--no-first-run",
-                    f"--user-data-dir={profile}",
-                    "--dump-dom",
-                    f"{server.url}/",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=90,
-                check=False,
-            )
+        result = chromium_dom(
+            server.url.replace("http://", f"http://proofwatch:{STATUS_TOKEN}@") + "/"
+        )
+        refused = chromium_dom(f"{server.url}/")
     finally:
         server.stop()
     assert result.returncode == 0, result.stderr[-2000:]
@@ -660,6 +758,8 @@ def test_status_page_renders_in_headless_chromium(two_chains: Db) -> None:
     assert "Acme &lt;Research&gt; &amp; Co" in dom
     assert ">INV-1<" in dom
     assert "degraded" in dom  # the flaky chain's state is shown
+    assert "INV-1" not in refused.stdout  # headless Chromium ends at the 401 challenge:
+    assert "ERR_INVALID_AUTH_CREDENTIALS" in refused.stderr or "token required" in refused.stdout
 
 
 # --- the real daemon, as a process -----------------------------------------------------------
@@ -736,6 +836,7 @@ def test_stalled_rpc_shows_in_status_views_healthz_and_metrics_then_recovers(
             {"steady": anvil.url, "flaky": f"{proxy.url}/v2/{SECRET}"},
             listen=f"127.0.0.1:{port}",
             stale_seconds=5,
+            token=STATUS_TOKEN,
         )
         db = dbs(config)
         daemon = daemons(config)
@@ -768,7 +869,8 @@ def test_stalled_rpc_shows_in_status_views_healthz_and_metrics_then_recovers(
             return code == 503 and any("flaky" in r for r in json.loads(body)["reasons"])
 
         wait_until(healthz_names_flaky, "/healthz 503 naming flaky")
-        samples = metric_samples(http_get(f"{base}/metrics")[1].decode())
+        assert http_get(f"{base}/metrics")[0] == 401  # the token from .env guards it
+        samples = metric_samples(http_get(f"{base}/metrics", bearer(STATUS_TOKEN))[1].decode())
         assert samples[("proofwatch_chain_degraded", (("chain", "flaky"),))] == 1
         assert samples[("proofwatch_chain_consecutive_poll_failures", (("chain", "flaky"),))] >= 3
 

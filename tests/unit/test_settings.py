@@ -44,13 +44,21 @@ MNEMONIC_24 = (
     "legal winner thank year wave sausage worth useful legal winner thank yellow "
     "legal winner thank year wave sausage worth useful legal winner thank year"
 )
-ENV_VARS = ("BASE_RPC_URL", "BASE_RPC_URL_BACKUP", "NOTIFY_URL", "WEBHOOK_URL", "WEBHOOK_SECRET")
+ENV_VARS = (
+    "BASE_RPC_URL",
+    "BASE_RPC_URL_BACKUP",
+    "NOTIFY_URL",
+    "WEBHOOK_URL",
+    "WEBHOOK_SECRET",
+    "STATUS_TOKEN",
+)
 DOTENV = {
     "BASE_RPC_URL": "https://base.example/v2/abc123",
     "BASE_RPC_URL_BACKUP": "https://backup.example/key456",
     "NOTIFY_URL": "json://hooks.example/notify",
     "WEBHOOK_URL": "https://hooks.example/proofwatch",
     "WEBHOOK_SECRET": "a-long-enough-webhook-secret",
+    "STATUS_TOKEN": "status-token-abcdefghijklmnop",
 }
 
 
@@ -89,7 +97,12 @@ def base_config() -> dict[str, Any]:
             "timeout": 10,
             "webhooks": [{"url": "${WEBHOOK_URL}", "secret": "${WEBHOOK_SECRET}", "events": ["*"]}],
         },
-        "status": {"listen": "127.0.0.1:9464", "stale_seconds": 300},
+        "status": {
+            "listen": "127.0.0.1:9464",
+            "stale_seconds": 300,
+            "token": "${STATUS_TOKEN}",
+            "allowed_hosts": ["status.example.com"],
+        },
     }
 
 
@@ -198,7 +211,9 @@ def test_valid_config_loads_into_frozen_settings(tmp_path: Path) -> None:
         webhooks=(WebhookSettings(DOTENV["WEBHOOK_URL"], DOTENV["WEBHOOK_SECRET"], ("*",)),),
         timeout=10.0,
     )
-    assert settings.status == StatusSettings("127.0.0.1:9464", 300.0)
+    assert settings.status == StatusSettings(
+        "127.0.0.1:9464", 300.0, DOTENV["STATUS_TOKEN"], ("status.example.com",)
+    )
     assert set(settings.secrets) == set(DOTENV.values())
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.database_url = "sqlite://"  # type: ignore[misc]
@@ -251,6 +266,37 @@ def test_bad_standard_webhooks_secret_is_not_echoed(tmp_path: Path) -> None:
         "notify.webhooks[0].secret: the part after whsec_ is not base64 (value not shown)"
     ]
     assert "this-is-not" not in str(error)
+
+
+def test_status_token_in_the_toml_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    """A token written into the TOML itself is refused (it belongs in the environment) and
+    the message never quotes it."""
+    config = base_config()
+    config["status"]["token"] = "written-into-the-toml-0123"
+    error = refused(write(tmp_path, config))
+    assert error.problems == [
+        'status.token: must come from the environment, like "${STATUS_TOKEN}" (value not shown)'
+    ]
+    assert "written-into" not in str(error)
+
+
+def test_short_status_token_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    """A token shorter than 16 characters (or with spaces) is refused, value not shown."""
+    for token in ("short-token", "has spaces in the token value"):
+        error = refused(write(tmp_path, base_config(), env={**DOTENV, "STATUS_TOKEN": token}))
+        assert error.problems == [
+            "status.token: must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / = - "
+            "(value not shown)"
+        ]
+        assert token not in str(error)
+
+
+def test_status_guard_defaults_to_no_token_and_no_extra_hosts(tmp_path: Path) -> None:
+    """Without token and allowed_hosts the listener is open and answers only its own host."""
+    config = base_config()
+    del config["status"]["token"], config["status"]["allowed_hosts"]
+    settings = load_settings(write(tmp_path, config))
+    assert (settings.status.token, settings.status.allowed_hosts) == (None, ())
 
 
 def test_lowercase_address_is_checksummed(tmp_path: Path) -> None:
@@ -327,6 +373,11 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("notify.webhooks[0].events", [""], "must be a list of event types"),
     ("status.listen", "9464", "'9464' must be host:port"),
     ("status.stale_seconds", 0, "0 must be a positive number"),
+    ("status.token", "literal-token-0123456789", "must come from the environment"),
+    ("status.token", 16, "must be a string"),
+    ("status.allowed_hosts", "status.example.com", "must be a list of host names"),
+    ("status.allowed_hosts[0]", "https://status.example.com", "is not a host name"),
+    ("status.allowed_hosts[0]", "status.example.com:443", "is not a host name (no port"),
 ]
 
 
