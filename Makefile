@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 ANVIL := tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 ANVIL_VERSION := 1.7.1
+# promtool (lints /metrics in the tests) from Debian's prometheus package, without the server.
+PROMTOOL := tools/promtool
 
 .PHONY: all venv tools browser test lint typecheck pytest demo bench clean
 
@@ -22,7 +24,15 @@ $(ANVIL):
 		@foundry-rs/anvil-linux-amd64@$(ANVIL_VERSION)
 	@test -x $(ANVIL)
 
-tools: $(ANVIL)
+$(PROMTOOL):
+	mkdir -p $(dir $(PROMTOOL))
+	set -e; tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; cd "$$tmp"; \
+		apt-get download prometheus >/dev/null 2>&1 || \
+			{ apt-get update -qq && apt-get download prometheus >/dev/null; }; \
+		dpkg-deb -x prometheus_*.deb x; cp x/usr/bin/promtool $(abspath $(PROMTOOL))
+	@$(PROMTOOL) --version >/dev/null
+
+tools: $(ANVIL) $(PROMTOOL)
 
 # The status page is tested in a real headless Chromium (Debian's package; needs root).
 /usr/bin/chromium:

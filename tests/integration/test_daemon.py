@@ -11,6 +11,7 @@ import base64
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -50,6 +51,7 @@ from watcher.daemon import (
 from watcher.errors import RpcError
 from watcher.http import StatusServer
 from watcher.ledger import Context
+from watcher.notify.disabled import disable
 from watcher.settings import ChainSettings, Settings, load_settings
 from watcher.status import RUNNING_WITHIN, status_document
 from watcher.store.db import make_engine, migrate, transaction
@@ -59,6 +61,7 @@ from watcher.store.tables import Daemon as DaemonRow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
+PROMTOOL = REPO_ROOT / "tools" / "promtool"  # `make tools` puts it there
 SECRET = "SECRETKEY0123456789"
 STATUS_TOKEN = "status-token-0123456789abcdef"
 WALLETS = [
@@ -630,6 +633,45 @@ def test_metrics_expose_chain_outbox_invoice_and_failure_gauges(two_chains: Db) 
     assert samples[("proofwatch_invoices", (("status", "open"),))] == 1
     assert samples[("proofwatch_invoices", (("status", "paid"),))] == 0
     assert samples[("proofwatch_daemon_up", ())] == 1
+
+
+def promtool() -> str:
+    """``$PROMTOOL``, else ``tools/promtool``, else ``promtool`` on the PATH; never a skip."""
+    found = os.environ.get("PROMTOOL") or (str(PROMTOOL) if PROMTOOL.exists() else None)
+    found = found or shutil.which("promtool")
+    if not found:
+        pytest.fail("promtool not found: run `make tools` (Debian's prometheus package)")
+    return found
+
+
+def test_metrics_pass_promtool_check(two_chains: Db) -> None:
+    """/metrics, with every family present (poll failures, a disabled channel), passes
+    ``promtool check metrics`` with no lint problem."""
+    db = two_chains
+    with transaction(db.engine) as session:
+        disable(session, "webhook:0", reason="HTTP 410", event_id="EVT-x", now=T0)
+    server = StatusServer(
+        "127.0.0.1:0",
+        db.reader,
+        with_status(db, token=STATUS_TOKEN),
+        db.now,
+        poll_failures=lambda: {"steady": (0, 1), "flaky": (4, 9)},
+    ).start()
+    try:
+        status, body = http_get(f"{server.url}/metrics", bearer(STATUS_TOKEN))
+    finally:
+        server.stop()
+    assert status == 200
+    assert b'proofwatch_channel_disabled{channel="webhook:0"} 1.0' in body
+    checked = subprocess.run(
+        [promtool(), "check", "metrics"],
+        input=body,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert checked.returncode == 0, (checked.stdout + checked.stderr).decode()
+    assert checked.stdout + checked.stderr == b""  # no lint warning either
 
 
 def test_status_page_escapes_values_and_unknown_paths_are_404(two_chains: Db) -> None:
