@@ -53,10 +53,10 @@ pytest: venv tools browser
 
 test: lint typecheck pytest
 
-demo: venv tools
+demo: venv $(ANVIL)
 	$(BIN)/python scripts/demo.py
 
-bench: venv tools
+bench: venv $(ANVIL)
 	$(BIN)/python bench/scan.py
 
 clean:
