@@ -21,6 +21,7 @@ from sqlmodel import col, select
 
 from tests.support.receivers import WebhookReceiver
 from watcher.errors import Refused
+from watcher.http import render_page
 from watcher.notify.disabled import disabled_channels, enable
 from watcher.notify.outbox import deliver_due
 from watcher.settings import Settings, load_settings
@@ -168,8 +169,8 @@ def test_enable_resumes_every_waiting_delivery_and_refuses_an_enabled_channel(
 def test_status_shows_the_disabled_channel_and_notify_enable_lifts_it(
     tmp_path: Path, gone: WebhookReceiver
 ) -> None:
-    """``status`` names the disabled channel (text and JSON); ``notify enable`` exits 0 once
-    and 3 the second time."""
+    """``status`` names the disabled channel (text and JSON, and the status page); ``notify
+    enable`` exits 0 once and 3 the second time."""
     config, settings, engine = setup(tmp_path, gone.url())
     clock = Clock(T0)
     first = add_event(engine, clock, 1)
@@ -189,6 +190,10 @@ def test_status_shows_the_disabled_channel_and_notify_enable_lifts_it(
         "pending": 2,
     }
     assert entry == status_document(engine, settings, clock.now)["disabled_channels"][0]
+    assert (
+        "notification channel webhook:0 disabled since 2026-03-14T10:00:00Z (HTTP 410 on "
+        f"{first}), 2 pending: proofwatch notify enable webhook:0"
+    ) in render_page(engine, settings, clock.now)
     assert text.returncode == 0, text.stderr
     assert (
         f"channel  webhook:0 disabled since 2026-03-14T10:00:00Z (HTTP 410 on {first}), "
