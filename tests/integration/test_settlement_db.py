@@ -139,3 +139,60 @@ def test_init_migrates_a_version_1_database_to_the_current_schema(ctx: Context) 
     with sqlite3.connect(path) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")]
     assert "uq_allocations_active_transfer" in names
+
+
+PAYER2 = "0x1aD91ee08f21bE3dE0BA2ba6918E714dA6B45836"
+
+
+def _retainer(ctx: Context, client: str, payers: list[str]) -> int:
+    r = ledger.add_retainer(
+        ctx, client=client, chain="base", asset="USDC", monthly="100", payers=payers
+    )
+    ledger.approve_retainer(ctx, f"RET-{r.id}", by="Jane")
+    return ledger.issue_invoice(ctx, f"RET-{r.id}").id or 0
+
+
+def test_clearing_one_transfers_review_keeps_another_transfers_review(ctx: Context) -> None:
+    """Invoice A flagged by ambiguous transfers X and Y stays in review when Y is attached
+    elsewhere: X still flags it (it used to go back to open, its one reason overwritten)."""
+    a = _retainer(ctx, "Acme", [PAYER, PAYER2])
+    b = _retainer(ctx, "Globex", [PAYER])
+    c = _retainer(ctx, "Initech", [PAYER2])
+    settlement = Settlement(ctx.settings, ctx.now)
+    with transaction(ctx.engine) as session:
+        x = _transfer(session, 100_000_000)
+        y = _transfer(session, 100_000_000, tx="0x" + "ef" * 32)
+        y.from_address = PAYER2
+        session.add(y)
+        session.flush()
+        settlement.found(session, [x, y])
+    assert [_status(ctx, i) for i in (a, b, c)] == ["needs_review"] * 3
+
+    with transaction(ctx.engine) as session:
+        y = session.exec(select(Transfer).where(Transfer.from_address == PAYER2)).one()
+        invoice = session.get(Invoice, c)
+        assert invoice is not None
+        settlement.attach(session, y, invoice)
+
+    assert [_status(ctx, i) for i in (a, b, c)] == ["needs_review", "needs_review", "pending"]
+
+
+def test_migration_3_keeps_an_open_review_of_a_schema_2_file(ctx: Context) -> None:
+    """A schema-2 file whose invoice is in review gets a review row for that transfer, so the
+    invoice stays in review after the upgrade."""
+    a, _ = _two_retainers_sharing_a_payer(ctx)
+    settlement = Settlement(ctx.settings, ctx.now)
+    with transaction(ctx.engine) as session:
+        settlement.found(session, [_transfer(session, 100_000_000)])
+    path = ctx.settings.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE reviews")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    assert migrate(ctx.engine) == (2, SCHEMA_VERSION)
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT invoice_id, cleared_at FROM reviews ORDER BY 1").fetchall()
+    assert rows == [(a, None), (a + 1, None)]
+    with transaction(ctx.engine) as session:
+        settlement.refresh(session, a)
+    assert _status(ctx, a) == "needs_review"

@@ -128,6 +128,12 @@ def _print_status(document: dict[str, Any], problems: list[str]) -> None:
     console.print(f"invoices {counts}")
     outbox = document["outbox"]
     console.print(f"outbox   pending {outbox['pending']} · dead {outbox['dead']}")
+    for tag in document.get("tags", []):
+        warn = "[red]exhausted[/] " if tag["left"] == 0 else ""
+        console.print(
+            f"tags     {escape(tag['chain'])} {escape(tag['asset'])} {tag['price']}: "
+            f"{warn}{tag['used']} used, {tag['left']} left"
+        )
     if problems:
         console.print("health   [red]unhealthy[/]: " + escape("; ".join(problems)))
     else:
