@@ -132,11 +132,12 @@ class Settlement:
         allocated = _allocated_ids(session, [t.id for t in fresh if t.id is not None])
         self._apply(session, [t for t in fresh if t.id is not None and t.id not in allocated])
 
-    def _apply(
-        self, session: Session, transfers: list[Transfer], *, report_unassigned: bool = True
-    ) -> None:
+    def _apply(self, session: Session, transfers: list[Transfer], *, early: bool = False) -> None:
         """Match ``transfers`` (none allocated yet) and record the verdicts: allocations,
-        reviews and ``transfer.unassigned`` events; then recompute the invoices they fund."""
+        reviews and ``transfer.unassigned`` events; then recompute the invoices they fund.
+
+        ``early``: transfers seen before (matched again when an invoice is issued): they were
+        reported unassigned then, and those already final are announced final now."""
         results = self._match(session, transfers)
         by_uid = {t.uid: t for t in transfers}
         touched: set[int] = set()
@@ -146,12 +147,12 @@ class Settlement:
             target = result.match.invoice_id
             if target is not None:
                 self._allocate(session, transfer, target, result.match.rule.value)
-                if not report_unassigned and transfer.status == "final":
-                    self._emit_finalized(session, transfer, target)  # seen final earlier
+                if early and transfer.status == "final":
+                    self._emit_finalized(session, transfer, target)
                 touched.add(target)
             elif result.match.rule == matching.Rule.REVIEW:
                 self._needs_review(session, transfer, result.match)
-            elif report_unassigned:
+            elif not early:
                 unassigned.append(
                     (
                         "transfer.unassigned",
@@ -200,7 +201,7 @@ class Settlement:
         waiting = [t for t in rows if t.id not in taken and t.id not in in_review]
         if not waiting:
             return []
-        self._apply(session, waiting, report_unassigned=False)
+        self._apply(session, waiting, early=True)
         session.flush()
         mine = {t.id for t in _active_payments(session, invoice.id)}
         early = [t for t in waiting if t.id in mine]
