@@ -36,7 +36,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -599,7 +599,10 @@ class Proofwatch:
             template = session.exec(select(Invoice).order_by(col(Invoice.id))).first()
             assert template is not None
             asset = ledger.asset_for(self.chain, "USDC")
-            taken = set(ledger.taken_amounts(session, 31337, "USDC", WALLET))
+            now, cooling = self.ctx.now(), self.ctx.settings.billing.tag_cooling_days
+            since = now - timedelta(days=cooling)
+            issued = ledger.issued_amounts(session, 31337, "USDC", WALLET, since=since)
+            taken = billing.held_amounts(issued, now, cooling)
             base = template.model_dump(exclude={"id"})
             rows: list[dict[str, Any]] = []
             tag = 1

@@ -8,15 +8,16 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
 from watcher.domain import billing
 from watcher.domain.addresses import parse_address
 from watcher.domain.billing import InvoiceKind, InvoiceStatus, RetainerStatus, Terms
-from watcher.domain.money import Asset, parse_amount
+from watcher.domain.money import Asset, format_amount, parse_amount
 from watcher.errors import BadInput, NotFound, Refused
 from watcher.ids import fmt_id, parse_id
 from watcher.settings import ChainSettings, Settings
+from watcher.settlement import Settlement
 from watcher.store.db import transaction
 from watcher.store.tables import Allocation, Approval, Invoice, Retainer
 
@@ -181,17 +182,42 @@ def update_retainer(
     return retainer
 
 
-def taken_amounts(session: Session, chain_id: int, asset: str, pay_to: str) -> list[int]:
-    """Amounts held by unsettled invoices for one chain + asset + wallet."""
+def issued_amounts(
+    session: Session, chain_id: int, asset: str, pay_to: str, *, since: datetime
+) -> list[billing.IssuedAmount]:
+    """Invoices for one chain + asset + wallet that may still hold their amount: every
+    unsettled one, and any other issued or paid since ``since`` (the cooling window's start)."""
     rows = session.exec(
-        select(Invoice.amount).where(
+        select(Invoice).where(
             Invoice.chain_id == chain_id,
             Invoice.asset == asset,
             Invoice.pay_to == pay_to,
-            col(Invoice.status).in_([s.value for s in billing.UNSETTLED]),
+            or_(
+                col(Invoice.status).in_([s.value for s in billing.UNSETTLED]),
+                col(Invoice.issued_at) >= since,
+                col(Invoice.paid_at) >= since,
+            ),
         )
     ).all()
-    return list(rows)
+    return [
+        billing.IssuedAmount(i.amount, InvoiceStatus(i.status), i.issued_at, i.paid_at)
+        for i in rows
+    ]
+
+
+def pick_amount(
+    session: Session, settings: Settings, asset: Asset, pay_to: str, price: int, now: datetime
+) -> int:
+    """The unique amount a new invoice of ``price`` asks for (``billing.choose_amount``)."""
+    cooling = settings.billing.tag_cooling_days
+    issued = issued_amounts(
+        session, asset.chain_id, asset.symbol, pay_to, since=now - timedelta(days=cooling)
+    )
+    try:
+        return billing.choose_amount(price, asset.decimals, issued, now=now, cooling_days=cooling)
+    except Refused as exc:
+        shown = f"{format_amount(price, asset.decimals)} {asset.symbol} on {asset.chain}"
+        raise Refused(f"{shown}: {exc}") from None
 
 
 def next_period(session: Session, retainer_id: int) -> int:
@@ -250,11 +276,7 @@ def issue_in(
     due_at = due if due is not None else billing.due_at(now, settings.billing.due_days)
     if due_at < now:
         raise BadInput(f"due date {due_at:%Y-%m-%d} is before the issue date {now:%Y-%m-%d}")
-    amount = billing.unique_amount(
-        price,
-        taken_amounts(session, chain.chain_id, asset.symbol, chain.receiving_address),
-        asset.decimals,
-    )
+    amount = pick_amount(session, settings, asset, chain.receiving_address, price, now)
     invoice = Invoice(
         retainer_id=retainer.id or 0,
         kind=kind.value,
@@ -276,6 +298,10 @@ def issue_in(
     )
     session.add(invoice)
     session.flush()
+    if approval is not None:  # early payments: sent after the approval of these terms
+        Settlement(settings, lambda: now).issued(
+            session, invoice, json.loads(retainer.payers), approval.approved_at
+        )
     return invoice
 
 
@@ -320,7 +346,8 @@ def issue_invoice(
 
 
 def void_invoice(ctx: Context, ref: str) -> Invoice:
-    """Void an invoice that nothing is allocated to; its unique amount becomes free."""
+    """Void an invoice that nothing is allocated to; its amount stays held through the
+    cooling window (``billing.tag_cooling_days``), then becomes free."""
     with transaction(ctx.engine) as session:
         invoice = get_invoice(session, ref)
         if invoice.status == InvoiceStatus.VOID:

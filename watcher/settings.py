@@ -73,6 +73,7 @@ class BillingSettings:
     renewal_lead_days: int = 5
     grace_days: int = 3
     underpay_tolerance: Decimal = Decimal(0)
+    tag_cooling_days: int = 180
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,7 +483,10 @@ def _chain(raw: Any, prefix: str, p: _Problems) -> ChainSettings | None:
 
 def _billing(raw: Mapping[str, Any], p: _Problems) -> BillingSettings:
     _unknown(
-        raw, {"due_days", "renewal_lead_days", "grace_days", "underpay_tolerance"}, "billing", p
+        raw,
+        {"due_days", "renewal_lead_days", "grace_days", "underpay_tolerance", "tag_cooling_days"},
+        "billing",
+        p,
     )
     tolerance = raw.get("underpay_tolerance", "0")
     tol = Decimal(0)
@@ -498,6 +502,7 @@ def _billing(raw: Mapping[str, Any], p: _Problems) -> BillingSettings:
         renewal_lead_days=_int(raw, "renewal_lead_days", "billing.renewal_lead_days", p, 5),
         grace_days=_int(raw, "grace_days", "billing.grace_days", p, 3),
         underpay_tolerance=tol,
+        tag_cooling_days=_int(raw, "tag_cooling_days", "billing.tag_cooling_days", p, 180),
     )
 
 

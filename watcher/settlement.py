@@ -8,7 +8,7 @@ nothing: allocations are keyed by transfer, events by a dedupe key, proofs writt
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -32,6 +32,7 @@ from watcher.store.tables import (
     Invoice,
     Proof,
     Retainer,
+    Review,
     Transfer,
 )
 
@@ -128,20 +129,17 @@ class Settlement:
         fresh = [t for t in transfers if t.status != "orphaned"]
         if not fresh:
             return
-        candidates = self._candidates(session, fresh)
-        funded = _funded_by_invoice(session, [c.id for c in candidates])
-        thresholds = {
-            c.id: matching.covered_threshold(c.price, self.settings.billing.underpay_tolerance)
-            for c in candidates
-        }
         allocated = _allocated_ids(session, [t.id for t in fresh if t.id is not None])
-        results = matching.allocate(
-            [_inflow(t) for t in fresh if t.id is not None and t.id not in allocated],
-            candidates,
-            funded,
-            threshold=thresholds,
-        )
-        by_uid = {t.uid: t for t in fresh}
+        self._apply(session, [t for t in fresh if t.id is not None and t.id not in allocated])
+
+    def _apply(self, session: Session, transfers: list[Transfer], *, early: bool = False) -> None:
+        """Match ``transfers`` (none allocated yet) and record the verdicts: allocations,
+        reviews and ``transfer.unassigned`` events; then recompute the invoices they fund.
+
+        ``early``: transfers seen before (matched again when an invoice is issued): they were
+        reported unassigned then, and those already final are announced final now."""
+        results = self._match(session, transfers)
+        by_uid = {t.uid: t for t in transfers}
         touched: set[int] = set()
         unassigned: list[tuple[str, dict[str, Any], str]] = []
         for result in results:
@@ -149,10 +147,12 @@ class Settlement:
             target = result.match.invoice_id
             if target is not None:
                 self._allocate(session, transfer, target, result.match.rule.value)
+                if early and transfer.status == "final":
+                    self._emit_finalized(session, transfer, target)
                 touched.add(target)
             elif result.match.rule == matching.Rule.REVIEW:
-                self._needs_review(session, transfer, result.match.invoice_ids)
-            else:
+                self._needs_review(session, transfer, result.match)
+            elif not early:
                 unassigned.append(
                     (
                         "transfer.unassigned",
@@ -164,12 +164,62 @@ class Settlement:
         for invoice_id in sorted(touched):
             self.refresh(session, invoice_id)
 
+    def issued(
+        self, session: Session, invoice: Invoice, payers: Iterable[str], since: datetime
+    ) -> list[Transfer]:
+        """A new invoice meets the money that came before it: unassigned transfers of its
+        chain, asset and wallet from ``payers`` (the retainer's), seen since ``since`` (the
+        retainer's approval), are matched by the usual rules in chain order, inside the
+        issuing transaction. Transfers waiting for an operator's review are left to them.
+        Returns the transfers now allocated to ``invoice``."""
+        senders = sorted(set(payers))
+        if not senders or invoice.id is None:
+            return []
+        rows = list(
+            session.exec(
+                select(Transfer)
+                .where(
+                    Transfer.chain_id == invoice.chain_id,
+                    Transfer.asset == invoice.asset,
+                    Transfer.to_address == invoice.pay_to,
+                    col(Transfer.from_address).in_(senders),
+                    Transfer.status != "orphaned",
+                    col(Transfer.detected_at) >= since,
+                )
+                .order_by(col(Transfer.block_number), col(Transfer.id))
+            ).all()
+        )
+        ids = [t.id for t in rows if t.id is not None]
+        taken = _allocated_ids(session, ids)
+        in_review = set(
+            session.exec(
+                select(Review.transfer_id).where(
+                    col(Review.transfer_id).in_(ids), col(Review.cleared_at).is_(None)
+                )
+            ).all()
+        )
+        waiting = [t for t in rows if t.id not in taken and t.id not in in_review]
+        if not waiting:
+            return []
+        self._apply(session, waiting, early=True)
+        session.flush()
+        mine = {t.id for t in _active_payments(session, invoice.id)}
+        early = [t for t in waiting if t.id in mine]
+        if early:
+            log.info(
+                "invoice.early_payments",
+                invoice=fmt_id("INV", invoice.id),
+                txs=[t.tx_hash for t in early],
+            )
+        return early
+
     def orphaned(self, session: Session, transfers: list[Transfer]) -> None:
         """Release the allocations of orphaned transfers; their invoices go back to waiting."""
         now = self.now()
         for transfer in transfers:
             if transfer.id is None:
                 continue
+            self._clear_review(session, transfer)  # an orphaned transfer is nobody's question
             allocation = _active_allocation(session, transfer.id)
             if allocation is None:
                 continue
@@ -226,10 +276,31 @@ class Settlement:
 
     # --- allocation ----------------------------------------------------------------------
 
-    def _candidates(self, session: Session, transfers: list[Transfer]) -> list[matching.Candidate]:
+    def _match(self, session: Session, transfers: list[Transfer]) -> list[matching.Allocation]:
+        """The matcher's verdict on each of ``transfers`` (none of them allocated yet)."""
+        if not transfers:
+            return []
+        candidates, retainers_of = self._candidates(session, transfers)
+        funded = _funded_by_invoice(session, [c.id for c in candidates])
+        thresholds = {
+            c.id: matching.covered_threshold(c.price, self.settings.billing.underpay_tolerance)
+            for c in candidates
+        }
+        return matching.allocate(
+            [_inflow(t) for t in transfers],
+            candidates,
+            funded,
+            threshold=thresholds,
+            retainers_of=retainers_of,
+        )
+
+    def _candidates(
+        self, session: Session, transfers: list[Transfer]
+    ) -> tuple[list[matching.Candidate], dict[str, frozenset[int]]]:
         """The unsettled invoices any of ``transfers`` could match: by attached tx hash, by
-        amount, or by expected payer. Looked up by those keys, so the cost follows the
-        transfers, not the number of open invoices."""
+        amount, or by expected payer; and, for each sender that is an expected payer, every
+        retainer listing it. Looked up by those keys, so the cost follows the transfers, not
+        the number of open invoices."""
         chain_ids = sorted({t.chain_id for t in transfers})
         unsettled = [s.value for s in UNSETTLED]
         by_key = select(Invoice).where(
@@ -239,11 +310,12 @@ class Settlement:
         amounts = sorted({t.amount for t in transfers})
         txs = sorted({t.tx_hash for t in transfers})
         senders = {t.from_address for t in transfers}
-        payer_retainers = sorted(
-            r.id or 0
-            for r in session.exec(select(Retainer).where(Retainer.payers != "[]"))
-            if senders & set(json.loads(r.payers))
-        )
+        retainers_of: dict[str, set[int]] = {}
+        for r in session.exec(select(Retainer).where(Retainer.payers != "[]")):
+            for sender in senders & set(json.loads(r.payers)):
+                retainers_of.setdefault(sender, set()).add(r.id or 0)
+        payer_retainers = sorted({rid for ids in retainers_of.values() for rid in ids})
+        payer_map = {sender: frozenset(ids) for sender, ids in retainers_of.items()}
         queries = [by_key.where(col(Invoice.retainer_id).in_(payer_retainers))]
         for amount_part in _batches(amounts):
             queries.append(by_key.where(col(Invoice.amount).in_(amount_part)))
@@ -254,7 +326,7 @@ class Settlement:
             found.update((i.id, i) for i in session.exec(query))
         invoices = list(found.values())
         if not invoices:
-            return []
+            return [], payer_map
         retainer_ids = sorted({i.retainer_id for i in invoices})
         payers = {
             r.id: frozenset(json.loads(r.payers))
@@ -279,7 +351,7 @@ class Settlement:
                 attached=frozenset(attached.get(i.id or 0, set())),
             )
             for i in invoices
-        ]
+        ], payer_map
 
     def _allocate(self, session: Session, transfer: Transfer, invoice_id: int, rule: str) -> None:
         now = self.now()
@@ -312,19 +384,29 @@ class Settlement:
         self._allocate(session, transfer, invoice.id or 0, matching.Rule.ATTACHED.value)
         if transfer.status == "final":  # attached after the scanner saw it final
             self._emit_finalized(session, transfer, invoice.id or 0)
-        self._clear_review(session, transfer.uid)
+        self._clear_review(session, transfer)
         session.flush()
         self.refresh(session, invoice.id or 0)
 
-    def _needs_review(
-        self, session: Session, transfer: Transfer, invoice_ids: Sequence[int]
-    ) -> None:
-        names = ", ".join(fmt_id("INV", i) or "" for i in invoice_ids)
+    def _needs_review(self, session: Session, transfer: Transfer, match: matching.Match) -> None:
+        """Flag every candidate invoice of an ambiguous transfer, one review row each."""
+        names = ", ".join(fmt_id("INV", i) or "" for i in match.invoice_ids)
         reason = f"transfer {transfer.uid} matches {names}"
-        for invoice_id in invoice_ids:
+        if match.why:
+            reason += f": {match.why}"
+        now = self.now()
+        for invoice_id in match.invoice_ids:
             invoice = session.get(Invoice, invoice_id)
             if invoice is None or invoice.status not in UNSETTLED:
                 continue
+            review = session.get(Review, (transfer.id, invoice_id))
+            if review is None:
+                review = Review(
+                    transfer_id=transfer.id or 0, invoice_id=invoice_id, reason=reason,
+                    created_at=now,
+                )  # fmt: skip
+            review.reason, review.cleared_at = reason, None
+            session.add(review)
             invoice.review_reason = reason
             invoice.status = InvoiceStatus.NEEDS_REVIEW.value
             session.add(invoice)
@@ -333,22 +415,26 @@ class Settlement:
             "invoice.needs_review",
             {
                 **self._transfer_data(transfer),
-                "candidates": [fmt_id("INV", i) for i in invoice_ids],
+                "candidates": [fmt_id("INV", i) for i in match.invoice_ids],
                 "reason": reason,
             },
             dedupe_key=f"invoice.needs_review:{transfer.uid}:{transfer.block_hash}",
-            now=self.now(),
+            now=now,
         )
         log.warning("invoice.needs_review", transfer=transfer.uid, candidates=names)
 
-    def _clear_review(self, session: Session, uid: str) -> None:
-        for invoice in session.exec(
-            select(Invoice).where(col(Invoice.review_reason).contains(f"transfer {uid} "))
-        ):
-            invoice.review_reason = None
-            session.add(invoice)
+    def _clear_review(self, session: Session, transfer: Transfer) -> None:
+        """Clear this transfer's reviews only; each invoice it flagged is recomputed."""
+        now = self.now()
+        for review in session.exec(
+            select(Review).where(
+                Review.transfer_id == transfer.id, col(Review.cleared_at).is_(None)
+            )
+        ).all():
+            review.cleared_at = now
+            session.add(review)
             session.flush()
-            self.refresh(session, invoice.id or 0)
+            self.refresh(session, review.invoice_id)
 
     # --- invoice state -------------------------------------------------------------------
 
@@ -360,7 +446,13 @@ class Settlement:
         if invoice.status in SETTLED or invoice.status == InvoiceStatus.VOID:
             return invoice
         payments = _active_payments(session, invoice_id)
-        if invoice.review_reason:
+        open_reviews = session.exec(
+            select(Review.reason)
+            .where(Review.invoice_id == invoice_id, col(Review.cleared_at).is_(None))
+            .order_by(col(Review.created_at).desc())
+        ).all()
+        invoice.review_reason = open_reviews[0] if open_reviews else None
+        if open_reviews:
             current = InvoiceStatus.NEEDS_REVIEW
         elif invoice.status == InvoiceStatus.NEEDS_REVIEW:
             current = InvoiceStatus.OPEN  # review cleared: the renewal round may expire it

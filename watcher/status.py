@@ -15,14 +15,17 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col, or_, select
 
 from watcher.chain.redact import redact_text
-from watcher.domain.billing import InvoiceStatus
+from watcher.domain import billing
+from watcher.domain.billing import InvoiceStatus, RetainerStatus
+from watcher.domain.money import format_amount
 from watcher.notify.disabled import disabled_channels
 from watcher.settings import Settings
 from watcher.store.db import read_session
 from watcher.store.outbox import iso
-from watcher.store.tables import Daemon
+from watcher.store.tables import Daemon, Invoice, Retainer
 
 HEARTBEAT_SECONDS = 5.0
 #: The daemon counts as running while its last heartbeat is at most this old.
@@ -124,6 +127,55 @@ def outbox_counts(engine: Engine) -> dict[str, int]:
     return counts
 
 
+_TagKey = tuple[str, int, str, str, int]  # chain, chain_id, asset, pay_to, decimals
+
+
+def tag_usage(engine: Engine, settings: Settings, now: datetime) -> list[Row]:
+    """Unique-amount tags per chain, asset and price: ``[{chain, chain_id, asset, price,
+    price_base_units, used, left}]``, for every price a live retainer bills monthly or an
+    invoice still holding its amount asks for, so an operator sees exhaustion coming."""
+    since = now - timedelta(days=settings.billing.tag_cooling_days)
+    held: dict[_TagKey, list[billing.IssuedAmount]] = {}
+    prices: dict[_TagKey, set[int]] = {}
+    with read_session(engine) as session:
+        for r in session.exec(
+            select(Retainer).where(Retainer.status != RetainerStatus.ENDED.value)
+        ):
+            k = (r.chain, r.chain_id, r.asset, r.pay_to, r.decimals)
+            prices.setdefault(k, set()).add(r.monthly)
+        for i in session.exec(
+            select(Invoice).where(
+                or_(
+                    col(Invoice.status).in_([s.value for s in billing.UNSETTLED]),
+                    col(Invoice.issued_at) >= since,
+                    col(Invoice.paid_at) >= since,
+                )
+            )
+        ):
+            k = (i.chain, i.chain_id, i.asset, i.pay_to, i.decimals)
+            issued = billing.IssuedAmount(i.amount, InvoiceStatus(i.status), i.issued_at, i.paid_at)
+            held.setdefault(k, []).append(issued)
+            prices.setdefault(k, set()).add(i.price)
+    out = []
+    for k in sorted(prices):
+        chain, chain_id, asset, _pay_to, decimals = k
+        amounts = billing.held_amounts(held.get(k, []), now, settings.billing.tag_cooling_days)
+        for price in sorted(prices[k]):
+            space = billing.tag_space(price, amounts, decimals)
+            out.append(
+                {
+                    "chain": chain,
+                    "chain_id": chain_id,
+                    "asset": asset,
+                    "price": format_amount(price, decimals),
+                    "price_base_units": str(price),
+                    "used": space.used,
+                    "left": space.left,
+                }
+            )
+    return out
+
+
 def status_document(engine: Engine, settings: Settings, now: datetime) -> dict[str, Any]:
     """The ``proofwatch status --json`` document (CONTRACT.md), read at ``now``.
 
@@ -137,6 +189,7 @@ def status_document(engine: Engine, settings: Settings, now: datetime) -> dict[s
         "invoices": invoice_counts(engine),
         "outbox": outbox_counts(engine),
         "disabled_channels": disabled_channels(engine),
+        "tags": tag_usage(engine, settings, now),
     }
 
 

@@ -93,7 +93,7 @@ SCENARIOS: dict[str, Run] = {
             ("retainer", "show", "RET-4"),
         ),
     ),
-    "void-and-reuse": Run(
+    "void-and-cool": Run(
         "seeded",
         ("invoice", "issue", "RET-2", "--json"),
         then=(
@@ -395,9 +395,12 @@ def test_invoice_issue_json_has_the_contract_fields(ran: dict[str, Outcome]) -> 
     }
 
 
-def test_void_frees_the_unique_amount_for_the_next_invoice(ran: dict[str, Outcome]) -> None:
-    """Voiding an invoice frees its unique amount: the next invoice of that price reuses it."""
-    flow = ran["void-and-reuse"]
+def test_void_keeps_the_unique_amount_out_of_reach_for_the_cooling_window(
+    ran: dict[str, Outcome],
+) -> None:
+    """A voided invoice's amount is not reissued within billing.tag_cooling_days: the next
+    invoice of that price gets a fresh tag (issue 8, trap 1: it used to reuse the voided one)."""
+    flow = ran["void-and-cool"]
     first = flow.json(0)
     assert (first["kind"], first["amount"]) == ("first_month", "2000.000001")
     sprint = flow.json(1)
@@ -408,10 +411,10 @@ def test_void_frees_the_unique_amount_for_the_next_invoice(ran: dict[str, Outcom
     again = flow.json(3)
     assert (again["id"], again["amount"], again["amount_base_units"]) == (
         "INV-3",
-        "2000.000001",
-        "2000000001",
+        "2000.000003",
+        "2000000003",
     )
-    assert again["payment_uri"].endswith("&uint256=2000000001")
+    assert again["payment_uri"].endswith("&uint256=2000000003")
     assert flow.json(4)["status"] == "void"
 
 

@@ -4,7 +4,7 @@ guarantee that a transfer funds at most one invoice."""
 from __future__ import annotations
 
 import sqlite3
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from sqlmodel import Session, select
 
 from watcher import ledger
 from watcher.ledger import Context
+from watcher.renewals import run_renewals
 from watcher.settings import load_settings
 from watcher.settlement import Settlement
 from watcher.store.db import SCHEMA_VERSION, make_engine, migrate, transaction
@@ -139,3 +140,118 @@ def test_init_migrates_a_version_1_database_to_the_current_schema(ctx: Context) 
     with sqlite3.connect(path) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")]
     assert "uq_allocations_active_transfer" in names
+
+
+PAYER2 = "0x1aD91ee08f21bE3dE0BA2ba6918E714dA6B45836"
+
+
+def _retainer(ctx: Context, client: str, payers: list[str]) -> int:
+    r = ledger.add_retainer(
+        ctx, client=client, chain="base", asset="USDC", monthly="100", payers=payers
+    )
+    ledger.approve_retainer(ctx, f"RET-{r.id}", by="Jane")
+    return ledger.issue_invoice(ctx, f"RET-{r.id}").id or 0
+
+
+def test_clearing_one_transfers_review_keeps_another_transfers_review(ctx: Context) -> None:
+    """Invoice A flagged by ambiguous transfers X and Y stays in review when Y is attached
+    elsewhere: X still flags it (it used to go back to open, its one reason overwritten)."""
+    a = _retainer(ctx, "Acme", [PAYER, PAYER2])
+    b = _retainer(ctx, "Globex", [PAYER])
+    c = _retainer(ctx, "Initech", [PAYER2])
+    settlement = Settlement(ctx.settings, ctx.now)
+    with transaction(ctx.engine) as session:
+        x = _transfer(session, 100_000_000)
+        y = _transfer(session, 100_000_000, tx="0x" + "ef" * 32)
+        y.from_address = PAYER2
+        session.add(y)
+        session.flush()
+        settlement.found(session, [x, y])
+    assert [_status(ctx, i) for i in (a, b, c)] == ["needs_review"] * 3
+
+    with transaction(ctx.engine) as session:
+        y = session.exec(select(Transfer).where(Transfer.from_address == PAYER2)).one()
+        invoice = session.get(Invoice, c)
+        assert invoice is not None
+        settlement.attach(session, y, invoice)
+
+    assert [_status(ctx, i) for i in (a, b, c)] == ["needs_review", "needs_review", "pending"]
+
+
+def test_migration_3_keeps_an_open_review_of_a_schema_2_file(ctx: Context) -> None:
+    """A schema-2 file whose invoice is in review gets a review row for that transfer, so the
+    invoice stays in review after the upgrade."""
+    a, _ = _two_retainers_sharing_a_payer(ctx)
+    settlement = Settlement(ctx.settings, ctx.now)
+    with transaction(ctx.engine) as session:
+        settlement.found(session, [_transfer(session, 100_000_000)])
+    path = ctx.settings.database_url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE reviews")
+        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+
+    assert migrate(ctx.engine) == (2, SCHEMA_VERSION)
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT invoice_id, cleared_at FROM reviews ORDER BY 1").fetchall()
+    assert rows == [(a, None), (a + 1, None)]
+    with transaction(ctx.engine) as session:
+        settlement.refresh(session, a)
+    assert _status(ctx, a) == "needs_review"
+
+
+def test_issuing_an_invoice_settles_it_with_a_final_early_payment(ctx: Context) -> None:
+    """A round payment already final before its invoice existed pays the invoice as it is
+    issued, in that transaction: payment.detected and payment.finalized, cycle opened."""
+    r = ledger.add_retainer(
+        ctx, client="Acme", chain="base", asset="USDC", monthly="100", payers=[PAYER]
+    )
+    ledger.approve_retainer(ctx, f"RET-{r.id}", by="Jane")
+    settlement = Settlement(ctx.settings, ctx.now)
+    with transaction(ctx.engine) as session:
+        early = _transfer(session, 100_000_000)
+        settlement.found(session, [early])
+        early.status, early.finalized_at, early.final_block = "final", NOW, 12
+        session.add(early)
+
+    invoice = ledger.issue_invoice(ctx, f"RET-{r.id}")
+
+    assert (invoice.status, invoice.paid_amount) == ("paid", 100_000_000)
+    assert invoice.cycle_id is not None
+    with Session(ctx.engine) as session:
+        types = [e.type for e in session.exec(select(OutboxEvent))]
+    assert types == ["transfer.unassigned", "payment.detected", "payment.finalized", "cycle.opened"]
+
+
+def test_a_renewal_issued_by_the_clock_takes_the_payment_sent_ahead_of_it(ctx: Context) -> None:
+    """A client who pays next month before its renewal exists has that payment matched when
+    the renewal round issues the invoice (it used to stay unassigned)."""
+    r = ledger.add_retainer(
+        ctx, client="Acme", chain="base", asset="USDC", monthly="100", payers=[PAYER]
+    )
+    ledger.approve_retainer(ctx, f"RET-{r.id}", by="Jane")
+    first = ledger.issue_invoice(ctx, f"RET-{r.id}").id
+    settlement = Settlement(ctx.settings, ctx.now)
+    with transaction(ctx.engine) as session:
+        month_1 = _transfer(session, 100_000_000)
+        ahead = _transfer(session, 100_000_000, tx="0x" + "ef" * 32)
+        settlement.found(session, [month_1])
+        settlement.found(session, [ahead])
+        for t in (month_1, ahead):
+            t.status, t.finalized_at, t.final_block = "final", NOW, 12
+            session.add(t)
+        settlement.finalized(session, [month_1, ahead])
+    assert _status(ctx, first or 0) == "paid"
+
+    report = run_renewals(ctx.engine, ctx.settings, NOW + timedelta(days=27))
+
+    (renewal_id,) = report.issued
+    with Session(ctx.engine) as session:
+        renewal = session.get(Invoice, int(renewal_id.removeprefix("INV-")))
+        assert renewal is not None
+        payments = session.exec(
+            select(Allocation.transfer_id).where(
+                Allocation.invoice_id == renewal.id, Allocation.active
+            )
+        ).all()
+        assert (renewal.kind, renewal.status) == ("renewal", "paid")
+        assert payments == [ahead.id]

@@ -12,14 +12,20 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from watcher.domain.billing import (
+    InvoiceStatus,
+    IssuedAmount,
     RetainerStatus,
     Terms,
     add_months,
     check_issuable,
+    choose_amount,
     due_at,
+    held_amounts,
+    holds_until,
     max_tag,
     parse_when,
     payment_uri,
+    tag_space,
     unique_amount,
 )
 from watcher.domain.money import Asset
@@ -78,6 +84,64 @@ def test_unique_amount_refuses_when_every_tag_is_taken() -> None:
     taken = [price + tag for tag in range(1, max_tag(6) + 1)]
     with pytest.raises(Refused, match=r"price 5000000 base units"):
         unique_amount(price, taken, 6)
+
+
+# --- tag cooling: a paid or voided invoice's amount is not reissued soon ---------------------
+
+DAY0 = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
+COOL = 180
+
+
+def test_open_invoice_holds_its_amount_however_old() -> None:
+    """An invoice still waiting for money holds its amount past any cooling window."""
+    old = IssuedAmount(1_000_001, InvoiceStatus.EXPIRED, DAY0 - timedelta(days=400))
+    assert holds_until(old, COOL) is None
+    assert held_amounts([old], DAY0, COOL) == {1_000_001}
+
+
+@pytest.mark.parametrize("status", [InvoiceStatus.PAID, InvoiceStatus.VOID])
+def test_paid_or_void_invoice_holds_its_amount_for_the_cooling_window(
+    status: InvoiceStatus,
+) -> None:
+    """A paid or voided invoice keeps its amount until tag_cooling_days after its issue."""
+    done = IssuedAmount(1_000_001, status, DAY0)
+    assert holds_until(done, COOL) == DAY0 + timedelta(days=COOL)
+    assert held_amounts([done], DAY0 + timedelta(days=COOL - 1), COOL) == {1_000_001}
+    assert held_amounts([done], DAY0 + timedelta(days=COOL), COOL) == set()
+
+
+def test_cooling_counts_from_the_payment_when_it_came_later() -> None:
+    """An invoice paid long after its issue cools down from its payment, not its issue."""
+    late = IssuedAmount(1_000_001, InvoiceStatus.PAID_LATE, DAY0, DAY0 + timedelta(days=200))
+    assert holds_until(late, COOL) == DAY0 + timedelta(days=200 + COOL)
+
+
+def test_choose_amount_skips_a_paid_invoices_amount() -> None:
+    """Trap 1: a new invoice never asks for the amount a client just paid on another one."""
+    paid = IssuedAmount(1_500_000_001, InvoiceStatus.PAID, DAY0, DAY0 + timedelta(days=1))
+    assert choose_amount(1_500_000_000, 6, [paid], now=DAY0 + timedelta(days=2),
+                         cooling_days=COOL) == 1_500_000_002  # fmt: skip
+    assert choose_amount(1_500_000_000, 6, [paid], now=DAY0 + timedelta(days=COOL + 1),
+                         cooling_days=COOL) == 1_500_000_001  # fmt: skip
+
+
+def test_few_decimals_exhaust_and_refuse_naming_when_a_tag_frees() -> None:
+    """With 2 decimals there is one tag per price: a second invoice inside the window is
+    refused by state, saying when the first tag frees up."""
+    voided = IssuedAmount(150_001, InvoiceStatus.VOID, DAY0)
+    with pytest.raises(Refused, match=r"all 1 tag\(s\) .* first frees at 2026-08-29T09:00:00Z"):
+        choose_amount(150_000, 2, [voided], now=DAY0, cooling_days=COOL)
+    still_open = IssuedAmount(150_001, InvoiceStatus.OPEN, DAY0)
+    with pytest.raises(Refused, match=r"settle or void an open invoice"):
+        choose_amount(150_000, 2, [still_open], now=DAY0, cooling_days=COOL)
+
+
+def test_tag_space_counts_used_and_left_per_price() -> None:
+    """Tag space counts only amounts inside the price's tag range."""
+    assert tag_space(1_000_000, {1_000_001, 1_000_003, 2_000_001, 999_999}, 6) == (
+        dataclasses.replace(tag_space(1_000_000, set(), 6), used=2, left=max_tag(6) - 2)
+    )
+    assert tag_space(150_000, {150_001}, 2).left == 0
 
 
 @given(

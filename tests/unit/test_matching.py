@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from watcher.domain.billing import InvoiceStatus
+from watcher.domain.billing import InvoiceStatus, IssuedAmount, choose_amount, holds_until
 from watcher.domain.matching import (
     Allocation,
     Candidate,
@@ -23,6 +23,7 @@ from watcher.domain.matching import (
     covered_threshold,
     match,
 )
+from watcher.errors import Refused
 
 WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
 OTHER_WALLET = "0x1111111111111111111111111111111111111111"
@@ -137,18 +138,93 @@ def test_unique_amount_matches_its_invoice() -> None:
     assert result.invoice_id == 2
 
 
-def test_unique_amount_wins_over_expected_payer() -> None:
-    """A payer who pays another invoice's exact tagged amount pays that invoice, not their own."""
+def test_payer_of_another_retainer_paying_an_amount_needs_review() -> None:
+    """Trap 1: a payer of retainer 1 paying retainer 2's exact tagged amount is never credited
+    to retainer 2: both retainers' open invoices go to review (it used to pay invoice 2)."""
     own = invoice(1, retainer_id=1, tag=1, payers=frozenset({PAYER_A}))
     other = invoice(2, retainer_id=2, tag=2, payers=frozenset({PAYER_B}))
 
-    assert match(inflow(amount=other.amount, sender=PAYER_A), [own, other]) == Match(
-        Rule.AMOUNT, (2,)
+    result = match(inflow(amount=other.amount, sender=PAYER_A), [own, other])
+
+    assert result == Match(Rule.REVIEW, (1, 2))
+    assert "another retainer" in result.why
+
+
+def test_payer_of_a_retainer_with_nothing_open_still_blocks_the_amount_rule() -> None:
+    """A repeated saved payment from retainer 1's payer goes to review even when retainer 1
+    has nothing open: who lists a payer is known beyond the open invoices."""
+    other = invoice(2, retainer_id=2, tag=2, payers=frozenset({PAYER_B}))
+
+    result = match(inflow(amount=other.amount, sender=PAYER_A), [other], {PAYER_A: frozenset({1})})
+
+    assert result == Match(Rule.REVIEW, (2,))
+
+
+def test_amount_rule_still_matches_its_own_payer_and_strangers() -> None:
+    """The tagged amount paid by the invoice's own payer, or by an unknown sender, pays it."""
+    own = invoice(1, retainer_id=1, tag=1, payers=frozenset({PAYER_A}))
+    both = {PAYER_A: frozenset({1}), PAYER_B: frozenset({2})}
+
+    assert match(inflow(amount=own.amount, sender=PAYER_A), [own], both).rule == Rule.AMOUNT
+    assert match(inflow(amount=own.amount, sender=STRANGER), [own], both).rule == Rule.AMOUNT
+
+
+def test_payer_round_amount_pays_the_invoice_it_fits_exactly_not_the_oldest() -> None:
+    """Trap 2: with an open 1500 month (older) and an open 800 sprint, a round 800 pays the
+    sprint and a round 1500 the month (it used to put 800 on the month, then overpay it)."""
+    month = invoice(1, tag=1, price=PRICE, issued_at=T0 - timedelta(days=10))
+    sprint = invoice(2, tag=2, price=800_000_000, issued_at=T0)
+    payments = [
+        inflow(1, amount=800_000_000, sender=PAYER_A),
+        inflow(2, amount=PRICE, sender=PAYER_A),
+    ]
+
+    result = allocate(payments, [month, sprint])
+
+    assert [a.match for a in result] == [Match(Rule.PAYER, (2,)), Match(Rule.PAYER, (1,))]
+
+
+def test_exact_fit_applies_the_underpay_tolerance() -> None:
+    """With a tolerance, a payment within it of a newer invoice's price fits that invoice."""
+    month = invoice(1, tag=1, price=PRICE, issued_at=T0 - timedelta(days=10))
+    sprint = invoice(2, tag=2, price=800_000_000, issued_at=T0)
+    need = covered_threshold(800_000_000, Decimal("0.01"))
+
+    [strict] = allocate([inflow(1, amount=need, sender=PAYER_A)], [month, sprint])
+    [tolerant] = allocate(
+        [inflow(1, amount=need, sender=PAYER_A)],
+        [month, sprint],
+        threshold={1: covered_threshold(PRICE, Decimal("0.01")), 2: need},
     )
+
+    assert (strict.match.invoice_id, tolerant.match.invoice_id) == (1, 2)
+
+
+def test_exact_fit_counts_what_an_invoice_already_has() -> None:
+    """A payment that completes a partly paid invoice exactly fits it, not a fresh one."""
+    partial = invoice(1, tag=1, price=PRICE, issued_at=T0)
+    fresh = invoice(2, tag=2, price=900_000_000, issued_at=T0 - timedelta(days=5))
+
+    [result] = allocate(
+        [inflow(1, amount=700_000_000, sender=PAYER_A)], [partial, fresh], {1: 800_000_000}
+    )
+
+    assert result.match == Match(Rule.PAYER, (1,))
+
+
+def test_several_exact_fits_need_review() -> None:
+    """A round payment that covers two of the payer's open invoices exactly is never guessed."""
+    month = invoice(1, tag=1, issued_at=T0 - timedelta(days=30))
+    sprint = invoice(2, tag=2, issued_at=T0)
+
+    result = match(inflow(amount=PRICE, sender=PAYER_A), [month, sprint])
+
+    assert result == Match(Rule.REVIEW, (1, 2))
+    assert "several" in result.why
 
 
 def test_expected_payer_with_round_amount_pays_oldest_uncovered_invoice() -> None:
-    """A payer's round amount pays the oldest not-yet-covered invoice of their retainer."""
+    """A payer's amount that fits no invoice exactly pays the oldest not-yet-covered one."""
     covered_oldest = invoice(1, tag=1, issued_at=T0 - timedelta(days=60), covered=True)
     oldest_open = invoice(3, tag=3, issued_at=T0 - timedelta(days=30))
     newest = invoice(2, tag=2, issued_at=T0)
@@ -157,7 +233,8 @@ def test_expected_payer_with_round_amount_pays_oldest_uncovered_invoice() -> Non
     )
 
     result = match(
-        inflow(amount=PRICE, sender=PAYER_A), [newest, other_retainer, oldest_open, covered_oldest]
+        inflow(amount=PRICE // 2, sender=PAYER_A),
+        [newest, other_retainer, oldest_open, covered_oldest],
     )
 
     assert result == Match(Rule.PAYER, (3,))
@@ -247,12 +324,16 @@ def test_allocate_respects_money_already_funded() -> None:
 def test_allocate_uses_the_given_threshold() -> None:
     """With a tolerance threshold, a slightly short round payment covers the oldest invoice."""
     older = invoice(1, tag=1, issued_at=T0 - timedelta(days=30))
-    newer = invoice(2, tag=2, issued_at=T0)
+    newer = invoice(2, tag=2, price=2 * PRICE, issued_at=T0)
     need = covered_threshold(PRICE, Decimal("0.01"))
     payments = [inflow(1, amount=need, sender=PAYER_A), inflow(2, amount=need, sender=PAYER_A)]
 
     strict = allocate(payments, [older, newer])
-    tolerant = allocate(payments, [older, newer], threshold={1: need, 2: need})
+    tolerant = allocate(
+        payments,
+        [older, newer],
+        threshold={1: need, 2: covered_threshold(2 * PRICE, Decimal("0.01"))},
+    )
 
     assert [a.match.invoice_id for a in strict] == [1, 1]
     assert [a.match.invoice_id for a in tolerant] == [1, 2]
@@ -383,48 +464,145 @@ def test_allocated_sums_equal_the_matched_transfers(
 @given(
     inflows=inflow_lists.flatmap(lambda xs: st.tuples(st.just(xs), st.permutations(xs))),
     invoices=candidates(),
+    retainers_of=st.none()
+    | st.dictionaries(
+        st.sampled_from(SENDERS), st.frozensets(st.integers(min_value=1, max_value=4), min_size=1)
+    ),
+    tolerance=st.sampled_from([Decimal(0), Decimal("0.01")]),
 )
 def test_allocation_does_not_depend_on_arrival_order(
-    inflows: tuple[list[Inflow], list[Inflow]], invoices: list[Candidate]
+    inflows: tuple[list[Inflow], list[Inflow]],
+    invoices: list[Candidate],
+    retainers_of: dict[str, frozenset[int]] | None,
+    tolerance: Decimal,
 ) -> None:
-    """Any arrival order of the same transfers gives the same allocation."""
+    """Any arrival order of the same transfers (and any order of the invoices) gives the same
+    allocation, under every rule: amount, payer of another retainer, exact fit, oldest."""
     arrived, shuffled = inflows
+    need = {c.id: covered_threshold(c.price, tolerance) for c in invoices}
 
-    assert as_tuples(allocate(arrived, invoices)) == as_tuples(allocate(shuffled, invoices))
-    assert as_tuples(allocate(arrived, invoices)) == as_tuples(
-        allocate(arrived, list(reversed(invoices)))
-    )
+    def run(xs: list[Inflow], cs: list[Candidate]) -> list[tuple[str, str, tuple[int, ...]]]:
+        return as_tuples(allocate(xs, cs, threshold=need, retainers_of=retainers_of))
+
+    assert run(arrived, invoices) == run(shuffled, invoices)
+    assert run(arrived, invoices) == run(arrived, list(reversed(invoices)))
 
 
 @given(
     blocks=st.lists(st.integers(min_value=1, max_value=50), min_size=2, max_size=2, unique=True),
     ages=st.lists(st.integers(min_value=0, max_value=90), min_size=2, max_size=2, unique=True),
-    price=st.integers(min_value=1, max_value=10**12),
+    prices=st.lists(st.integers(min_value=1, max_value=10**12), min_size=2, max_size=2),
     tolerance=st.sampled_from([Decimal(0), Decimal("0.01")]),
     reverse=st.booleans(),
 )
-def test_payer_two_full_payments_fund_two_invoices_oldest_first(
-    blocks: list[int], ages: list[int], price: int, tolerance: Decimal, reverse: bool
+def test_payer_two_full_payments_fund_two_invoices_in_any_order(
+    blocks: list[int], ages: list[int], prices: list[int], tolerance: Decimal, reverse: bool
 ) -> None:
-    """A payer's two full round payments fund both open invoices, oldest first, in any order."""
+    """A payer's two round payments of two open invoices' prices fund both, each its own when
+    the prices tell them apart, else oldest first, in any arrival order; never a review unless
+    one payment fits both exactly."""
     invoices = [
         invoice(id, tag=id, price=price, issued_at=T0 - timedelta(days=age))
-        for id, age in enumerate(ages, start=1)
+        for id, (age, price) in enumerate(zip(ages, prices, strict=True), start=1)
     ]
-    oldest = min(invoices, key=lambda c: c.issued_at).id
-    payments = [
-        inflow(n, amount=price, sender=PAYER_A, block=block)
-        for n, block in enumerate(blocks, start=1)
-    ]
-    first_on_chain = min(payments, key=lambda p: p.block_number).uid
     need = {c.id: covered_threshold(c.price, tolerance) for c in invoices}
+    payments = [
+        inflow(n, amount=c.price, sender=PAYER_A, block=block)
+        for n, (block, c) in enumerate(zip(blocks, invoices, strict=True), start=1)
+    ]
+    first = min(payments, key=lambda p: p.block_number)
+    both_fit = all(need[c.id] <= first.amount <= c.amount for c in invoices)
 
     result = allocate(list(reversed(payments)) if reverse else payments, invoices, threshold=need)
 
     funded = {a.uid: a.match for a in result}
+    if both_fit:
+        assert funded[first.uid] == Match(Rule.REVIEW, (1, 2))
+        return
     assert {m.rule for m in funded.values()} == {Rule.PAYER}
     assert sorted(m.invoice_ids[0] for m in funded.values()) == [1, 2]
-    assert funded[first_on_chain].invoice_id == oldest
+    fits = [c.id for c in invoices if need[c.id] <= first.amount <= c.amount]
+    assert funded[first.uid].invoice_id == fits[0]
+
+
+@given(
+    inflows=inflow_lists,
+    invoices=candidates(),
+    tolerance=st.sampled_from([Decimal(0), Decimal("0.01")]),
+)
+def test_payer_inflow_never_overpays_when_another_invoice_fits_exactly(
+    inflows: list[Inflow], invoices: list[Candidate], tolerance: Decimal
+) -> None:
+    """Whenever the payer rule places an inflow, no other open invoice of that payer that it
+    would have covered exactly was passed over for one it overpays."""
+    need = {c.id: covered_threshold(c.price, tolerance) for c in invoices}
+    by_uid = {i.uid: i for i in inflows}
+    have = {c.id: 0 for c in invoices}
+    covered = {c.id: c.covered for c in invoices}
+    by_id = {c.id: c for c in invoices}
+
+    for a in allocate(inflows, invoices, threshold=need):
+        paid = by_uid[a.uid]
+        target = a.match.invoice_id
+        if a.match.rule == Rule.PAYER and target is not None:
+            chosen = by_id[target]
+            overpays = have[target] + paid.amount > chosen.amount
+            rivals = [
+                c
+                for c in invoices
+                if c.id != target
+                and not covered[c.id]
+                and paid.from_address in c.payers
+                and (c.chain_id, c.asset, c.pay_to) == (paid.chain_id, paid.asset, paid.to_address)
+                and need[c.id] - have[c.id] <= paid.amount <= c.amount - have[c.id]
+            ]
+            assert not (overpays and rivals), (a, rivals)
+        if target is not None:
+            have[target] += paid.amount
+            covered[target] = covered[target] or have[target] >= need[target]
+
+
+# --- unique amounts over time: the cooling window -------------------------------------------
+
+COOLING = 180
+
+
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["issue", "pay", "void"]),
+            st.sampled_from([1_000, 2_000]),  # a price, or which invoice to pay / void
+            st.integers(min_value=0, max_value=120),  # days that pass first
+        ),
+        max_size=40,
+    ),
+    cooling=st.sampled_from([0, 30, COOLING]),
+)
+def test_no_amount_is_reissued_inside_the_cooling_window(
+    steps: list[tuple[str, int, int]], cooling: int
+) -> None:
+    """Issuing, paying and voiding over time, a new invoice never asks for an amount another
+    invoice of that wallet and asset still waits for, or used within the cooling window."""
+    now = T0
+    issued: list[IssuedAmount] = []
+    for op, value, days in steps:
+        now += timedelta(days=days)
+        if op == "issue":
+            try:
+                amount = choose_amount(value, 4, issued, now=now, cooling_days=cooling)
+            except Refused:
+                continue  # every one of the 10 tags of 4 decimals is held: refused
+            for other in issued:
+                until = holds_until(other, cooling)
+                assert other.amount != amount or (until is not None and until <= now)
+            issued.append(IssuedAmount(amount, InvoiceStatus.OPEN, now))
+            continue
+        waiting = [i for i, inv in enumerate(issued) if inv.status == InvoiceStatus.OPEN]
+        if waiting:
+            k = waiting[value % len(waiting)]
+            done = InvoiceStatus.PAID if op == "pay" else InvoiceStatus.VOID
+            paid_at = now if op == "pay" else None
+            issued[k] = IssuedAmount(issued[k].amount, done, issued[k].issued_at, paid_at)
 
 
 # --- coverage -------------------------------------------------------------------------------

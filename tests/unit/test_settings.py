@@ -90,6 +90,7 @@ def base_config() -> dict[str, Any]:
             "renewal_lead_days": 5,
             "grace_days": 3,
             "underpay_tolerance": "0",
+            "tag_cooling_days": 90,
         },
         "notify": {
             "urls": ["${NOTIFY_URL}"],
@@ -204,7 +205,7 @@ def test_valid_config_loads_into_frozen_settings(tmp_path: Path) -> None:
         max_log_range=2000,
         reorg_depth=128,
     )
-    assert settings.billing == BillingSettings(7, 5, 3, Decimal(0))
+    assert settings.billing == BillingSettings(7, 5, 3, Decimal(0), tag_cooling_days=90)
     assert settings.notify == NotifySettings(
         urls=(DOTENV["NOTIFY_URL"],),
         apprise_events=("cycle.opened", "watcher.*"),
@@ -244,6 +245,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
         (),
     )
     assert settings.billing == BillingSettings()
+    assert settings.billing.tag_cooling_days == 180
     assert settings.notify.webhooks == ()
     assert settings.status.listen is None
     assert settings.database_url == f"sqlite:///{tmp_path.resolve() / 'data' / 'watcher.db'}"
@@ -361,6 +363,8 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("billing.grace_days", "3", "'3' must be an integer >= 0"),
     ("billing.underpay_tolerance", "1", "'1' must be at least 0 and below 1"),
     ("billing.underpay_tolerance", 0.01, "0.01 must be a decimal string"),
+    ("billing.tag_cooling_days", -1, "-1 must be an integer >= 0"),
+    ("billing.tag_cooling_days", "180", "'180' must be an integer >= 0"),
     ("notify.urls", "json://x", "must be a list of Apprise URLs"),
     ("notify.urls[0]", "not-a-url", "is not an Apprise URL"),
     ("notify.apprise_events", "watcher.*", "'watcher.*' must be a list of event types"),

@@ -219,6 +219,23 @@ def test_invoice_counts_have_every_status(db: Db) -> None:
     }
 
 
+def test_tags_report_the_space_left_per_price(db: Db) -> None:
+    """status lists, per chain, asset and price, the unique-amount tags used and left: a paid
+    or voided invoice still uses its tag inside the cooling window."""
+    ctx = Context(db.settings, db.engine, lambda: NOW)
+    retainer = ledger.add_retainer(ctx, client="Acme", chain="base", asset="USDC", monthly="1500")
+    ledger.approve_retainer(ctx, f"RET-{retainer.id}", by="Jane")
+    ledger.issue_invoice(ctx, f"RET-{retainer.id}")
+    ledger.issue_invoice(ctx, f"RET-{retainer.id}", kind="sprint", amount="250")
+    ledger.void_invoice(ctx, "INV-2")
+    assert db.document()["tags"] == [
+        {"chain": "base", "chain_id": 8453, "asset": "USDC", "price": "250",
+         "price_base_units": "250000000", "used": 1, "left": 999},
+        {"chain": "base", "chain_id": 8453, "asset": "USDC", "price": "1500",
+         "price_base_units": "1500000000", "used": 1, "left": 999},
+    ]  # fmt: skip
+
+
 def test_outbox_counts_pending_and_dead_deliveries_like_v_status(db: Db) -> None:
     """The outbox backlog counts pending and dead deliveries, plus events not yet handed to
     their channels, as v_status does."""

@@ -14,6 +14,7 @@ from watcher.cli.common import console, context, print_json
 from watcher.domain.billing import InvoiceStatus
 from watcher.errors import BadInput
 from watcher.ids import fmt_id
+from watcher.logs import configure
 
 retainer_app = typer.Typer(help="Retainers: terms a client approves.", no_args_is_help=True)
 invoice_app = typer.Typer(help="Invoices: what a client pays.", no_args_is_help=True)
@@ -157,12 +158,18 @@ def invoice_issue(
     due: Annotated[str | None, typer.Option("--due", help="Due date YYYY-MM-DD.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Issue the next invoice: prints the exact amount, the address, the URI and a QR code."""
+    """Issue the next invoice: prints the exact amount, the address, the URI and a QR code.
+
+    Transfers the retainer's payers sent before the invoice existed are matched to it at
+    once; the output lists them (``early_payments`` in --json)."""
     ctx = context()
+    configure(ctx.settings.secrets)  # early payments log to stderr; stdout is the answer
     invoice = ledger.issue_invoice(ctx, retainer, kind=kind, amount=amount, due=due)
     row = queries.invoice(ctx.engine, fmt_id("INV", invoice.id) or "")
+    # A new invoice's payments can only be the early ones matched while it was issued.
+    early = list(row["payments"])
     if as_json:
-        print_json(row)
+        print_json({**row, "early_payments": early})
         return
     typer.echo(f"{row['id']} ({row['kind']}) for {row['client']} on {row['chain']}")
     typer.echo(
@@ -173,6 +180,13 @@ def invoice_issue(
         typer.echo(f"  token:       {row['token_address']}")
     typer.echo(f"  due:         {row['due_at']}")
     typer.echo(f"  uri:         {row['payment_uri']}")
+    for p in early:
+        typer.echo(
+            f"  early payment matched: {p['tx_hash']} block {p['block_number']} "
+            f"{p['amount']} {p['asset']} from {p['from']} ({p['status']})"
+        )
+    if early or row["status"] != InvoiceStatus.OPEN.value:
+        typer.echo(f"  status:      {row['status']}")
     buffer = io.StringIO()
     segno.make(row["payment_uri"], error="m").terminal(out=buffer, compact=True)
     typer.echo(buffer.getvalue())

@@ -153,6 +153,12 @@ def _print_status(document: dict[str, Any], problems: list[str]) -> None:
             f"({escape(off['reason'])} on {off['event_id']}), {off['pending']} pending: "
             f"proofwatch notify enable {escape(off['channel'])}"
         )
+    for tag in document.get("tags", []):
+        warn = "[red]exhausted[/] " if tag["left"] == 0 else ""
+        console.print(
+            f"tags     {escape(tag['chain'])} {escape(tag['asset'])} {tag['price']}: "
+            f"{warn}{tag['used']} used, {tag['left']} left"
+        )
     if problems:
         console.print("health   [red]unhealthy[/]: " + escape("; ".join(problems)))
     else:

@@ -96,9 +96,9 @@ def max_tag(decimals: int) -> int:
 
 
 def unique_amount(price: int, taken: Iterable[int], decimals: int) -> int:
-    """The price plus the smallest tag (>= 1 base unit) whose total no open invoice uses.
+    """The price plus the smallest tag (>= 1 base unit) whose total is not in ``taken``.
 
-    ``taken`` are the amounts of unsettled invoices for the same chain + asset + wallet.
+    ``taken`` are the amounts held for the same chain + asset + wallet (see ``held_amounts``).
     Raises ``Refused`` when every tag up to ``max_tag(decimals)`` is in use.
     """
     used = set(taken)
@@ -106,9 +106,94 @@ def unique_amount(price: int, taken: Iterable[int], decimals: int) -> int:
         if price + tag not in used:
             return price + tag
     raise Refused(
-        f"no free unique amount for price {price} base units: {max_tag(decimals)} open invoices "
-        "already use every tag; settle or void some first"
+        f"no free unique amount for price {price} base units: all {max_tag(decimals)} tags "
+        "are held by open or recently issued invoices"
     )
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedAmount:
+    """An invoice's amount on one chain + asset + wallet, and how long it holds it."""
+
+    amount: int
+    status: InvoiceStatus
+    issued_at: datetime
+    paid_at: datetime | None = None
+
+
+def holds_until(invoice: IssuedAmount, cooling_days: int) -> datetime | None:
+    """When ``invoice`` stops holding its amount: None while it still waits for money, else
+    ``tag_cooling_days`` after it was last used (issued, or paid if later). Paid and voided
+    invoices keep their amount through the cooling window, so a client who repeats a saved
+    payment never pays another client's invoice."""
+    if invoice.status in UNSETTLED:
+        return None
+    last_used = max(invoice.issued_at, invoice.paid_at or invoice.issued_at)
+    return last_used + timedelta(days=cooling_days)
+
+
+def held_amounts(invoices: Iterable[IssuedAmount], now: datetime, cooling_days: int) -> set[int]:
+    """Amounts that may not be issued at ``now``: unsettled invoices' and those cooling down."""
+    held = set()
+    for invoice in invoices:
+        until = holds_until(invoice, cooling_days)
+        if until is None or now < until:
+            held.add(invoice.amount)
+    return held
+
+
+@dataclass(frozen=True, slots=True)
+class TagSpace:
+    """How many unique amounts of one price are in use and how many are left."""
+
+    price: int
+    used: int
+    left: int
+
+
+def tag_space(price: int, held: Iterable[int], decimals: int) -> TagSpace:
+    """Tags of ``price`` in use among ``held`` amounts, and tags still free."""
+    top = max_tag(decimals)
+    used = sum(1 for amount in set(held) if price < amount <= price + top)
+    return TagSpace(price, used, top - used)
+
+
+def choose_amount(
+    price: int,
+    decimals: int,
+    invoices: Iterable[IssuedAmount],
+    *,
+    now: datetime,
+    cooling_days: int,
+) -> int:
+    """The amount a new invoice of ``price`` asks for at ``now``: the smallest free tag.
+
+    Refused when every tag is held; the message says when the first one frees up (if any
+    invoice of that price is cooling down rather than still open).
+    """
+    issued = list(invoices)
+    held = held_amounts(issued, now, cooling_days)
+    try:
+        return unique_amount(price, held, decimals)
+    except Refused:
+        top = max_tag(decimals)
+        frees = [
+            until
+            for inv in issued
+            if price < inv.amount <= price + top
+            and (until := holds_until(inv, cooling_days)) is not None
+            and until > now
+        ]
+        when = (
+            f"the first frees at {min(frees):%Y-%m-%dT%H:%M:%SZ}"
+            if frees
+            else "settle or void an open invoice of that price first"
+        )
+        raise Refused(
+            f"no free unique amount for this price: all {top} tag(s) are held by open "
+            f"invoices or invoices issued within billing.tag_cooling_days ({cooling_days}); "
+            f"{when}"
+        ) from None
 
 
 def payment_uri(asset: Asset, pay_to: str, amount: int) -> str:

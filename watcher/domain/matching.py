@@ -5,9 +5,12 @@ Rules, first that applies wins (DESIGN.md "Matching"):
 1. attached: the operator named this transfer for an invoice (``invoice attach``); it still
    has to be on the invoice's chain, in its asset, to its wallet (another transfer of the same
    tx never rides along on an attachment);
-2. amount: the inflow equals an unsettled invoice's unique amount (same chain, asset, wallet);
-3. payer: the sender is an expected payer of a retainer: the oldest not-yet-covered invoice of
-   that retainer in the inflow's asset;
+2. amount: the inflow equals an unsettled invoice's unique amount (same chain, asset, wallet),
+   unless its sender is an expected payer of another retainer (then review: a client's saved
+   payment must never pay somebody else's invoice);
+3. payer: the sender is an expected payer of a retainer: of that retainer's not-yet-covered
+   invoices in the inflow's asset, the one the inflow covers exactly (tag ignored, tolerance
+   applied); several exact fits are a review; none, the oldest;
 4. otherwise unassigned.
 
 Several candidates at any rule mean ``review``: never a guess. ``allocate`` processes inflows
@@ -16,7 +19,7 @@ in canonical chain order, so its result does not depend on the order they arrive
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
@@ -67,12 +70,19 @@ class Candidate:
     payers: frozenset[str] = frozenset()
     attached: frozenset[tuple[str, int | None]] = frozenset()  # (tx_hash, log_index or None)
     covered: bool = False  # enough already allocated: the payer rule skips it
+    funded: int = 0  # already allocated to it
+    threshold: int | None = None  # least sum that covers it; None = its price
+
+    @property
+    def need(self) -> int:
+        return self.price if self.threshold is None else self.threshold
 
 
 @dataclass(frozen=True, slots=True)
 class Match:
     rule: Rule
     invoice_ids: tuple[int, ...] = ()
+    why: str = field(default="", compare=False)  # for a review: what is ambiguous
 
     @property
     def invoice_id(self) -> int | None:
@@ -98,9 +108,34 @@ def _decide(rule: Rule, found: Sequence[Candidate]) -> Match | None:
     return Match(Rule.REVIEW, tuple(sorted(inv.id for inv in found)))
 
 
-def match(inflow: Inflow, invoices: Iterable[Candidate]) -> Match:
-    """The invoice ``inflow`` pays, why, or why none / several."""
+def fits_exactly(inflow: Inflow, inv: Candidate) -> bool:
+    """The inflow completes ``inv`` without overpaying it: with what it already has, the sum
+    reaches its covered threshold (price less the tolerance) and stays within its amount."""
+    return inv.need - inv.funded <= inflow.amount <= inv.amount - inv.funded
+
+
+PayersOf = Mapping[str, frozenset[int]]
+
+
+def payers_of(invoices: Iterable[Candidate]) -> dict[str, frozenset[int]]:
+    """Expected payer address -> the retainers listing it, as far as ``invoices`` show."""
+    out: dict[str, set[int]] = {}
+    for inv in invoices:
+        for payer in inv.payers:
+            out.setdefault(payer, set()).add(inv.retainer_id)
+    return {payer: frozenset(ids) for payer, ids in out.items()}
+
+
+def match(
+    inflow: Inflow, invoices: Iterable[Candidate], retainers_of: PayersOf | None = None
+) -> Match:
+    """The invoice ``inflow`` pays, why, or why none / several.
+
+    ``retainers_of`` maps an expected payer to every retainer that lists it (also retainers
+    with nothing open); by default it is read from ``invoices``.
+    """
     pool = list(invoices)
+    payer_map = payers_of(pool) if retainers_of is None else retainers_of
     attached = [
         inv
         for inv in pool
@@ -112,19 +147,36 @@ def match(inflow: Inflow, invoices: Iterable[Candidate]) -> Match:
     ]
     if (decided := _decide(Rule.ATTACHED, attached)) is not None:
         return decided
-    by_amount = [
-        inv for inv in pool if _same_wallet_asset(inflow, inv) and inv.amount == inflow.amount
-    ]
-    if (decided := _decide(Rule.AMOUNT, by_amount)) is not None:
-        return decided
     by_payer = [
         inv
         for inv in pool
         if _same_wallet_asset(inflow, inv) and inflow.from_address in inv.payers and not inv.covered
     ]
+    by_amount = [
+        inv for inv in pool if _same_wallet_asset(inflow, inv) and inv.amount == inflow.amount
+    ]
+    if len(by_amount) == 1:
+        (inv,) = by_amount
+        own = payer_map.get(inflow.from_address, frozenset())
+        if own and inv.retainer_id not in own:
+            ids = sorted({inv.id, *(c.id for c in by_payer)})
+            why = (
+                f"the sender {inflow.from_address} is an expected payer of another retainer "
+                "than the invoice whose amount it pays"
+            )
+            return Match(Rule.REVIEW, tuple(ids), why)
+    if (decided := _decide(Rule.AMOUNT, by_amount)) is not None:
+        return decided
     retainers = {inv.retainer_id for inv in by_payer}
     if len(retainers) > 1:
-        return Match(Rule.REVIEW, tuple(sorted(inv.id for inv in by_payer)))
+        why = f"the sender {inflow.from_address} is an expected payer of several retainers"
+        return Match(Rule.REVIEW, tuple(sorted(inv.id for inv in by_payer)), why)
+    exact = [inv for inv in by_payer if fits_exactly(inflow, inv)]
+    if len(exact) > 1:
+        why = "the amount covers several of the payer's open invoices exactly"
+        return Match(Rule.REVIEW, tuple(sorted(inv.id for inv in exact)), why)
+    if exact:
+        return Match(Rule.PAYER, (exact[0].id,))
     if by_payer:
         oldest = min(by_payer, key=lambda inv: (inv.issued_at, inv.id))
         return Match(Rule.PAYER, (oldest.id,))
@@ -143,33 +195,36 @@ def allocate(
     funded: dict[int, int] | None = None,
     *,
     threshold: dict[int, int] | None = None,
+    retainers_of: PayersOf | None = None,
 ) -> list[Allocation]:
     """Match every inflow, in canonical chain order, updating coverage as money is allocated.
 
     ``funded`` is what each invoice already has; ``threshold`` what it needs to be covered
-    (default: its price). Each inflow appears once in the result: a transfer funds at most
-    one invoice.
+    (default: its price); ``retainers_of`` as for ``match``. Each inflow appears once in the
+    result: a transfer funds at most one invoice.
     """
-    by_id = {inv.id: inv for inv in invoices}
-    have = dict(funded or {})
-    need = dict(threshold or {})
-    for inv in list(by_id.values()):
+    pool = list(invoices)
+    payer_map = payers_of(pool) if retainers_of is None else retainers_of
+    by_id: dict[int, Candidate] = {}
+    for inv in pool:
+        have = (funded or {}).get(inv.id, inv.funded)
+        need = (threshold or {}).get(inv.id, inv.threshold)
+        inv = replace(inv, funded=have, threshold=need)
         # Money allocated before this call may already cover an invoice.
-        if not inv.covered and have.get(inv.id, 0) >= need.get(inv.id, inv.price):
-            by_id[inv.id] = replace(inv, covered=True)
+        by_id[inv.id] = replace(inv, covered=inv.covered or have >= inv.need)
     out: list[Allocation] = []
     seen: set[str] = set()
     for inflow in sorted(inflows, key=lambda i: (i.order, i.uid)):
         if inflow.uid in seen:
             continue
         seen.add(inflow.uid)
-        result = match(inflow, by_id.values())
+        result = match(inflow, by_id.values(), payer_map)
         out.append(Allocation(inflow.uid, result))
         target = result.invoice_id
         if target is not None:
-            have[target] = have.get(target, 0) + inflow.amount
-            if have[target] >= need.get(target, by_id[target].price):
-                by_id[target] = replace(by_id[target], covered=True)
+            inv = by_id[target]
+            have = inv.funded + inflow.amount
+            by_id[target] = replace(inv, funded=have, covered=inv.covered or have >= inv.need)
     return out
 
 

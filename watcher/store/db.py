@@ -35,6 +35,21 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (
+        3,  # review reasons per transfer: clearing one transfer's review keeps another's
+        [
+            "CREATE TABLE IF NOT EXISTS reviews ("
+            "transfer_id INTEGER NOT NULL REFERENCES transfers (id), "
+            "invoice_id INTEGER NOT NULL REFERENCES invoices (id), "
+            "reason VARCHAR NOT NULL, created_at TIMESTAMP NOT NULL, cleared_at TIMESTAMP, "
+            "PRIMARY KEY (transfer_id, invoice_id))",
+            "CREATE INDEX IF NOT EXISTS ix_reviews_invoice_id ON reviews (invoice_id)",
+            "INSERT INTO reviews (transfer_id, invoice_id, reason, created_at) "
+            "SELECT t.id, i.id, i.review_reason, CURRENT_TIMESTAMP FROM invoices i "
+            "JOIN transfers t ON i.review_reason LIKE 'transfer ' || t.uid || ' %' "
+            "WHERE i.review_reason IS NOT NULL",
+        ],
+    ),
+    (
         8,  # a channel whose receiver answered 410 Gone is disabled until the operator enables it
         [
             "CREATE TABLE IF NOT EXISTS disabled_channels ("

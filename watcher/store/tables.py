@@ -119,7 +119,7 @@ class Invoice(SQLModel, table=True):
     paid_amount: int = Field(default=0, sa_column=Column(BaseUnits(), nullable=False))
     overpaid_by: int = Field(default=0, sa_column=Column(BaseUnits(), nullable=False))
     cycle_id: int | None = Field(default=None, foreign_key="cycles.id")
-    review_reason: str | None = None
+    review_reason: str | None = None  # the latest open review's reason (see ``Review``)
 
 
 class Attachment(SQLModel, table=True):
@@ -181,6 +181,20 @@ class Allocation(SQLModel, table=True):
     active: bool = True
     created_at: datetime = _when(nullable=False)
     released_at: datetime | None = _when()
+
+
+class Review(SQLModel, table=True):
+    """A transfer the matcher could not place on one invoice flags each candidate (schema 3).
+
+    One row per transfer and invoice, so clearing one transfer's review (``invoice attach``)
+    never clears another transfer's review of the same invoice."""
+
+    __tablename__ = "reviews"
+    transfer_id: int = Field(foreign_key="transfers.id", primary_key=True)
+    invoice_id: int = Field(foreign_key="invoices.id", primary_key=True, index=True)
+    reason: str
+    created_at: datetime = _when(nullable=False)
+    cleared_at: datetime | None = _when()
 
 
 class Cycle(SQLModel, table=True):
