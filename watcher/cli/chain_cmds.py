@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +21,7 @@ from rich.table import Table
 from watcher import queries
 from watcher.cli.common import console, context, print_json
 from watcher.errors import BadInput
+from watcher.ledger import Context
 from watcher.logs import configure
 from watcher.proof import load_proof, render_html
 
@@ -31,6 +33,13 @@ def _scan_report_json(report: object) -> dict[str, object]:
     return {name: getattr(report, name) for name in fields}
 
 
+def _locked(ctx: Context, role: str) -> AbstractContextManager[None]:
+    """The daemon's single-instance lock, held while a one-off ``tick`` or ``scan`` runs."""
+    from watcher.daemon import command_lock  # APScheduler: only for the commands that scan
+
+    return command_lock(ctx.settings, ctx.engine, ctx.now, role)
+
+
 def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
     @app.command()
     def scan(
@@ -39,7 +48,11 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         to_block: Annotated[int | None, typer.Option("--to", help="Last block.")] = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """One-off scan (and settlement) up to the head or --to."""
+        """One-off scan (and settlement) up to the head or --to.
+
+        Refused (exit 1, naming the holder's pid) while a daemon, or a `tick` or another
+        `scan`, runs on the same database.
+        """
         from watcher.service import Watcher
 
         for value, name in ((from_block, "--from"), (to_block, "--to")):
@@ -52,28 +65,29 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         chains = [ctx.settings.chain(chain)] if chain else list(ctx.settings.chains)
         watcher = Watcher(ctx)
         reports = {}
-        for ch in chains:
-            if sys.stderr.isatty() and not as_json:
-                with Progress(
-                    TextColumn(f"[bold]{ch.name}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeRemainingColumn(),
-                    console=console,
-                    transient=True,
-                ) as bar:
-                    task = bar.add_task("scan", total=None)
+        with _locked(ctx, "scan"):
+            for ch in chains:
+                if sys.stderr.isatty() and not as_json:
+                    with Progress(
+                        TextColumn(f"[bold]{ch.name}"),
+                        BarColumn(),
+                        MofNCompleteColumn(),
+                        TimeRemainingColumn(),
+                        console=console,
+                        transient=True,
+                    ) as bar:
+                        task = bar.add_task("scan", total=None)
 
-                    def progress(
-                        done: int, total: int, bar: Progress = bar, task: TaskID = task
-                    ) -> None:
-                        bar.update(task, completed=done, total=total)
+                        def progress(
+                            done: int, total: int, bar: Progress = bar, task: TaskID = task
+                        ) -> None:
+                            bar.update(task, completed=done, total=total)
 
-                    reports[ch.name] = watcher.scan(
-                        ch, from_block=from_block, to_block=to_block, progress=progress
-                    )
-            else:
-                reports[ch.name] = watcher.scan(ch, from_block=from_block, to_block=to_block)
+                        reports[ch.name] = watcher.scan(
+                            ch, from_block=from_block, to_block=to_block, progress=progress
+                        )
+                else:
+                    reports[ch.name] = watcher.scan(ch, from_block=from_block, to_block=to_block)
         if as_json:
             print_json({name: _scan_report_json(r) for name, r in reports.items()})
             return
@@ -82,12 +96,17 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
 
     @app.command()
     def tick(as_json: JsonOpt = False) -> None:
-        """One round of every scheduled job (scan each chain, settle, renew, lapse, deliver)."""
+        """One round of every scheduled job (scan each chain, settle, renew, lapse, deliver).
+
+        Refused (exit 1, naming the holder's pid) while a daemon, or another `tick` or
+        `scan`, runs on the same database.
+        """
         from watcher.service import Watcher
 
         ctx = context()
         configure(ctx.settings.secrets)
-        report = Watcher(ctx).tick()
+        with _locked(ctx, "tick"):
+            report = Watcher(ctx).tick()
         summary = {
             "scans": {
                 name: (r if isinstance(r, str) else _scan_report_json(r))
