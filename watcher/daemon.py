@@ -526,7 +526,7 @@ class Daemon:
         outage = self.outages[chain.name]
         began = self.ctx.now()
         try:
-            self.rounds.scan(chain)
+            report = self.rounds.scan(chain)
         except Exception as exc:
             error = self._error_text(exc)
             if not isinstance(exc, WatcherError):  # the scanner records only its own errors
@@ -540,6 +540,15 @@ class Daemon:
                 self._degrade(chain, outage, error, rpc=isinstance(exc, RpcError))
             elif not isinstance(exc, WatcherError):
                 self._record_error(chain, error)
+            return
+        if getattr(report, "complete", True) is False:
+            # It stopped short of the head (the chain moved while it read): not a good poll.
+            # The scanner recorded why; repeated, it is an outage like any other.
+            if outage.failed(self.ctx.now(), began):
+                with read_session(self.ctx.engine) as session:
+                    state = session.get(ChainState, chain.name)
+                why = state.last_error if state is not None else None
+                self._degrade(chain, outage, why or "the poll stopped short of the head", rpc=False)
             return
         if outage.announced:
             self._recover(chain, outage)

@@ -56,6 +56,7 @@ class ChainSettings:
     rpc_timeout: float = 10.0
     max_log_range: int = 2000
     reorg_depth: int = 128
+    max_lag_blocks: int = 100  # health: the cursor may trail the head by at most this much
 
     def token(self, symbol: str) -> TokenSettings | None:
         return next((t for t in self.tokens if t.symbol.upper() == symbol.upper()), None)
@@ -383,6 +384,7 @@ def _chain(raw: Any, prefix: str, p: _Problems) -> ChainSettings | None:
             "rpc_timeout",
             "max_log_range",
             "reorg_depth",
+            "max_lag_blocks",
         },
         prefix,
         p,
@@ -459,6 +461,7 @@ def _chain(raw: Any, prefix: str, p: _Problems) -> ChainSettings | None:
         rpc_timeout=_number(raw, "rpc_timeout", f"{prefix}.rpc_timeout", p, 10.0),
         max_log_range=_int(raw, "max_log_range", f"{prefix}.max_log_range", p, 2000, minimum=1),
         reorg_depth=_int(raw, "reorg_depth", f"{prefix}.reorg_depth", p, 128, minimum=1),
+        max_lag_blocks=_int(raw, "max_lag_blocks", f"{prefix}.max_lag_blocks", p, 100, minimum=1),
     )
 
 

@@ -138,7 +138,8 @@ def health_problems(document: dict[str, Any], settings: Settings, now: datetime)
     """Why the service is unhealthy, one sentence each; empty when healthy.
 
     Healthy means: the daemon's heartbeat is fresh, and every configured chain polled
-    successfully within ``[status] stale_seconds``.
+    successfully (all the way to the head) within ``[status] stale_seconds`` with its cursor
+    at most ``max_lag_blocks`` behind the head it last saw.
     """
     problems = []
     daemon = document["daemon"]
@@ -163,4 +164,17 @@ def health_problems(document: dict[str, Any], settings: Settings, now: datetime)
                 f"chain {chain['name']} last polled successfully {age} s ago "
                 f"(stale after {settings.status.stale_seconds:g} s){why}"
             )
+        problems += _lag_problems(chain, settings)
     return problems
+
+
+def _lag_problems(chain: Row, settings: Settings) -> list[str]:
+    """The chain's cursor stuck behind the head beyond its ``max_lag_blocks``."""
+    lag = chain.get("lag_blocks")
+    limit = next((c.max_lag_blocks for c in settings.chains if c.name == chain["name"]), None)
+    if lag is None or limit is None or lag <= limit:
+        return []
+    return [
+        f"chain {chain['name']} cursor {chain['cursor']} is {lag} blocks behind the head "
+        f"{chain['head']} (max_lag_blocks {limit})"
+    ]

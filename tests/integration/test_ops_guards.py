@@ -7,26 +7,125 @@ Helpers come from ``test_daemon`` (configs, databases, the daemon as a child pro
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy.engine import Engine
 
 from tests.integration.test_daemon import (
+    FAST,
+    DaemonThread,
     Db,
+    ScriptedRounds,
     cli,
     daemons,
     dbs,
     dead_url,
     open_db,
+    running,
     wait_for_heartbeat,
+    wait_until,
     write_config,
 )
-from tests.support.anvil import AnvilNode
+from tests.support.anvil import AnvilError, AnvilNode
+from tests.support.rpcproxy import RpcFault, RpcProxy
 from tests.support.service import DaemonProcess
+from watcher.chain.rpc import RpcPool
+from watcher.chain.scanner import ScanReport, scan_chain
 from watcher.daemon import Daemon, DaemonLocked, FileLock, command_lock
+from watcher.settings import ChainSettings, Settings, StatusSettings
+from watcher.status import health_problems, status_document
+from watcher.store.db import make_engine, migrate
 
-__all__ = ["daemons", "dbs"]  # fixtures used here
+__all__ = ["daemons", "dbs", "running"]  # fixtures used here
+
+WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
+T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
+
+
+class TamperingNode:
+    """A scripted node beside Anvil: forwards every call to it, except that the header of
+    block ``broken`` (when set) names a parent that is not the block before it, as a
+    load-balanced provider does when its backends disagree while a range is read."""
+
+    def __init__(self, node: AnvilNode) -> None:
+        self.node = node
+        self.broken: int | None = None
+
+    def __call__(self, method: str, params: list[Any]) -> Any:
+        try:
+            result = self.node.rpc(method, *params)
+        except AnvilError as exc:
+            raise RpcFault(exc.code or -32000, str(exc.error.get("message"))) from None
+        if (
+            method == "eth_getBlockByNumber"
+            and self.broken is not None
+            and isinstance(result, dict)
+            and int(result["number"], 16) == self.broken
+        ):
+            result = {**result, "parentHash": "0x" + "ee" * 32}
+        return result
+
+
+@dataclass
+class Clock:
+    at: datetime = T0
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+@dataclass
+class ScanSite:
+    """One chain through a tampering proxy in front of Anvil, on a migrated SQLite file."""
+
+    node: AnvilNode
+    proxy: RpcProxy
+    tamper: TamperingNode
+    engine: Engine
+    settings: Settings
+    clock: Clock = field(default_factory=Clock)
+
+    @property
+    def chain(self) -> ChainSettings:
+        return self.settings.chains[0]
+
+    def scan(self) -> ScanReport:
+        pool = RpcPool(
+            (self.proxy.url,), chain="local", timeout=5, backoff_base=0.01, sleep=lambda _s: None
+        )
+        try:
+            return scan_chain(self.chain, pool, self.engine, self.clock)
+        finally:
+            pool.close()
+
+    def health(self, seconds_later: float) -> list[str]:
+        now = T0 + timedelta(seconds=seconds_later)
+        return health_problems(status_document(self.engine, self.settings, now), self.settings, now)
+
+
+@pytest.fixture
+def scan_site(anvil: AnvilNode, tmp_path: Path) -> Iterator[ScanSite]:
+    tamper = TamperingNode(anvil)
+    chain = ChainSettings(
+        name="local", chain_id=31337, rpc_urls=("http://placeholder",), receiving_address=WALLET,
+        finality=2, poll_seconds=1, start_block=0, native_symbol="ETH", tokens=(),
+        balance_guard=False, max_lag_blocks=2,
+    )  # fmt: skip
+    url = f"sqlite:///{tmp_path / 'watcher.db'}"
+    settings = Settings(
+        config_path=tmp_path / "watcher.toml", database_url=url, chains=(chain,),
+        status=StatusSettings(stale_seconds=30),
+    )  # fmt: skip
+    engine = make_engine(url)
+    migrate(engine)
+    with RpcProxy(tamper) as proxy:
+        yield ScanSite(anvil, proxy, tamper, engine, settings)
+    engine.dispose()
 
 
 # --- trap 5: tick and scan take the daemon's lock -----------------------------------------------
@@ -94,3 +193,76 @@ def test_tick_exits_one_when_another_tick_holds_the_lock(
     assert "`tick` (pid" in result.stderr
     assert db.document()["chains"][0]["last_poll_at"] is None  # nothing was polled
     assert json.loads(cli(config, "status", "--json").stdout)["daemon"]["running"] is False
+
+
+# --- trap 7: health that does not lie --------------------------------------------------------
+
+
+@pytest.mark.anvil
+def test_a_poll_ending_in_chain_moved_is_not_healthy_and_the_lag_shows(scan_site: ScanSite) -> None:
+    """A poll that stops short of the head because the chain moved while it read leaves
+    last_ok_at where it was and says why; the cursor stuck behind the head beyond
+    max_lag_blocks makes the chain unhealthy at once, and staleness follows; a complete poll
+    makes it healthy again."""
+    site = scan_site
+    site.node.mine(3)
+    first = site.scan()
+    assert first.cursor_after == 3
+    assert site.health(1) == ["daemon has never run on this database"]
+
+    site.node.mine(5)  # head 8; block 5 will not link to block 4
+    site.tamper.broken = 5
+    site.clock.at = T0 + timedelta(seconds=10)
+    moved = site.scan()
+    assert moved.cursor_after == 3
+    entry = status_document(site.engine, site.settings, site.clock())["chains"][0]
+    assert entry["last_ok_at"] == "2026-11-21T12:00:00Z"  # the good poll, not this one
+    assert entry["last_poll_at"] == "2026-11-21T12:00:10Z"
+    assert (entry["head"], entry["cursor"], entry["lag_blocks"]) == (8, 3, 5)
+    assert "poll incomplete at blocks 4..8" in entry["last_error"]
+    assert not moved.complete
+    lag = "chain local cursor 3 is 5 blocks behind the head 8 (max_lag_blocks 2)"
+    assert site.health(11)[1:] == [lag]
+    stale = site.health(35)
+    assert stale[1].startswith("chain local last polled successfully 35 s ago (stale after 30 s)")
+    assert "poll incomplete" in stale[1]
+    assert stale[2:] == [lag]
+
+    site.tamper.broken = None
+    site.clock.at = T0 + timedelta(seconds=40)
+    done = site.scan()
+    assert done.cursor_after == 8 and done.complete
+    assert site.health(41) == ["daemon has never run on this database"]
+
+
+@dataclass
+class IncompleteRounds(ScriptedRounds):
+    """Scans that return a report saying the poll stopped short of the head, on command."""
+
+    short: set[str] = field(default_factory=set)
+
+    def scan(self, chain: ChainSettings) -> object:
+        super().scan(chain)
+        complete = chain.name not in self.short
+        return ScanReport(chain.name, 9, 7, 3, 3, 0, 0, 0, 1, complete=complete)
+
+
+def test_daemon_counts_polls_that_stop_short_as_an_outage(
+    tmp_path: Path,
+    dbs: Callable[[Path], Db],
+    running: Callable[[Daemon], DaemonThread],
+) -> None:
+    """Polls that keep stopping short of the head raise watcher.degraded once, like failing
+    polls, and a complete poll raises watcher.recovered."""
+    db = dbs(write_config(tmp_path, {"local": dead_url()}, poll_seconds=0.1))
+    rounds = IncompleteRounds(short={"local"})
+    daemon = Daemon(
+        db.context(), rounds=rounds, intervals=FAST, lock=FileLock(tmp_path / "l", pid=1)
+    )
+    thread = running(daemon)
+    wait_until(lambda: db.events("watcher.degraded", "local"), "watcher.degraded")
+    assert db.events("watcher.recovered") == []
+    rounds.short.clear()
+    wait_until(lambda: db.events("watcher.recovered", "local"), "watcher.recovered")
+    thread.stop()
+    assert len(db.events("watcher.degraded", "local")) == 1

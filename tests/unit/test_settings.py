@@ -74,6 +74,7 @@ def base_config() -> dict[str, Any]:
                 "rpc_timeout": 10,
                 "max_log_range": 2000,
                 "reorg_depth": 128,
+                "max_lag_blocks": 100,
                 "tokens": [{"symbol": "USDC", "address": USDC, "decimals": 6}],
             }
         ],
@@ -190,6 +191,7 @@ def test_valid_config_loads_into_frozen_settings(tmp_path: Path) -> None:
         rpc_timeout=10.0,
         max_log_range=2000,
         reorg_depth=128,
+        max_lag_blocks=100,
     )
     assert settings.billing == BillingSettings(7, 5, 3, Decimal(0))
     assert settings.notify == NotifySettings(
@@ -285,6 +287,7 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("chains[0].rpc_timeout", -1, "-1 must be a positive number"),
     ("chains[0].max_log_range", 0, "0 must be an integer >= 1"),
     ("chains[0].reorg_depth", 0, "0 must be an integer >= 1"),
+    ("chains[0].max_lag_blocks", 0, "0 must be an integer >= 1"),
     ("chains[0].tokens", "USDC", "must be a list of [[chains.tokens]] tables"),
     ("chains[0].tokens[0].symbol", "US DC", "'US DC' is not a token symbol"),
     ("chains[0].tokens[0].symbol", "eth", "duplicate asset symbol 'eth'"),

@@ -94,6 +94,7 @@ class ScanReport:
     requests: int  # HTTP POSTs sent to the RPC pool during the poll
     reorgs: int = 0
     unexplained: int = 0  # watcher.unexplained_balance events raised
+    complete: bool = True  # False: the poll stopped short of its target (the chain moved)
 
 
 def transfer_uid(chain_id: int, tx_hash: str, kind: str, log_index: int | None) -> str:
@@ -145,6 +146,7 @@ class _ChainScan:
         self.balance: int | None = None
         self.final_at_start = -1  # the final block when this poll began
         self.counts = {"found": 0, "orphaned": 0, "finalized": 0, "reorgs": 0, "unexplained": 0}
+        self.incomplete: str | None = None  # why the poll stopped short of its target
 
     # -- the poll ----------------------------------------------------------------------------
 
@@ -176,6 +178,7 @@ class _ChainScan:
             cursor_before=cursor_before,
             cursor_after=self.cursor,
             requests=self.pool.request_count - requests_before,
+            complete=self.incomplete is None,
             **self.counts,
         )
         log.info("scan.done", **asdict(report))
@@ -260,7 +263,8 @@ class _ChainScan:
                     chunk = pending.result()
                 except sources.ChainMoved as exc:
                     self.log.warning("scan.chain_moved", first=first, last=last, reason=str(exc))
-                    return  # the next poll sees where the chain settled
+                    self.incomplete = f"poll incomplete at blocks {first}..{last}: {exc}"
+                    return  # the next poll sees where the chain settled; not a healthy poll
                 pending = None
                 if not chunk.linked:
                     if self.counts["reorgs"] >= MAX_REORGS_PER_POLL:
@@ -548,14 +552,21 @@ class _ChainScan:
     # -- chain state -------------------------------------------------------------------------
 
     def _record(self, *, head: int | None, final: int | None, error: WatcherError | None) -> None:
-        """What this poll saw, in ChainState; an error's message is redacted."""
+        """What this poll saw, in ChainState; an error's message is redacted.
+
+        A poll that stopped short of its target (``self.incomplete``) records the head but is
+        not a successful poll: ``last_ok_at`` stays, the reason is the ``last_error``.
+        """
         now = self.now()
         with transaction(self.engine) as session:
             state = session.get(ChainState, self.chain.name)
             if state is None:
                 return
             state.last_poll_at = now
-            if error is None:
+            if error is None and self.incomplete is not None:
+                state.head, state.final_block, state.rpc_ok = head, final, True
+                state.last_error = redact_text(self.incomplete, self.chain.rpc_urls)
+            elif error is None:
                 state.head, state.final_block = head, final
                 state.last_ok_at, state.rpc_ok, state.last_error = now, True, None
             else:
