@@ -18,6 +18,7 @@ from sqlalchemy.engine import Engine
 
 from watcher.chain.redact import redact_text
 from watcher.domain.billing import InvoiceStatus
+from watcher.halts import last_resumes
 from watcher.settings import Settings
 from watcher.store.db import read_session
 from watcher.store.outbox import iso
@@ -86,6 +87,7 @@ def _chain_entry(name: str, chain_id: int, row: Row | None, secrets: Sequence[st
         "last_ok_at": row.get("last_ok_at"),
         "degraded": bool(row.get("degraded")),
         "last_error": None if error is None else redact_text(error, secrets),
+        "halted_by": row.get("halted_by"),  # the finality violation that stopped it, if any
     }
 
 
@@ -93,13 +95,15 @@ def chain_statuses(engine: Engine, settings: Settings) -> list[Row]:
     """One entry per configured chain (in config order; never-polled chains have nulls),
     then any chain the database knows that is no longer configured (``configured: false``)."""
     by_name = {r["name"]: r for r in rows(engine, "SELECT * FROM v_status ORDER BY name")}
+    resumes = last_resumes(engine)
     secrets = [*settings.secrets, *(u for c in settings.chains for u in c.rpc_urls)]
     out = []
     for chain in settings.chains:
         entry = _chain_entry(chain.name, chain.chain_id, by_name.pop(chain.name, None), secrets)
-        out.append({**entry, "configured": True})
+        out.append({**entry, "last_resume": resumes.get(chain.name), "configured": True})
     for name, row in by_name.items():
-        out.append({**_chain_entry(name, row["chain_id"], row, secrets), "configured": False})
+        entry = _chain_entry(name, row["chain_id"], row, secrets)
+        out.append({**entry, "last_resume": resumes.get(name), "configured": False})
     return out
 
 
@@ -163,6 +167,11 @@ def health_problems(document: dict[str, Any], settings: Settings, now: datetime)
             problems.append(
                 f"chain {chain['name']} last polled successfully {age} s ago "
                 f"(stale after {settings.status.stale_seconds:g} s){why}"
+            )
+        if chain.get("halted_by"):
+            problems.append(
+                f"chain {chain['name']} is halted by finality violation {chain['halted_by']} "
+                f"(proofwatch chain resume {chain['name']} --ack {chain['halted_by']})"
             )
         problems += _lag_problems(chain, settings)
     return problems

@@ -6,7 +6,10 @@ Helpers come from ``test_daemon`` (configs, databases, the daemon as a child pro
 
 from __future__ import annotations
 
+import contextlib
+import getpass
 import json
+import sqlite3
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -32,6 +35,7 @@ from tests.integration.test_daemon import (
     write_config,
 )
 from tests.support.anvil import AnvilError, AnvilNode
+from tests.support.contracts import send_eth
 from tests.support.rpcproxy import RpcFault, RpcProxy
 from tests.support.service import DaemonProcess
 from watcher.chain.rpc import RpcPool
@@ -39,7 +43,8 @@ from watcher.chain.scanner import ScanReport, scan_chain
 from watcher.daemon import Daemon, DaemonLocked, FileLock, command_lock
 from watcher.settings import ChainSettings, Settings, StatusSettings
 from watcher.status import health_problems, status_document
-from watcher.store.db import make_engine, migrate
+from watcher.store.db import SCHEMA_VERSION, make_engine, migrate, transaction
+from watcher.store.outbox import emit
 
 __all__ = ["daemons", "dbs", "running"]  # fixtures used here
 
@@ -266,3 +271,131 @@ def test_daemon_counts_polls_that_stop_short_as_an_outage(
     wait_until(lambda: db.events("watcher.recovered", "local"), "watcher.recovered")
     thread.stop()
     assert len(db.events("watcher.degraded", "local")) == 1
+
+
+# --- trap 6: chain resume after a finality violation -----------------------------------------
+
+
+def _transfers(config: Path) -> list[dict[str, Any]]:
+    result = cli(config, "transfers", "--json")
+    assert result.returncode == 0, result.stderr
+    rows: list[dict[str, Any]] = json.loads(result.stdout)
+    return rows
+
+
+def _chain_rows(db_file: Path) -> list[Any]:
+    """Every row of chain_state and chain_resumes."""
+    with contextlib.closing(sqlite3.connect(db_file)) as conn:
+        state = conn.execute("SELECT * FROM chain_state").fetchall()
+        return state + conn.execute("SELECT * FROM chain_resumes").fetchall()
+
+
+def _chain_status(config: Path) -> dict[str, Any]:
+    result = cli(config, "status", "--json")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    chain: dict[str, Any] = document["chains"][0]
+    return {**chain, "reasons": document["health"]["reasons"]}
+
+
+@pytest.mark.anvil
+def test_chain_resume_acknowledges_a_violation_records_who_and_scanning_resumes(
+    anvil_fast: AnvilNode, tmp_path: Path, dbs: Callable[[Path], Db]
+) -> None:
+    """After a reorg below a final payment the chain stays halted (status says by which
+    event); `chain resume CHAIN --ack EVT` refuses bad chains and events (exit 2) and events
+    or chains that do not fit (exit 3) writing nothing, then records who and when, and the
+    next scan follows the reorg keeping the final payment as it was."""
+    node = anvil_fast
+    assert node.url is not None
+    config = write_config(tmp_path, {"local": node.url})
+    db = dbs(config)
+    node.mine(2)
+    tx = send_eth(node.web3(), node.accounts()[1], db.settings.chains[0].receiving_address, 10**18)
+    node.mine(3)
+    assert cli(config, "scan").returncode == 0
+    (paid,) = _transfers(config)
+    assert (paid["tx_hash"], paid["status"]) == (tx, "final")
+
+    node.reorg(5)
+    violated = cli(config, "scan")
+    assert violated.returncode == 1
+    (event,) = db.events("watcher.finality_violation")
+    with db.reader.connect() as conn:
+        eid = conn.exec_driver_sql(
+            "SELECT id FROM outbox WHERE type = 'watcher.finality_violation'"
+        ).scalar_one()
+    assert f"proofwatch chain resume local --ack {eid}" in violated.stderr
+    halted = _chain_status(config)
+    assert halted["halted_by"] == eid and halted["last_resume"] is None
+    assert any(f"halted by finality violation {eid}" in r for r in halted["reasons"])
+    again = cli(config, "scan")
+    assert again.returncode == 1 and f"halted by finality violation {eid}" in again.stderr
+
+    with transaction(db.engine) as session:
+        other = emit(session, "cycle.opened", {"chain": "local"}, dedupe_key="c1", now=T0)
+    before = _chain_rows(tmp_path / "watcher.db")
+    for args, code in [
+        (("nope", "--ack", eid), 2),
+        (("local", "--ack", "not-an-event"), 2),
+        (("local", "--ack", "EVT-" + "0" * 20), 2),
+        (("local", "--ack", eid, "--by", "   "), 2),
+        (("local", "--ack", other), 3),
+    ]:
+        result = cli(config, "chain", "resume", *args)
+        assert result.returncode == code, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    after = _chain_rows(tmp_path / "watcher.db")
+    assert after == before
+
+    resumed = cli(config, "chain", "resume", "local", "--ack", eid.upper(), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads(resumed.stdout)
+    assert (record["chain"], record["event_id"]) == ("local", eid)
+    assert record["by"] == getpass.getuser() and record["at"]
+    assert cli(config, "chain", "resume", "local", "--ack", eid).returncode == 3  # not halted
+
+    scanned = cli(config, "scan", "--json")
+    assert scanned.returncode == 0, scanned.stderr
+    report = json.loads(scanned.stdout)["local"]
+    assert report["reorgs"] == 1 and report["cursor_after"] == node.block_number()
+    (kept,) = _transfers(config)
+    assert kept == paid  # the final payment and its proof are never rewritten
+    status = _chain_status(config)
+    assert status["halted_by"] is None
+    assert status["last_resume"] == record
+    assert not any("halted" in r for r in status["reasons"])
+    assert len(db.events("watcher.finality_violation")) == 1
+    assert event["data"]["chain"] == "local"
+    node.mine(2)
+    assert cli(config, "scan").returncode == 0  # and on it goes
+
+
+def test_init_migrates_a_schema_2_file_to_halts_and_resumes_and_repeats_safely(
+    tmp_path: Path,
+) -> None:
+    """A database from before chain halts (no halted_by/resume_ack, no chain_resumes) gets
+    them from migrate, and migrating again (or from an older version) changes nothing."""
+    path = tmp_path / "old.db"
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        migrate(engine)
+        with contextlib.closing(sqlite3.connect(path)) as conn, conn:
+            for view in ("v_status",):
+                conn.execute(f"DROP VIEW {view}")
+            conn.execute("ALTER TABLE chain_state DROP COLUMN halted_by")
+            conn.execute("ALTER TABLE chain_state DROP COLUMN resume_ack")
+            conn.execute("DROP TABLE chain_resumes")
+            conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+        assert migrate(engine) == (2, SCHEMA_VERSION)
+        assert migrate(engine) == (SCHEMA_VERSION, SCHEMA_VERSION)
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(chain_state)")}
+            resumes = {r[1] for r in conn.execute("PRAGMA table_info(chain_resumes)")}
+            conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+            conn.commit()
+        assert {"halted_by", "resume_ack"} <= columns
+        assert resumes == {"id", "chain", "event_id", "resumed_by", "resumed_at", "cursor"}
+        assert migrate(engine) == (1, SCHEMA_VERSION)  # every step again: no duplicate column
+    finally:
+        engine.dispose()

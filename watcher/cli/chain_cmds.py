@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import sys
 from contextlib import AbstractContextManager
 from pathlib import Path
@@ -40,7 +42,50 @@ def _locked(ctx: Context, role: str) -> AbstractContextManager[None]:
     return command_lock(ctx.settings, ctx.engine, ctx.now, role)
 
 
+chain_app = typer.Typer(help="Chains: resume one halted by a finality violation.")
+
+
+@chain_app.command("resume")
+def chain_resume(
+    chain: Annotated[str, typer.Argument(help="Chain name, as in the config.")],
+    ack: Annotated[
+        str, typer.Option("--ack", help="The watcher.finality_violation event id (EVT-...).")
+    ],
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who looked at it (default: the OS user).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """After a watcher.finality_violation the operator has looked at: scanning resumes.
+
+    The next poll follows the reorg that caused it; final transfers and their proofs are kept
+    as they are. Exit 2 for an unknown chain or event, 3 when the event is not that chain's
+    violation or the chain is not halted by it.
+    """
+    from watcher.halts import resume_chain
+
+    ctx = context()
+    configure(ctx.settings.secrets)  # log lines go to stderr; stdout is the answer
+    record = resume_chain(ctx.engine, ctx.settings, chain, ack, by or _os_user(), ctx.now())
+    if as_json:
+        print_json(record)
+    else:
+        typer.echo(
+            f"{record['chain']}: resumed after {record['event_id']} "
+            f"(acknowledged by {record['by']} at {record['at']})"
+        )
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        return f"uid {os.getuid()}"
+
+
 def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
+    app.add_typer(chain_app, name="chain")
+
     @app.command()
     def scan(
         chain: Annotated[str | None, typer.Option("--chain", help="Only this chain.")] = None,

@@ -256,6 +256,20 @@ class ChainState(SQLModel, table=True):
     last_error: str | None = None  # redacted
     balance: int | None = Field(default=None, sa_column=Column(BaseUnits(), nullable=True))
     degraded: bool = False
+    halted_by: str | None = None  # EVT id of the watcher.finality_violation that stopped it
+    resume_ack: str | None = None  # EVT id acknowledged by `chain resume`: follow that reorg
+
+
+class ChainResume(SQLModel, table=True):
+    """One ``proofwatch chain resume``: who acknowledged which violation, and when."""
+
+    __tablename__ = "chain_resumes"
+    id: int | None = Field(default=None, primary_key=True)
+    chain: str = Field(index=True)
+    event_id: str
+    resumed_by: str
+    resumed_at: datetime = _when(nullable=False)
+    cursor: int | None = None  # the chain's cursor when it was resumed
 
 
 class BlockHash(SQLModel, table=True):
