@@ -223,7 +223,7 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("event_id", "channel", name="uq_delivery"),)
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(foreign_key="outbox.id", index=True)
-    channel: str  # "webhook:0", "apprise:1" (index in config; never the URL)
+    channel: str  # the channel's stable name (configured, or derived from its URL); never a URL
     status: str = "pending"  # pending | delivered | dead
     attempts: int = 0
     next_attempt_at: datetime = _when(nullable=False)
