@@ -38,6 +38,7 @@ from tests.support.anvil import AnvilError, AnvilNode
 from tests.support.contracts import send_eth
 from tests.support.rpcproxy import RpcFault, RpcProxy
 from tests.support.service import DaemonProcess
+from tests.unit.test_batch_size import BatchLimitProxy
 from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import ScanReport, scan_chain
 from watcher.daemon import Daemon, DaemonLocked, FileLock, command_lock
@@ -397,5 +398,51 @@ def test_init_migrates_a_schema_2_file_to_halts_and_resumes_and_repeats_safely(
         assert {"halted_by", "resume_ack"} <= columns
         assert resumes == {"id", "chain", "event_id", "resumed_by", "resumed_at", "cursor"}
         assert migrate(engine) == (1, SCHEMA_VERSION)  # every step again: no duplicate column
+    finally:
+        engine.dispose()
+
+
+# --- trap 9: batches too big for the provider -------------------------------------------------
+
+
+@pytest.mark.anvil
+@pytest.mark.parametrize("mode", ["413", "stall"])
+def test_a_scan_through_a_provider_with_a_small_batch_limit_finds_every_payment(
+    mode: str, anvil: AnvilNode, tmp_path: Path
+) -> None:
+    """Behind a provider that takes at most 8 entries per batch (413, or no answer in time for
+    bigger ones), a scan of 60 blocks shrinks its batches, reaches the head and finds both
+    payments exactly once."""
+    node = anvil
+    assert node.url is not None
+    w3, payer = node.web3(), node.accounts()[1]
+    node.mine(20)
+    txs = [send_eth(w3, payer, WALLET, 10**18)]
+    node.mine(30)
+    txs.append(send_eth(w3, payer, WALLET, 2 * 10**18))
+    node.mine(8)
+    chain = ChainSettings(
+        name="local", chain_id=31337, rpc_urls=("http://placeholder",), receiving_address=WALLET,
+        finality=2, poll_seconds=1, start_block=0, native_symbol="ETH", tokens=(),
+        internal="trace_filter", max_batch=64,
+    )  # fmt: skip
+    engine = make_engine(f"sqlite:///{tmp_path / 'watcher.db'}")
+    migrate(engine)
+    with BatchLimitProxy(node.url, limit=8, mode=mode) as proxy:
+        pool = RpcPool(
+            (proxy.url,), chain="local", max_batch=64, timeout=1.0, backoff_base=0.01,
+            sleep=lambda _s: None,
+        )  # fmt: skip
+        try:
+            report = scan_chain(chain, pool, engine, Clock())
+        finally:
+            pool.close()
+    try:
+        assert report.complete and report.cursor_after == node.block_number()
+        assert pool.max_batch <= 8
+        assert max(proxy.sizes) > 8  # it did try bigger batches first
+        with engine.connect() as conn:
+            found = [r[0] for r in conn.exec_driver_sql("SELECT tx_hash FROM transfers")]
+        assert sorted(found) == sorted(txs)
     finally:
         engine.dispose()
