@@ -41,9 +41,9 @@ from tests.support.service import DaemonProcess
 from tests.unit.test_batch_size import BatchLimitProxy
 from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import ScanReport, scan_chain
-from watcher.daemon import Daemon, DaemonLocked, FileLock, command_lock
+from watcher.daemon import Daemon, DaemonLocked, FileLock, LeaseCheck, LeaseLock, command_lock
 from watcher.settings import ChainSettings, Settings, StatusSettings
-from watcher.status import health_problems, status_document
+from watcher.status import RUNNING_WITHIN, health_problems, status_document
 from watcher.store.db import SCHEMA_VERSION, make_engine, migrate, transaction
 from watcher.store.outbox import emit
 
@@ -446,3 +446,22 @@ def test_a_scan_through_a_provider_with_a_small_batch_limit_finds_every_payment(
         assert sorted(found) == sorted(txs)
     finally:
         engine.dispose()
+
+
+def test_on_a_shared_database_tick_refuses_while_a_live_daemon_holds_the_lease(
+    tmp_path: Path, dbs: Callable[[Path], Db]
+) -> None:
+    """Where there is no lock file (PostgreSQL), a one-off command checks the daemon's lease:
+    refused naming the holder while its heartbeat is fresh, allowed once it is stale, and it
+    never takes the lease itself."""
+    db = dbs(write_config(tmp_path, {"local": dead_url()}))
+    clock = Clock(T0)
+    LeaseLock(db.engine, clock, pid=11, host="alpha").acquire()
+    check = LeaseCheck(db.engine, clock, role="tick")
+    with pytest.raises(DaemonLocked, match=r"pid 11 on alpha\) holds the lease .*`tick`"):
+        check.acquire()
+    clock.at = T0 + RUNNING_WITHIN + timedelta(seconds=1)
+    check.acquire()
+    check.release()
+    row = db.daemon_row()
+    assert row is not None and (row.pid, row.host) == (11, "alpha")
