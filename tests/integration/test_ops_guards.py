@@ -28,8 +28,11 @@ from tests.integration.test_daemon import (
     daemons,
     dbs,
     dead_url,
+    http_get,
+    metric_samples,
     open_db,
     running,
+    two_chains,
     wait_for_heartbeat,
     wait_until,
     write_config,
@@ -42,12 +45,14 @@ from tests.unit.test_batch_size import BatchLimitProxy
 from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import ScanReport, scan_chain
 from watcher.daemon import Daemon, DaemonLocked, FileLock, LeaseCheck, LeaseLock, command_lock
+from watcher.http import StatusServer
 from watcher.settings import ChainSettings, Settings, StatusSettings
 from watcher.status import RUNNING_WITHIN, health_problems, status_document
 from watcher.store.db import SCHEMA_VERSION, make_engine, migrate, transaction
 from watcher.store.outbox import emit
+from watcher.store.tables import ChainState
 
-__all__ = ["daemons", "dbs", "running"]  # fixtures used here
+__all__ = ["daemons", "dbs", "running", "two_chains"]  # fixtures used here
 
 WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
 T0 = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -465,3 +470,34 @@ def test_on_a_shared_database_tick_refuses_while_a_live_daemon_holds_the_lease(
     check.release()
     row = db.daemon_row()
     assert row is not None and (row.pid, row.host) == (11, "alpha")
+
+
+def test_a_halted_chain_shows_on_healthz_metrics_and_the_status_page(two_chains: Db) -> None:
+    """While a violation halts a chain, /healthz is 503 naming the event and the command to
+    resume, /metrics has proofwatch_chain_halted 1 for it (0 for the other) and the page
+    says so."""
+    db = two_chains
+    with transaction(db.engine) as session:
+        state = session.get(ChainState, "flaky")
+        assert state is not None
+        state.halted_by = "EVT-0badc0ffee"
+        session.add(state)
+    server = StatusServer("127.0.0.1:0", db.reader, db.settings, db.now).start()
+    try:
+        code, body = http_get(f"{server.url}/healthz")
+        assert code == 503
+        answer = json.loads(body)
+        assert (
+            "chain flaky is halted by finality violation EVT-0badc0ffee "
+            "(proofwatch chain resume flaky --ack EVT-0badc0ffee)"
+        ) in answer["reasons"]
+        assert {c["name"]: c["halted_by"] for c in answer["chains"]} == {
+            "steady": None,
+            "flaky": "EVT-0badc0ffee",
+        }
+        samples = metric_samples(http_get(f"{server.url}/metrics")[1].decode())
+        assert samples[("proofwatch_chain_halted", (("chain", "flaky"),))] == 1
+        assert samples[("proofwatch_chain_halted", (("chain", "steady"),))] == 0
+        assert "halted by EVT-0badc0ffee" in http_get(f"{server.url}/")[1].decode()
+    finally:
+        server.stop()
