@@ -6,6 +6,7 @@ Real local webhook receivers and a real SQLite file; the watcher's clock is inje
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -26,7 +27,7 @@ from tests.integration.test_notify import (
 )
 from tests.support.receivers import WebhookReceiver
 from watcher.notify.outbox import build_channels
-from watcher.settings import WebhookSettings
+from watcher.settings import AppriseSettings, WebhookSettings
 
 __all__ = ["clock", "db_path", "engine"]  # fixtures used here
 
@@ -89,3 +90,25 @@ def test_a_named_channel_keeps_its_deliveries_when_its_url_moves(
         assert deliver(engine, moved, clock).delivered == 1
         assert [r.event_id for r in new_site.accepted()] == [event.id]
         assert old_site.accepted() == []
+
+
+def test_a_named_apprise_table_gets_its_name_and_its_own_filter(
+    tmp_path: Path, engine: Engine, clock: Clock
+) -> None:
+    """A [[notify.apprise]] entry delivers under its `name`, only the events its `events`
+    filter selects; a plain `urls` entry keeps the default Apprise filter."""
+    with WebhookReceiver() as named_sink, WebhookReceiver() as plain_sink:
+        named = AppriseSettings(f"json://127.0.0.1:{named_sink.port}/ops", "ops", ("watcher.*",))
+        settings = settings_for(tmp_path, urls=(f"json://127.0.0.1:{plain_sink.port}/all",))
+        settings = replace(settings, notify=replace(settings.notify, apprise=(named,)))
+        plain_name = settings.notify.apprise_channels()[0].channel_name
+        assert [c.name for c in build_channels(settings)] == [plain_name, "ops"]
+        add_event(engine, clock, "watcher.degraded", {"chain": "base"}, key="d")
+        add_event(engine, clock, "payment.detected", {"chain": "base"}, key="p")
+        add_event(engine, clock, "cycle.opened", key="c")
+        deliver(engine, settings, clock)
+        assert len(named_sink.requests) == 1  # watcher.degraded only
+        assert len(plain_sink.requests) == 2  # watcher.degraded and cycle.opened
+    assert sorted((d.channel, d.status) for d in deliveries(engine)) == sorted(
+        [("ops", "delivered"), (plain_name, "delivered"), (plain_name, "delivered")]
+    )
