@@ -93,11 +93,16 @@ class InstanceLock(Protocol):
 
 
 class FileLock:
-    """An exclusive ``flock`` on a file beside the SQLite database; the file holds the pid."""
+    """An exclusive ``flock`` on a file beside the SQLite database; the file holds the pid.
 
-    def __init__(self, path: Path, *, pid: int) -> None:
+    ``role`` says who holds it: the daemon (``"daemon"``, the file holds ``<pid>``) or a
+    one-off command that must not run beside it (``"tick"``, ``"scan"``: ``<pid> <role>``).
+    """
+
+    def __init__(self, path: Path, *, pid: int, role: str = "daemon") -> None:
         self.path = path
         self.pid = pid
+        self.role = role
         self._fd: int | None = None
 
     def acquire(self) -> None:
@@ -108,14 +113,17 @@ class FileLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            text = os.pread(fd, 64, 0).decode(errors="replace").split()
             os.close(fd)
+            holder = text[0] if text else "unknown"
+            who = "daemon" if len(text) < 2 or text[1] == "daemon" else f"`{text[1]}`"
             raise DaemonLocked(
-                f"another proofwatch daemon (pid {holder}) is already running on this "
+                f"another proofwatch {who} (pid {holder}) is already running on this "
                 f"database (lock file {self.path})"
             ) from None
         os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{self.pid}\n".encode(), 0)
+        label = "" if self.role == "daemon" else f" {self.role}"
+        os.pwrite(fd, f"{self.pid}{label}\n".encode(), 0)
         self._fd = fd
 
     def release(self) -> None:
@@ -173,8 +181,53 @@ def make_lock(settings: Settings, engine: Engine, now: Callable[[], datetime]) -
     """A file lock beside a SQLite database, else a lease on the ``daemon`` row."""
     path = sqlite_path(settings.database_url)
     if path is not None:
-        return FileLock(path.resolve().with_name(path.name + ".lock"), pid=os.getpid())
+        return FileLock(lock_path(path), pid=os.getpid())
     return LeaseLock(engine, now, pid=os.getpid(), host=socket.gethostname())
+
+
+def lock_path(database: Path) -> Path:
+    """``<database>.lock`` beside a SQLite file."""
+    return database.resolve().with_name(database.name + ".lock")
+
+
+class LeaseCheck:
+    """For one-off commands on a shared database: refuse while a live daemon holds the
+    lease, without taking it (the command writes no heartbeat)."""
+
+    def __init__(self, engine: Engine, now: Callable[[], datetime], *, role: str) -> None:
+        self.engine, self.now, self.role = engine, now, role
+
+    def acquire(self) -> None:
+        with read_session(self.engine) as session:
+            row = session.get(DaemonRow, 1)
+        if row is not None and _held_by_other(row, -1, "", self.now(), RUNNING_WITHIN):
+            raise DaemonLocked(
+                f"a proofwatch daemon (pid {row.pid} on {row.host}) holds the lease on this "
+                f"database: `{self.role}` would scan and deliver beside it"
+            )
+
+    def release(self) -> None:
+        """Nothing was taken."""
+
+
+@contextlib.contextmanager
+def command_lock(
+    settings: Settings, engine: Engine, now: Callable[[], datetime], role: str
+) -> Iterator[None]:
+    """Hold the daemon's single-instance lock while a one-off ``tick`` or ``scan`` runs, so it
+    never scans or delivers beside a daemon (or another such command); ``DaemonLocked``
+    (exit 1, naming the holder's pid) when it is held."""
+    path = sqlite_path(settings.database_url)
+    lock: InstanceLock = (
+        FileLock(lock_path(path), pid=os.getpid(), role=role)
+        if path is not None
+        else LeaseCheck(engine, now, role=role)
+    )
+    lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 # --- outages ---------------------------------------------------------------------------------
@@ -473,7 +526,7 @@ class Daemon:
         outage = self.outages[chain.name]
         began = self.ctx.now()
         try:
-            self.rounds.scan(chain)
+            report = self.rounds.scan(chain)
         except Exception as exc:
             error = self._error_text(exc)
             if not isinstance(exc, WatcherError):  # the scanner records only its own errors
@@ -487,6 +540,15 @@ class Daemon:
                 self._degrade(chain, outage, error, rpc=isinstance(exc, RpcError))
             elif not isinstance(exc, WatcherError):
                 self._record_error(chain, error)
+            return
+        if getattr(report, "complete", True) is False:
+            # It stopped short of the head (the chain moved while it read): not a good poll.
+            # The scanner recorded why; repeated, it is an outage like any other.
+            if outage.failed(self.ctx.now(), began):
+                with read_session(self.ctx.engine) as session:
+                    state = session.get(ChainState, chain.name)
+                why = state.last_error if state is not None else None
+                self._degrade(chain, outage, why or "the poll stopped short of the head", rpc=False)
             return
         if outage.announced:
             self._recover(chain, outage)

@@ -134,7 +134,10 @@ class StatusServer:
             "stale_seconds": self.settings.status.stale_seconds,
             "daemon": document["daemon"],
             "chains": [
-                {k: c[k] for k in ("name", "last_ok_at", "rpc_ok", "degraded", "lag_blocks")}
+                {
+                    k: c[k]
+                    for k in ("name", "last_ok_at", "rpc_ok", "degraded", "lag_blocks", "halted_by")
+                }
                 for c in document["chains"]
             ],
         }
@@ -245,6 +248,11 @@ class _StatusCollector(Collector):
         degraded = GaugeMetricFamily(
             "proofwatch_chain_degraded", "1 while the chain is degraded.", labels=["chain"]
         )
+        halted = GaugeMetricFamily(
+            "proofwatch_chain_halted",
+            "1 while a finality violation halts the chain (until chain resume).",
+            labels=["chain"],
+        )
         last_ok = GaugeMetricFamily(
             "proofwatch_chain_last_ok_timestamp_seconds",
             "Unix time of the last successful poll.",
@@ -255,10 +263,11 @@ class _StatusCollector(Collector):
             if chain["rpc_ok"] is not None:
                 rpc_ok.add_metric(labels, 1 if chain["rpc_ok"] else 0)
             degraded.add_metric(labels, 1 if chain["degraded"] else 0)
+            halted.add_metric(labels, 1 if chain["halted_by"] else 0)
             when = parse_ts(chain["last_ok_at"])
             if when is not None:
                 last_ok.add_metric(labels, when.timestamp())
-        yield from (rpc_ok, degraded, last_ok)
+        yield from (rpc_ok, degraded, halted, last_ok)
         if srv.poll_failures is not None:
             failures = srv.poll_failures()
             consecutive = GaugeMetricFamily(
@@ -477,6 +486,8 @@ def render_page(engine: Engine, settings: Settings, now: datetime) -> str:
         )
         if c["degraded"]:
             rpc += " " + _pill("degraded", "bad")
+        if c["halted_by"]:
+            rpc += " " + _pill(f"halted by {c['halted_by']}", "bad")
         error = f'<div class="err">{_e(c["last_error"])}</div>' if c["last_error"] else ""
         chain_rows.append(
             _row(

@@ -6,6 +6,7 @@ secrets, SMTP passwords) come from the environment through ``${VAR}`` references
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tomllib
@@ -17,6 +18,7 @@ from functools import cache
 from importlib import resources
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -35,6 +37,10 @@ _HOSTNAME = re.compile(
     r"(?:[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)*[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.?"
     r"|\[[0-9a-f:.]+\]"
 )
+_CHANNEL = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,63}$")
+# ``openssl rand -hex 32``: accepted as a webhook ``secret`` only (elsewhere it is a key).
+_HEX_SECRET = re.compile(r"[0-9a-fA-F]{64}")
+_SECRET_KEY = re.compile(r"notify\.webhooks\[\d+\]\.secret")
 INTERNAL_MODES = ("trace_filter", "debug_trace", "off")
 
 
@@ -62,6 +68,8 @@ class ChainSettings:
     rpc_timeout: float = 10.0
     max_log_range: int = 2000
     reorg_depth: int = 128
+    max_lag_blocks: int = 100  # health: the cursor may trail the head by at most this much
+    max_batch: int = 100  # JSON-RPC entries per POST to start with; shrinks when refused
 
     def token(self, symbol: str) -> TokenSettings | None:
         return next((t for t in self.tokens if t.symbol.upper() == symbol.upper()), None)
@@ -81,6 +89,25 @@ class WebhookSettings:
     url: str
     secret: str
     events: tuple[str, ...] = ("*",)
+    name: str | None = None  # as configured; None: derived from the URL (``channel_name``)
+
+    @property
+    def channel_name(self) -> str:
+        """The stable name its deliveries are bound to."""
+        return self.name or default_channel_name("webhook", self.url)
+
+
+@dataclass(frozen=True, slots=True)
+class AppriseSettings:
+    """One ``[[notify.apprise]]`` table: an Apprise URL with a name (and its own filter)."""
+
+    url: str
+    name: str | None = None  # None: derived from the URL
+    events: tuple[str, ...] | None = None  # None: ``[notify] apprise_events``
+
+    @property
+    def channel_name(self) -> str:
+        return self.name or default_channel_name("apprise", self.url)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +122,11 @@ class NotifySettings:
     )
     webhooks: tuple[WebhookSettings, ...] = ()
     timeout: float = 10.0
+    apprise: tuple[AppriseSettings, ...] = ()  # named Apprise channels, besides ``urls``
+
+    def apprise_channels(self) -> tuple[AppriseSettings, ...]:
+        """Every Apprise channel: the plain ``urls`` (names derived), then the named ones."""
+        return (*(AppriseSettings(url) for url in self.urls), *self.apprise)
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +179,28 @@ def clock_from_env() -> Callable[[], datetime]:
         raise BadInput(f"WATCHER_NOW {fixed!r} has no time zone; add Z")
     value = value.astimezone(UTC)
     return lambda: value
+
+
+# --- channel names ---------------------------------------------------------------------------
+
+
+def default_channel_name(kind: str, url: str) -> str:
+    """A channel's name when the config gives none: stable while its URL is, never holding a
+    secret. ``webhook:<host>-<8 hex>`` or ``apprise:<scheme>-<8 hex>`` (an Apprise URL's host
+    may be a token), the hex a SHA-256 of the URL without its password. Rotating a password or
+    a webhook ``secret`` keeps the name; changing the URL makes it another channel."""
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname or ""
+    except ValueError:
+        parts, host = urlsplit(""), ""
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    netloc = (userinfo.partition(":")[0] + at if at else "") + hostport  # no password
+    bare = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
+    digest = hashlib.sha256(bare.encode()).hexdigest()[:8]
+    label = host if kind == "webhook" and host else (parts.scheme.lower() or "url")
+    label = re.sub(r"[^a-z0-9.-]+", "-", label.lower()).strip("-.")[:40] or "url"
+    return f"{kind}:{label}-{digest}"
 
 
 # --- secrets that must never be here -------------------------------------------------------
@@ -218,18 +272,27 @@ def load_settings(path: Path, env_file: Path | None = None) -> Settings:
     file_env: dict[str, str] = {}
     if env_file is not None and not env_path.is_file():
         raise ConfigError([f"{env_path}: env file not found"])
+    # A bare 64-hex value may be a webhook secret (openssl rand -hex 32): it is refused only
+    # if something other than a webhook ``secret`` uses it, or nothing does.
+    hex_secrets: dict[str, str] = {}  # variable -> where it is defined, for the message
     if env_path.is_file():
         file_env = {k: v for k, v in dotenv_values(env_path).items() if v is not None}
         for key, value in file_env.items():
             why = looks_like_secret_key(value)
-            if why:
+            if why and _HEX_SECRET.fullmatch(value.strip()):
+                hex_secrets[key] = f"{env_path.name}:{key}"
+            elif why:
                 problems.add(f"{env_path.name}:{key}", why)
                 problems.hide(value)
     environ: dict[str, str] = {**file_env, **os.environ}
     for key, value in os.environ.items():
         if key.startswith(("WATCHER_", "PROOFWATCH_")) and (why := looks_like_secret_key(value)):
-            problems.add(f"environment:{key}", why)
-            problems.hide(value)
+            if _HEX_SECRET.fullmatch(value.strip()):
+                hex_secrets[key] = f"environment:{key}"
+            else:
+                problems.add(f"environment:{key}", why)
+                problems.hide(value)
+    used_as_secret: set[str] = set()
     try:
         raw = tomllib.loads(path.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -244,8 +307,10 @@ def load_settings(path: Path, env_file: Path | None = None) -> Settings:
             return [interpolate(v, f"{key}[{i}]") for i, v in enumerate(value)]
         if not isinstance(value, str):
             return value
+        secret_key = bool(_SECRET_KEY.fullmatch(key))
+        whole = _VAR.fullmatch(value.strip())
         why = looks_like_secret_key(value)
-        if why:
+        if why and not (secret_key and _HEX_SECRET.fullmatch(value.strip())):
             problems.add(key, why)
             problems.hide(value)
 
@@ -255,7 +320,10 @@ def load_settings(path: Path, env_file: Path | None = None) -> Settings:
                 problems.add(key, f"${{{name}}} is not set in the environment or .env")
                 return ""
             found = environ[name]
-            if reason := looks_like_secret_key(found):
+            hex_ok = secret_key and whole is not None and _HEX_SECRET.fullmatch(found.strip())
+            if hex_ok:
+                used_as_secret.add(name)
+            elif reason := looks_like_secret_key(found):
                 problems.add(key, f"${{{name}}} {reason}")
                 problems.hide(found)
             secrets.append(found)
@@ -274,6 +342,10 @@ def load_settings(path: Path, env_file: Path | None = None) -> Settings:
             problems.hide(token_raw)
             status_raw.pop("token")  # reported once, here
     data = interpolate(raw, "")
+    for name, where in hex_secrets.items():
+        if name not in used_as_secret:  # used elsewhere (reported there), or not at all
+            problems.add(where, looks_like_secret_key(environ.get(name, "")) or "private key")
+            problems.hide(environ.get(name, ""))
     settings = _build(path, data, problems, secrets)
     if problems.items:
         raise ConfigError(problems.messages())
@@ -402,6 +474,8 @@ def _chain(raw: Any, prefix: str, p: _Problems) -> ChainSettings | None:
             "rpc_timeout",
             "max_log_range",
             "reorg_depth",
+            "max_lag_blocks",
+            "max_batch",
         },
         prefix,
         p,
@@ -478,6 +552,8 @@ def _chain(raw: Any, prefix: str, p: _Problems) -> ChainSettings | None:
         rpc_timeout=_number(raw, "rpc_timeout", f"{prefix}.rpc_timeout", p, 10.0),
         max_log_range=_int(raw, "max_log_range", f"{prefix}.max_log_range", p, 2000, minimum=1),
         reorg_depth=_int(raw, "reorg_depth", f"{prefix}.reorg_depth", p, 128, minimum=1),
+        max_lag_blocks=_int(raw, "max_lag_blocks", f"{prefix}.max_lag_blocks", p, 100, minimum=1),
+        max_batch=_int(raw, "max_batch", f"{prefix}.max_batch", p, 100, minimum=1),
     )
 
 
@@ -515,8 +591,59 @@ def _events(value: Any, key: str, p: _Problems, default: tuple[str, ...]) -> tup
     return tuple(value)
 
 
+def _channel_name(value: Any, key: str, p: _Problems) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _CHANNEL.match(value):
+        p.add(key, f"{value!r} must be 1-64 lowercase letters, digits, _ . : or -")
+        return None
+    return value
+
+
+def _apprise_tables(raw: Any, p: _Problems) -> list[AppriseSettings]:
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        p.add("notify.apprise", "must be a list of [[notify.apprise]] tables")
+        return []
+    out = []
+    for i, table in enumerate(raw):
+        ap = f"notify.apprise[{i}]"
+        if not isinstance(table, dict):
+            p.add(ap, "must be a table")
+            continue
+        _unknown(table, {"name", "url", "events"}, ap, p)
+        url = table.get("url")
+        if not isinstance(url, str) or "://" not in url:
+            p.add(f"{ap}.url", "is not an Apprise URL like scheme://... (value not shown)")
+            url = ""
+        events = table.get("events")
+        out.append(
+            AppriseSettings(
+                url=url,
+                name=_channel_name(table.get("name"), f"{ap}.name", p),
+                events=None if events is None else _events(events, f"{ap}.events", p, ("*",)),
+            )
+        )
+    return out
+
+
+def _unique_channels(notify: NotifySettings, p: _Problems) -> None:
+    """Every channel's name (configured or derived) must be its own: deliveries bind to it."""
+    seen: dict[str, str] = {}
+    keyed = [(f"notify.webhooks[{i}]", h.channel_name) for i, h in enumerate(notify.webhooks)]
+    keyed += [(f"notify.urls[{i}]", AppriseSettings(u).channel_name) for i, u in
+              enumerate(notify.urls)]  # fmt: skip
+    keyed += [(f"notify.apprise[{i}]", a.channel_name) for i, a in enumerate(notify.apprise)]
+    for key, name in keyed:
+        if name in seen:
+            p.add(key, f"channel name {name!r} is also {seen[name]}'s: give each a `name`")
+        else:
+            seen[name] = key
+
+
 def _notify(raw: Mapping[str, Any], p: _Problems) -> NotifySettings:
-    _unknown(raw, {"urls", "webhooks", "apprise_events", "timeout"}, "notify", p)
+    _unknown(raw, {"urls", "webhooks", "apprise", "apprise_events", "timeout"}, "notify", p)
     urls = raw.get("urls", [])
     if not isinstance(urls, list) or not all(isinstance(u, str) for u in urls):
         p.add("notify.urls", "must be a list of Apprise URLs")
@@ -534,7 +661,7 @@ def _notify(raw: Mapping[str, Any], p: _Problems) -> NotifySettings:
         if not isinstance(hook, dict):
             p.add(hp, "must be a table")
             continue
-        _unknown(hook, {"url", "secret", "events"}, hp, p)
+        _unknown(hook, {"name", "url", "secret", "events"}, hp, p)
         url = hook.get("url")
         if not isinstance(url, str) or not re.match(r"^https?://", url):
             p.add(f"{hp}.url", "is not an http(s) URL (value not shown: may hold a key)")
@@ -551,17 +678,21 @@ def _notify(raw: Mapping[str, Any], p: _Problems) -> NotifySettings:
                 url=str(url),
                 secret=str(secret),
                 events=_events(hook.get("events"), f"{hp}.events", p, ("*",)),
+                name=_channel_name(hook.get("name"), f"{hp}.name", p),
             )
         )
     default = NotifySettings()
-    return NotifySettings(
+    notify = NotifySettings(
         urls=tuple(u for u in urls if u),
         webhooks=tuple(hooks),
         apprise_events=_events(
             raw.get("apprise_events"), "notify.apprise_events", p, default.apprise_events
         ),
         timeout=_number(raw, "timeout", "notify.timeout", p, 10.0),
+        apprise=tuple(_apprise_tables(raw.get("apprise"), p)),
     )
+    _unique_channels(notify, p)
+    return notify
 
 
 def _status(raw: Mapping[str, Any], p: _Problems) -> StatusSettings:

@@ -21,6 +21,7 @@ from watcher.chain.redact import redact_text
 from watcher.domain import billing
 from watcher.domain.billing import InvoiceStatus, RetainerStatus
 from watcher.domain.money import format_amount
+from watcher.halts import last_resumes
 from watcher.notify.disabled import disabled_channels
 from watcher.settings import Settings
 from watcher.store.db import read_session
@@ -90,6 +91,7 @@ def _chain_entry(name: str, chain_id: int, row: Row | None, secrets: Sequence[st
         "last_ok_at": row.get("last_ok_at"),
         "degraded": bool(row.get("degraded")),
         "last_error": None if error is None else redact_text(error, secrets),
+        "halted_by": row.get("halted_by"),  # the finality violation that stopped it, if any
     }
 
 
@@ -97,13 +99,15 @@ def chain_statuses(engine: Engine, settings: Settings) -> list[Row]:
     """One entry per configured chain (in config order; never-polled chains have nulls),
     then any chain the database knows that is no longer configured (``configured: false``)."""
     by_name = {r["name"]: r for r in rows(engine, "SELECT * FROM v_status ORDER BY name")}
+    resumes = last_resumes(engine)
     secrets = [*settings.secrets, *(u for c in settings.chains for u in c.rpc_urls)]
     out = []
     for chain in settings.chains:
         entry = _chain_entry(chain.name, chain.chain_id, by_name.pop(chain.name, None), secrets)
-        out.append({**entry, "configured": True})
+        out.append({**entry, "last_resume": resumes.get(chain.name), "configured": True})
     for name, row in by_name.items():
-        out.append({**_chain_entry(name, row["chain_id"], row, secrets), "configured": False})
+        entry = _chain_entry(name, row["chain_id"], row, secrets)
+        out.append({**entry, "last_resume": resumes.get(name), "configured": False})
     return out
 
 
@@ -197,7 +201,8 @@ def health_problems(document: dict[str, Any], settings: Settings, now: datetime)
     """Why the service is unhealthy, one sentence each; empty when healthy.
 
     Healthy means: the daemon's heartbeat is fresh, and every configured chain polled
-    successfully within ``[status] stale_seconds``.
+    successfully (all the way to the head) within ``[status] stale_seconds`` with its cursor
+    at most ``max_lag_blocks`` behind the head it last saw.
     """
     problems = []
     daemon = document["daemon"]
@@ -222,4 +227,22 @@ def health_problems(document: dict[str, Any], settings: Settings, now: datetime)
                 f"chain {chain['name']} last polled successfully {age} s ago "
                 f"(stale after {settings.status.stale_seconds:g} s){why}"
             )
+        if chain.get("halted_by"):
+            problems.append(
+                f"chain {chain['name']} is halted by finality violation {chain['halted_by']} "
+                f"(proofwatch chain resume {chain['name']} --ack {chain['halted_by']})"
+            )
+        problems += _lag_problems(chain, settings)
     return problems
+
+
+def _lag_problems(chain: Row, settings: Settings) -> list[str]:
+    """The chain's cursor stuck behind the head beyond its ``max_lag_blocks``."""
+    lag = chain.get("lag_blocks")
+    limit = next((c.max_lag_blocks for c in settings.chains if c.name == chain["name"]), None)
+    if lag is None or limit is None or lag <= limit:
+        return []
+    return [
+        f"chain {chain['name']} cursor {chain['cursor']} is {lag} blocks behind the head "
+        f"{chain['head']} (max_lag_blocks {limit})"
+    ]

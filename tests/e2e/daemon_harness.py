@@ -155,8 +155,8 @@ class Site:
         webhooks = []
         for i, hook in enumerate(hooks):
             env += [f"E2E_HOOK_{i}_URL={hook.url}", f"E2E_HOOK_{i}_SECRET={hook.secret}"]
-            webhooks.append(
-                f'[[notify.webhooks]]\nurl = "${{E2E_HOOK_{i}_URL}}"\n'
+            webhooks.append(  # named by position on purpose: the tests refer to webhook:<i>
+                f'[[notify.webhooks]]\nname = "webhook:{i}"\nurl = "${{E2E_HOOK_{i}_URL}}"\n'
                 f'secret = "${{E2E_HOOK_{i}_SECRET}}"\nevents = {json.dumps(list(hook.events))}\n'
             )
         (self.root / ".env").write_text("\n".join(env) + "\n")

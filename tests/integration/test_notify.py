@@ -189,7 +189,8 @@ def test_event_is_delivered_once_with_valid_signature_and_exact_headers(
     assert (report.events_fanned_out, report.deliveries_created, report.delivered) == (1, 1, 1)
     assert again == DeliveryReport()
     (delivery,) = deliveries(engine)
-    assert (delivery.channel, delivery.status, delivery.attempts) == ("webhook:0", "delivered", 1)
+    name = settings.notify.webhooks[0].channel_name  # stable, from the URL
+    assert (delivery.channel, delivery.status, delivery.attempts) == (name, "delivered", 1)
     assert delivery.delivered_at == T0
     assert [(a.ok, a.detail) for a in attempts(engine)] == [(True, "HTTP 200")]
 
@@ -356,7 +357,8 @@ def test_failing_channel_does_not_delay_another_webhook_or_later_events(
     later = add_event(engine, clock, key="later")
     deliver(engine, settings, clock)
     assert receiver.accepted()[-1].event_id == later.id
-    failing = [d for d in deliveries(engine) if d.channel == "webhook:0"]
+    dead_name = settings.notify.webhooks[0].channel_name
+    failing = [d for d in deliveries(engine) if d.channel == dead_name]
     assert {d.status for d in failing} == {"pending"}
     assert all(d.attempts <= 1 for d in failing)
 
@@ -442,7 +444,7 @@ def test_crash_after_post_before_commit_repeats_identical_delivery(
 
     settings = settings_for(tmp_path, webhooks=(hook(receiver.url()),))
     event = add_event(engine, clock)
-    real = WebhookChannel("webhook:0", receiver.url(), SECRET)
+    real = WebhookChannel(settings.notify.webhooks[0].channel_name, receiver.url(), SECRET)
     with pytest.raises(Crash):
         deliver(engine, settings, clock, channels=[CrashAfterSend(real)])
     assert deliveries(engine)[0].status == "pending" and attempts(engine) == []
@@ -483,7 +485,7 @@ def test_deliveries_of_a_removed_channel_wait_untouched(
     clock.advance(minutes=5)
     report = deliver(engine, settings_for(tmp_path, webhooks=(hook(receiver.url()),)), clock)
     assert report.unconfigured == 1
-    (removed,) = [d for d in deliveries(engine) if d.channel == "webhook:1"]
+    (removed,) = [d for d in deliveries(engine) if d.channel == two.notify.webhooks[1].channel_name]
     assert (removed.status, removed.attempts) == ("pending", 1)
 
 
@@ -522,11 +524,14 @@ def test_event_filters_route_events_to_the_right_channels(
             ):
                 routed.setdefault(d.channel, set()).add(e.type)
                 assert d.status == "delivered"
+        hooks, (apprise_channel,) = settings.notify.webhooks, settings.notify.apprise_channels()
         assert routed == {
-            "webhook:0": set(types),
-            "webhook:1": {"payment.detected"},
-            "apprise:0": {"cycle.opened", "watcher.degraded", "transfer.unassigned"},
-        }
+            hooks[0].channel_name: set(types),
+            hooks[1].channel_name: {"payment.detected"},
+            apprise_channel.channel_name: {
+                "cycle.opened", "watcher.degraded", "transfer.unassigned"
+            },
+        }  # fmt: skip
         assert len(apprise_sink.requests) == 3
 
 
@@ -641,14 +646,12 @@ def test_secrets_never_reach_logs_or_attempt_records(
         assert len(ok.accepted()) == 1
 
     statuses = {d.channel: d.status for d in deliveries(engine)}
-    assert statuses == {
-        "webhook:0": "pending",
-        "webhook:1": "delivered",
-        "apprise:0": "delivered",
-        "apprise:1": "pending",
-        "apprise:2": "pending",
-        "apprise:3": "pending",
-    }
+    names = [h.channel_name for h in settings.notify.webhooks]
+    names += [a.channel_name for a in settings.notify.apprise_channels()]
+    assert statuses == dict(
+        zip(names, ["pending", "delivered", "delivered", "pending", "pending", "pending"],
+            strict=True)
+    )  # fmt: skip
     assert {e["event"] for e in logs} == {"notify.delivered", "notify.failed"}
     assert all(set(e) >= {"channel", "type"} for e in logs)
     recorded = [a.detail for a in attempts(engine)] + [

@@ -18,6 +18,7 @@ import pytest
 
 from watcher.errors import BadInput, ConfigError
 from watcher.settings import (
+    AppriseSettings,
     BillingSettings,
     ChainSettings,
     NotifySettings,
@@ -45,17 +46,14 @@ MNEMONIC_24 = (
     "legal winner thank year wave sausage worth useful legal winner thank year"
 )
 ENV_VARS = (
-    "BASE_RPC_URL",
-    "BASE_RPC_URL_BACKUP",
-    "NOTIFY_URL",
-    "WEBHOOK_URL",
-    "WEBHOOK_SECRET",
-    "STATUS_TOKEN",
-)
+    "BASE_RPC_URL", "BASE_RPC_URL_BACKUP", "NOTIFY_URL", "OPS_NOTIFY_URL", "WEBHOOK_URL",
+    "WEBHOOK_SECRET", "STATUS_TOKEN",
+)  # fmt: skip
 DOTENV = {
     "BASE_RPC_URL": "https://base.example/v2/abc123",
     "BASE_RPC_URL_BACKUP": "https://backup.example/key456",
     "NOTIFY_URL": "json://hooks.example/notify",
+    "OPS_NOTIFY_URL": "ntfy://ntfy.example/ops",
     "WEBHOOK_URL": "https://hooks.example/proofwatch",
     "WEBHOOK_SECRET": "a-long-enough-webhook-secret",
     "STATUS_TOKEN": "status-token-abcdefghijklmnop",
@@ -82,6 +80,8 @@ def base_config() -> dict[str, Any]:
                 "rpc_timeout": 10,
                 "max_log_range": 2000,
                 "reorg_depth": 128,
+                "max_lag_blocks": 100,
+                "max_batch": 100,
                 "tokens": [{"symbol": "USDC", "address": USDC, "decimals": 6}],
             }
         ],
@@ -97,6 +97,7 @@ def base_config() -> dict[str, Any]:
             "apprise_events": ["cycle.opened", "watcher.*"],
             "timeout": 10,
             "webhooks": [{"url": "${WEBHOOK_URL}", "secret": "${WEBHOOK_SECRET}", "events": ["*"]}],
+            "apprise": [{"name": "ops", "url": "${OPS_NOTIFY_URL}", "events": ["watcher.*"]}],
         },
         "status": {
             "listen": "127.0.0.1:9464",
@@ -204,6 +205,8 @@ def test_valid_config_loads_into_frozen_settings(tmp_path: Path) -> None:
         rpc_timeout=10.0,
         max_log_range=2000,
         reorg_depth=128,
+        max_lag_blocks=100,
+        max_batch=100,
     )
     assert settings.billing == BillingSettings(7, 5, 3, Decimal(0), tag_cooling_days=90)
     assert settings.notify == NotifySettings(
@@ -211,6 +214,7 @@ def test_valid_config_loads_into_frozen_settings(tmp_path: Path) -> None:
         apprise_events=("cycle.opened", "watcher.*"),
         webhooks=(WebhookSettings(DOTENV["WEBHOOK_URL"], DOTENV["WEBHOOK_SECRET"], ("*",)),),
         timeout=10.0,
+        apprise=(AppriseSettings(DOTENV["OPS_NOTIFY_URL"], "ops", ("watcher.*",)),),
     )
     assert settings.status == StatusSettings(
         "127.0.0.1:9464", 300.0, DOTENV["STATUS_TOKEN"], ("status.example.com",)
@@ -352,6 +356,8 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("chains[0].rpc_timeout", -1, "-1 must be a positive number"),
     ("chains[0].max_log_range", 0, "0 must be an integer >= 1"),
     ("chains[0].reorg_depth", 0, "0 must be an integer >= 1"),
+    ("chains[0].max_lag_blocks", 0, "0 must be an integer >= 1"),
+    ("chains[0].max_batch", 0, "0 must be an integer >= 1"),
     ("chains[0].tokens", "USDC", "must be a list of [[chains.tokens]] tables"),
     ("chains[0].tokens[0].symbol", "US DC", "'US DC' is not a token symbol"),
     ("chains[0].tokens[0].symbol", "eth", "duplicate asset symbol 'eth'"),
@@ -375,6 +381,11 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("notify.webhooks[0].secret", "whsec_not*base64*at-all", "the part after whsec_ is not base64"),
     ("notify.webhooks[0].secret", "whsec_a2tra2tra2tra2tr", "to 64 bytes, not 12"),
     ("notify.webhooks[0].events", [""], "must be a list of event types"),
+    ("notify.webhooks[0].name", "CRM hook", "'CRM hook' must be 1-64 lowercase letters"),
+    ("notify.apprise", "json://x", "must be a list of [[notify.apprise]] tables"),
+    ("notify.apprise[0].name", "", "'' must be 1-64 lowercase letters"),
+    ("notify.apprise[0].url", "not-a-url", "is not an Apprise URL"),
+    ("notify.apprise[0].events", "*", "'*' must be a list of event types"),
     ("status.listen", "9464", "'9464' must be host:port"),
     ("status.stale_seconds", 0, "0 must be a positive number"),
     ("status.token", "literal-token-0123456789", "must come from the environment"),
@@ -475,6 +486,9 @@ def test_every_settings_field_is_in_the_example() -> None:
     assert {f.name for f in dataclasses.fields(NotifySettings)} <= set(example["notify"])
     assert {f.name for f in dataclasses.fields(WebhookSettings)} <= set(
         example["notify"]["webhooks"][0]
+    )
+    assert {f.name for f in dataclasses.fields(AppriseSettings)} <= set(
+        example["notify"]["apprise"][0]
     )
     assert {f.name for f in dataclasses.fields(StatusSettings)} <= set(example["status"])
     assert set(example["database"]) == {"url"}
@@ -640,7 +654,9 @@ def test_private_key_in_dotenv_is_refused_even_if_unused(tmp_path: Path, key: st
     _assert_hidden(error, key, KEY)
 
 
-@pytest.mark.parametrize("key", [KEY, "0x" + KEY])
+# A bare 64-hex value is accepted as a webhook secret (issue 9: `openssl rand -hex 32`), so
+# this case now uses the 0x form, which stays refused even there.
+@pytest.mark.parametrize("key", ["0x" + KEY, "0x" + KEY2])
 def test_private_key_through_a_variable_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, key: str
 ) -> None:
@@ -781,3 +797,102 @@ def test_bad_watcher_now_is_bad_input(
     with pytest.raises(BadInput, match=why) as info:
         clock_from_env()
     assert repr(value) in str(info.value)
+
+
+# --- webhook secrets made with openssl rand -hex 32 -------------------------------------------
+
+HEX_SECRET = "9f2c" * 16  # the shape of `openssl rand -hex 32`
+
+
+def test_a_64_hex_webhook_secret_from_dotenv_is_accepted(tmp_path: Path) -> None:
+    """`WEBHOOK_SECRET=$(openssl rand -hex 32)` in .env, used as a webhook secret, loads."""
+    settings = load_settings(
+        write(tmp_path, base_config(), env={**DOTENV, "WEBHOOK_SECRET": HEX_SECRET})
+    )
+    assert settings.notify.webhooks[0].secret == HEX_SECRET
+    assert HEX_SECRET in settings.secrets  # still redacted everywhere
+
+
+def test_a_64_hex_webhook_secret_written_in_the_toml_is_accepted(tmp_path: Path) -> None:
+    """A bare 64-hex value directly in a webhook's `secret` key is accepted too."""
+    config = base_config()
+    config["notify"]["webhooks"][0]["secret"] = HEX_SECRET
+    assert load_settings(write(tmp_path, config)).notify.webhooks[0].secret == HEX_SECRET
+
+
+def test_a_64_hex_value_used_anywhere_but_a_webhook_secret_is_still_a_private_key(
+    tmp_path: Path,
+) -> None:
+    """The same 64-hex value as an address, a URL part or an unused .env entry is refused,
+    and used both as a secret and elsewhere it is refused where it is not the secret."""
+    config = base_config()
+    config["chains"][0]["receiving_address"] = "${WEBHOOK_SECRET}"
+    env = {**DOTENV, "WEBHOOK_SECRET": HEX_SECRET, "SPARE": HEX_SECRET.upper()}
+    error = refused(write(tmp_path, config, env=env))
+    assert sorted(error.problems) == [
+        ".env:SPARE: looks like a private key (64 hex characters); proofwatch is watch-only",
+        "chains[0].receiving_address: ${WEBHOOK_SECRET} looks like a private key "
+        "(64 hex characters); proofwatch is watch-only",
+        "chains[0].receiving_address: value '<redacted>' is not an EVM address "
+        "(0x followed by 40 hex characters)",
+    ]
+    _assert_hidden(error, HEX_SECRET, HEX_SECRET.upper())
+    config = base_config()
+    config["chains"][0]["explorer_url"] = f"https://scan.example/{HEX_SECRET}"
+    assert refused(write(tmp_path, config)).problems == [
+        "chains[0].explorer_url: looks like a private key (64 hex characters); "
+        "proofwatch is watch-only"
+    ]
+
+
+def test_a_webhook_secret_that_embeds_64_hex_in_more_text_is_refused(tmp_path: Path) -> None:
+    """Only the whole value may be the 64 hex: `prefix-<64 hex>` in a secret is refused."""
+    config = base_config()
+    config["notify"]["webhooks"][0]["secret"] = f"key={HEX_SECRET}"
+    assert (
+        refused(write(tmp_path, config))
+        .problems[0]
+        .startswith("notify.webhooks[0].secret: looks like a private key")
+    )
+
+
+# --- channel names ----------------------------------------------------------------------------
+
+
+def test_channel_names_are_stable_secret_free_and_configurable(tmp_path: Path) -> None:
+    """A webhook without `name` is named from its host and a hash of its URL (never its
+    secret or password); the same URL gives the same name, another URL another one, and a
+    configured `name` wins."""
+    token_url = "https://hooks.example.com/in/SECRETTOKEN123?sig=abc"
+    derived = WebhookSettings(token_url, "s" * 16).channel_name
+    assert re.fullmatch(r"webhook:hooks\.example\.com-[0-9a-f]{8}", derived)
+    assert WebhookSettings(token_url, "another-secret-16c").channel_name == derived
+    assert WebhookSettings(token_url.replace("123", "124"), "s" * 16).channel_name != derived
+    assert WebhookSettings(token_url, "s" * 16, name="crm").channel_name == "crm"
+    mail = "mailtos://alice:pw1@smtp.example.com?to=ops@example.com"
+    named = AppriseSettings(mail).channel_name
+    assert re.fullmatch(r"apprise:mailtos-[0-9a-f]{8}", named)
+    assert AppriseSettings(mail.replace("pw1", "pw2")).channel_name == named  # password rotated
+    tgram = AppriseSettings("tgram://123456:BOTTOKEN/987").channel_name
+    assert "BOTTOKEN" not in tgram and tgram.startswith("apprise:tgram-")
+    settings = load_settings(write(tmp_path, base_config()))
+    names = [h.channel_name for h in settings.notify.webhooks]
+    names += [a.channel_name for a in settings.notify.apprise_channels()]
+    assert names[2] == "ops" and len(set(names)) == 3
+
+
+def test_two_channels_with_one_name_are_refused(tmp_path: Path) -> None:
+    """Two webhooks to the same URL (hence the same derived name), or two equal `name`s, are
+    refused: deliveries are bound to the name."""
+    config = base_config()
+    config["notify"]["webhooks"].append(dict(config["notify"]["webhooks"][0], secret="x" * 16))
+    assert refused(write(tmp_path, config)).problems == [
+        "notify.webhooks[1]: channel name "
+        f"{WebhookSettings(DOTENV['WEBHOOK_URL'], 'x').channel_name!r} is also "
+        "notify.webhooks[0]'s: give each a `name`"
+    ]
+    config = base_config()
+    config["notify"]["webhooks"][0]["name"] = "ops"
+    assert refused(write(tmp_path, config)).problems == [
+        "notify.apprise[0]: channel name 'ops' is also notify.webhooks[0]'s: give each a `name`"
+    ]

@@ -120,6 +120,8 @@ def test_fresh_database_lists_configured_chains_as_never_polled(db: Db) -> None:
             "last_ok_at": None,
             "degraded": False,
             "last_error": None,
+            "halted_by": None,
+            "last_resume": None,
             "configured": True,
         }
         for name, chain_id in (("base", 8453), ("polygon", 137))

@@ -18,6 +18,7 @@ def make_pool(chain: ChainSettings) -> RpcPool:
         chain=chain.name,
         expected_chain_id=chain.chain_id,
         timeout=chain.rpc_timeout,
+        max_batch=chain.max_batch,
     )
 
 

@@ -26,6 +26,7 @@ from web3.providers.base import JSONBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
 from watcher.chain.redact import redact_text, redact_url
+from watcher.domain.finality import RangeSizer
 from watcher.errors import BadInput, RangeTooLarge, RpcError
 
 Call = tuple[str, Sequence[Any]]
@@ -37,6 +38,8 @@ _RANGE_WORDS = (
     "block range", "range too", "range is too", "too many blocks", "more than", "exceed",
     "limit", "too many results", "max results", "response size", "result size", "too large",
 )  # fmt: skip
+# A provider refusing a batch for its size: HTTP 413, or an error naming the batch.
+_BATCH_WORDS = ("too large", "too big", "size", "limit", "exceed", "too many", "maximum", "max ")
 _BUSY_CODES = frozenset({429, -32005, -32007, -32016})
 _BUSY_WORDS = (
     "rate limit", "rate-limit", "ratelimit", "too many requests", "request rate", "busy",
@@ -58,10 +61,25 @@ class RpcResponseError(RpcError):
 class _AttemptFailed(Exception):
     """One POST got no usable answer; the message is already redacted."""
 
-    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self, reason: str, retry_after: float | None = None, *, timeout: bool = False
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.retry_after = retry_after
+        self.timeout = timeout
+
+
+class _BatchTooLarge(_AttemptFailed):
+    """The provider refused a POST for the number of entries in it (HTTP 413, or an error
+    naming the batch size)."""
+
+
+def _is_batch_refusal(error: Any) -> bool:
+    """True when a JSON-RPC error says the batch itself is too big."""
+    _, message = _error_text(error)
+    lower = message.lower()
+    return "batch" in lower and any(word in lower for word in _BATCH_WORDS)
 
 
 def _error_text(error: Any) -> tuple[int | None, str]:
@@ -112,6 +130,10 @@ class RpcPool:
     timeouts, HTTP 429/5xx and busy/rate-limit JSON-RPC errors are retried with exponential
     backoff and jitter (``Retry-After`` honoured, capped at ``backoff_max``), failing over to
     the next URL; switching to a URL not yet failed in this request happens without waiting.
+    Batches are sent in POSTs of at most ``max_batch`` entries, a width learned like an
+    ``eth_getLogs`` range (``RangeSizer``): HTTP 413 or an error saying the batch is too large
+    halves it and resends at once (no attempt used), a timeout halves it too (and counts as a
+    failed attempt); successes grow it back to the configured ``max_batch``.
     After ``max_attempts`` failures ``RpcError`` is raised. Deterministic JSON-RPC errors are
     never retried: they raise ``RangeTooLarge`` (a refused ``eth_getLogs``/``trace_filter``
     range or result size) or ``RpcResponseError``. With ``expected_chain_id`` set, each URL's
@@ -145,7 +167,7 @@ class RpcPool:
         self.max_attempts = max_attempts
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
-        self.max_batch = max_batch
+        self.batch_sizer = RangeSizer(max_batch)  # entries per POST, learned
         self._urls = tuple(urls)
         self._redacted = tuple(redact_url(u) for u in self._urls)
         self._sleep = sleep
@@ -166,6 +188,11 @@ class RpcPool:
         self.last_error: str | None = None
 
     # -- public API --------------------------------------------------------------------------
+
+    @property
+    def max_batch(self) -> int:
+        """Entries per POST now: the configured ``max_batch``, or less after refusals."""
+        return self.batch_sizer.size
 
     @property
     def current_url_redacted(self) -> str:
@@ -235,21 +262,36 @@ class RpcPool:
         failed_urls: dict[int, float] = {}  # URL index -> Retry-After it asked for (or 0)
         while pending:
             index = self._current
+            sending = pending[: self.max_batch]
             try:
                 if self.expected_chain_id is not None and index not in self._verified:
                     self._verify(index)
-                answers = self._post(index, pending)
-                retry = [e for e in pending if self._settle(index, e, answers, final)]
+                answers = self._post(index, sending)
+                retry = [e for e in sending if self._settle(index, e, answers, final)]
                 if retry:
                     raise self._busy_failure(retry, answers)
             except _AttemptFailed as exc:
-                failures += 1
-                self._after_failure(index, exc, failures, failed_urls, pending)
+                shrunk = len(sending) > 1 and (isinstance(exc, _BatchTooLarge) or exc.timeout)
+                if shrunk:
+                    self._batch_refused(len(sending), exc.reason)
+                if not (shrunk and isinstance(exc, _BatchTooLarge)):  # a refusal costs no try
+                    failures += 1
+                    self._after_failure(index, exc, failures, failed_urls, sending)
                 pending = [e for e in pending if e["id"] not in final]
                 continue
+            if len(sending) > 1:
+                self.batch_sizer.succeeded(len(sending))
             self.last_ok_at = datetime.now(UTC)
-            pending = []
+            pending = pending[len(sending) :]
         return [final[e["id"]] for e in entries]
+
+    def _batch_refused(self, size: int, reason: str) -> None:
+        before = self.max_batch
+        self.batch_sizer.refused(size)
+        self._log.warning(
+            "rpc.batch_shrunk", chain=self.chain, url=self.current_url_redacted, refused=size,
+            max_batch=self.max_batch, was=before, reason=reason,
+        )  # fmt: skip
 
     def _settle(
         self,
@@ -260,6 +302,10 @@ class RpcPool:
     ) -> bool:
         """Record the answer to ``entry`` as final; True if it must be asked again."""
         answer = answers.get(entry["id"])
+        error = answer.get("error") if answer is not None else None
+        if error is not None and len(answers) > 1 and _is_batch_refusal(error):
+            code, message = _error_text(error)  # this entry was past the provider's limit
+            raise _BatchTooLarge(f"JSON-RPC error {code}: {self._redact(message)}")
         if answer is None or (
             answer.get("error") is not None and _is_busy(entry["method"], answer["error"])
         ):
@@ -333,11 +379,13 @@ class RpcPool:
         try:
             response = self._session.post(self._urls[index], data=body, timeout=self.timeout)
         except requests.Timeout:
-            raise _AttemptFailed(f"no answer within {self.timeout:g} s") from None
+            raise _AttemptFailed(f"no answer within {self.timeout:g} s", timeout=True) from None
         except requests.RequestException as exc:
             reason = f"{type(exc).__name__}: {self._redact(str(exc))}"
             raise _AttemptFailed(reason) from None
         status = response.status_code
+        if status == 413:
+            raise _BatchTooLarge(f"HTTP 413 for a batch of {len(entries)}")
         if status == 429:
             retry_after = _retry_after(response.headers.get("Retry-After"))
             raise _AttemptFailed("HTTP 429 Too Many Requests", retry_after)
@@ -350,6 +398,9 @@ class RpcPool:
             raise _AttemptFailed(f"HTTP {status} with an answer that is not JSON") from None
         if isinstance(answer, dict) and ("result" in answer or "error" in answer):
             # One answer: to a single request, or one error for a whole refused batch.
+            if len(entries) > 1 and _is_batch_refusal(answer.get("error")):
+                code, message = _error_text(answer["error"])
+                raise _BatchTooLarge(f"JSON-RPC error {code}: {self._redact(message)}")
             return {e["id"]: answer for e in entries}
         if isinstance(answer, list):
             return {a.get("id"): a for a in answer if isinstance(a, dict)}

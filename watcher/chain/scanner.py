@@ -94,6 +94,7 @@ class ScanReport:
     requests: int  # HTTP POSTs sent to the RPC pool during the poll
     reorgs: int = 0
     unexplained: int = 0  # watcher.unexplained_balance events raised
+    complete: bool = True  # False: the poll stopped short of its target (the chain moved)
 
 
 def transfer_uid(chain_id: int, tx_hash: str, kind: str, log_index: int | None) -> str:
@@ -145,6 +146,9 @@ class _ChainScan:
         self.balance: int | None = None
         self.final_at_start = -1  # the final block when this poll began
         self.counts = {"found": 0, "orphaned": 0, "finalized": 0, "reorgs": 0, "unexplained": 0}
+        self.incomplete: str | None = None  # why the poll stopped short of its target
+        self.halted_by: str | None = None  # the violation that halts this chain
+        self.resume_ack: str | None = None  # the violation the operator acknowledged
 
     # -- the poll ----------------------------------------------------------------------------
 
@@ -153,6 +157,7 @@ class _ChainScan:
         self._load_state(from_block)
         cursor_before = self.cursor
         try:
+            self._refuse_if_halted()
             head, head_hash, final = self._head()
             self.final_at_start = final
             target = head if to_block is None else min(head, to_block)
@@ -176,6 +181,7 @@ class _ChainScan:
             cursor_before=cursor_before,
             cursor_after=self.cursor,
             requests=self.pool.request_count - requests_before,
+            complete=self.incomplete is None,
             **self.counts,
         )
         log.info("scan.done", **asdict(report))
@@ -208,6 +214,16 @@ class _ChainScan:
             self.cursor, self.cursor_hash, self.balance = (
                 state.cursor, state.cursor_hash, state.balance
             )  # fmt: skip
+            self.halted_by, self.resume_ack = state.halted_by, state.resume_ack
+
+    def _refuse_if_halted(self) -> None:
+        """A chain halted by a finality violation is not polled until the operator resumes it."""
+        if self.halted_by is not None:
+            name = self.chain.name
+            raise FinalityViolation(
+                f"chain {name}: halted by finality violation {self.halted_by}; after looking "
+                f"at it: proofwatch chain resume {name} --ack {self.halted_by}"
+            )
 
     def _head(self) -> tuple[int, str, int]:
         """Head number and hash and the final block, in one request."""
@@ -260,7 +276,8 @@ class _ChainScan:
                     chunk = pending.result()
                 except sources.ChainMoved as exc:
                     self.log.warning("scan.chain_moved", first=first, last=last, reason=str(exc))
-                    return  # the next poll sees where the chain settled
+                    self.incomplete = f"poll incomplete at blocks {first}..{last}: {exc}"
+                    return  # the next poll sees where the chain settled; not a healthy poll
                 pending = None
                 if not chunk.linked:
                     if self.counts["reorgs"] >= MAX_REORGS_PER_POLL:
@@ -328,7 +345,7 @@ class _ChainScan:
         session.execute(delete(BlockHash).where(col(BlockHash.chain) == self.chain.name, where))
 
     def _move_cursor(
-        self, session: Session, cursor: int, cursor_hash: str, balance: int | None
+        self, session: Session, cursor: int, cursor_hash: str | None, balance: int | None
     ) -> None:
         state = session.get(ChainState, self.chain.name)
         assert state is not None
@@ -390,8 +407,9 @@ class _ChainScan:
     # -- reorgs ------------------------------------------------------------------------------
 
     def _reorg(self, head: int) -> None:
-        """The block at the cursor left the chain: rewind to the common ancestor, or refuse."""
-        chain = self.chain
+        """The block at the cursor left the chain: rewind to the common ancestor, or refuse
+        (unless the operator acknowledged the violation: then follow it, see ``watcher.halts``)."""
+        chain, old_cursor = self.chain, self.cursor
         with read_session(self.engine) as session:
             hashes = select(BlockHash).where(
                 BlockHash.chain == chain.name, BlockHash.number <= self.cursor
@@ -408,10 +426,19 @@ class _ChainScan:
                 )
             ).one()
         theirs = sources.block_hashes(self.pool, [n for n in stored if n <= head])
-        decision = decide_reorg(self.cursor, stored, theirs, final_floor=floor)
-        if not isinstance(decision, Rewind):
+        acked = self.resume_ack is not None  # the operator resumed after this violation
+        decision = decide_reorg(self.cursor, stored, theirs, final_floor=None if acked else floor)
+        if not isinstance(decision, Rewind) and not acked:
             raise self._violation(decision.reason, decision.ancestor)
-        ancestor = decision.ancestor
+        if isinstance(decision, Rewind):
+            ancestor, ancestor_hash = decision.ancestor, stored.get(decision.ancestor)
+        else:  # deeper than the stored hashes: re-anchor on the node's chain below them
+            ancestor, ancestor_hash = min(stored, default=self.cursor) - 1, None
+        if acked:
+            self.log.warning(
+                "scan.resume_followed", event_id=self.resume_ack, ancestor=ancestor,
+                final_floor=floor,
+            )  # fmt: skip
         with transaction(self.engine) as session:
             query = select(Transfer).where(
                 Transfer.chain == chain.name,
@@ -425,10 +452,13 @@ class _ChainScan:
             if orphans:
                 self.hooks.orphaned(session, orphans)
             self._drop_hashes(session, col(BlockHash.number) > ancestor)
-            self._move_cursor(session, ancestor, stored[ancestor], None)
+            self._move_cursor(session, ancestor, ancestor_hash, None)
+            if acked:
+                self._use_ack(session)
         self.log.warning(
-            "scan.reorg", ancestor=ancestor, depth=decision.depth, orphaned=len(orphans)
-        )
+            "scan.reorg", ancestor=ancestor, depth=old_cursor - ancestor,
+            orphaned=len(orphans),
+        )  # fmt: skip
         for t in orphans:
             self.log.warning("scan.orphaned", tx=t.tx_hash, kind=t.kind, block=t.block_number)
         self.counts["orphaned"] += len(orphans)
@@ -443,12 +473,27 @@ class _ChainScan:
         }  # fmt: skip
         key = f"watcher.finality_violation:{chain.name}:{self.cursor}:{self.cursor_hash}"
         with transaction(self.engine) as session:
-            emit(session, "watcher.finality_violation", data, dedupe_key=key, now=self.now())
+            event_id = emit(
+                session, "watcher.finality_violation", data, dedupe_key=key, now=self.now()
+            )
+            state = session.get(ChainState, chain.name)
+            if state is not None:  # halted until `proofwatch chain resume` acknowledges it
+                state.halted_by, state.resume_ack = event_id, None
+                session.add(state)
         log.error("scan.finality_violation", **data)
         return FinalityViolation(
-            f"chain {chain.name}: finality violation: {reason}; final transfers are kept as "
-            "they are and this chain's scan stops until an operator looks"
+            f"chain {chain.name}: finality violation {event_id}: {reason}; final transfers are "
+            "kept as they are and this chain's scan stops until an operator looks "
+            f"(proofwatch chain resume {chain.name} --ack {event_id})"
         )
+
+    def _use_ack(self, session: Session) -> None:
+        """The acknowledged violation has been followed (or did not recur): forget the ack."""
+        state = session.get(ChainState, self.chain.name)
+        if state is not None and state.resume_ack is not None:
+            state.resume_ack = None
+            session.add(state)
+        self.resume_ack = None
 
     # -- balance guard -----------------------------------------------------------------------
 
@@ -548,7 +593,11 @@ class _ChainScan:
     # -- chain state -------------------------------------------------------------------------
 
     def _record(self, *, head: int | None, final: int | None, error: WatcherError | None) -> None:
-        """What this poll saw, in ChainState; an error's message is redacted."""
+        """What this poll saw, in ChainState; an error's message is redacted.
+
+        A poll that stopped short of its target (``self.incomplete``) records the head but is
+        not a successful poll: ``last_ok_at`` stays, the reason is the ``last_error``.
+        """
         now = self.now()
         with transaction(self.engine) as session:
             state = session.get(ChainState, self.chain.name)
@@ -556,6 +605,11 @@ class _ChainScan:
                 return
             state.last_poll_at = now
             if error is None:
+                self._use_ack(session)  # a poll got through: the acknowledgement is spent
+            if error is None and self.incomplete is not None:
+                state.head, state.final_block, state.rpc_ok = head, final, True
+                state.last_error = redact_text(self.incomplete, self.chain.rpc_urls)
+            elif error is None:
                 state.head, state.final_block = head, final
                 state.last_ok_at, state.rpc_ok, state.last_error = now, True, None
             else:

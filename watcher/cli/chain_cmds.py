@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import getpass
+import os
 import sys
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Annotated
 
@@ -20,6 +23,7 @@ from rich.table import Table
 from watcher import queries
 from watcher.cli.common import console, context, print_json
 from watcher.errors import BadInput
+from watcher.ledger import Context
 from watcher.logs import configure
 from watcher.proof import load_proof, render_html
 
@@ -31,7 +35,57 @@ def _scan_report_json(report: object) -> dict[str, object]:
     return {name: getattr(report, name) for name in fields}
 
 
+def _locked(ctx: Context, role: str) -> AbstractContextManager[None]:
+    """The daemon's single-instance lock, held while a one-off ``tick`` or ``scan`` runs."""
+    from watcher.daemon import command_lock  # APScheduler: only for the commands that scan
+
+    return command_lock(ctx.settings, ctx.engine, ctx.now, role)
+
+
+chain_app = typer.Typer(help="Chains: resume one halted by a finality violation.")
+
+
+@chain_app.command("resume")
+def chain_resume(
+    chain: Annotated[str, typer.Argument(help="Chain name, as in the config.")],
+    ack: Annotated[
+        str, typer.Option("--ack", help="The watcher.finality_violation event id (EVT-...).")
+    ],
+    by: Annotated[
+        str | None, typer.Option("--by", help="Who looked at it (default: the OS user).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """After a watcher.finality_violation the operator has looked at: scanning resumes.
+
+    The next poll follows the reorg that caused it; final transfers and their proofs are kept
+    as they are. Exit 2 for an unknown chain or event, 3 when the event is not that chain's
+    violation or the chain is not halted by it.
+    """
+    from watcher.halts import resume_chain
+
+    ctx = context()
+    configure(ctx.settings.secrets)  # log lines go to stderr; stdout is the answer
+    record = resume_chain(ctx.engine, ctx.settings, chain, ack, by or _os_user(), ctx.now())
+    if as_json:
+        print_json(record)
+    else:
+        typer.echo(
+            f"{record['chain']}: resumed after {record['event_id']} "
+            f"(acknowledged by {record['by']} at {record['at']})"
+        )
+
+
+def _os_user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (containers)
+        return f"uid {os.getuid()}"
+
+
 def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
+    app.add_typer(chain_app, name="chain")
+
     @app.command()
     def scan(
         chain: Annotated[str | None, typer.Option("--chain", help="Only this chain.")] = None,
@@ -39,7 +93,11 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         to_block: Annotated[int | None, typer.Option("--to", help="Last block.")] = None,
         as_json: JsonOpt = False,
     ) -> None:
-        """One-off scan (and settlement) up to the head or --to."""
+        """One-off scan (and settlement) up to the head or --to.
+
+        Refused (exit 1, naming the holder's pid) while a daemon, or a `tick` or another
+        `scan`, runs on the same database.
+        """
         from watcher.service import Watcher
 
         for value, name in ((from_block, "--from"), (to_block, "--to")):
@@ -52,28 +110,29 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         chains = [ctx.settings.chain(chain)] if chain else list(ctx.settings.chains)
         watcher = Watcher(ctx)
         reports = {}
-        for ch in chains:
-            if sys.stderr.isatty() and not as_json:
-                with Progress(
-                    TextColumn(f"[bold]{ch.name}"),
-                    BarColumn(),
-                    MofNCompleteColumn(),
-                    TimeRemainingColumn(),
-                    console=console,
-                    transient=True,
-                ) as bar:
-                    task = bar.add_task("scan", total=None)
+        with _locked(ctx, "scan"):
+            for ch in chains:
+                if sys.stderr.isatty() and not as_json:
+                    with Progress(
+                        TextColumn(f"[bold]{ch.name}"),
+                        BarColumn(),
+                        MofNCompleteColumn(),
+                        TimeRemainingColumn(),
+                        console=console,
+                        transient=True,
+                    ) as bar:
+                        task = bar.add_task("scan", total=None)
 
-                    def progress(
-                        done: int, total: int, bar: Progress = bar, task: TaskID = task
-                    ) -> None:
-                        bar.update(task, completed=done, total=total)
+                        def progress(
+                            done: int, total: int, bar: Progress = bar, task: TaskID = task
+                        ) -> None:
+                            bar.update(task, completed=done, total=total)
 
-                    reports[ch.name] = watcher.scan(
-                        ch, from_block=from_block, to_block=to_block, progress=progress
-                    )
-            else:
-                reports[ch.name] = watcher.scan(ch, from_block=from_block, to_block=to_block)
+                        reports[ch.name] = watcher.scan(
+                            ch, from_block=from_block, to_block=to_block, progress=progress
+                        )
+                else:
+                    reports[ch.name] = watcher.scan(ch, from_block=from_block, to_block=to_block)
         if as_json:
             print_json({name: _scan_report_json(r) for name, r in reports.items()})
             return
@@ -82,12 +141,17 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
 
     @app.command()
     def tick(as_json: JsonOpt = False) -> None:
-        """One round of every scheduled job (scan each chain, settle, renew, lapse, deliver)."""
+        """One round of every scheduled job (scan each chain, settle, renew, lapse, deliver).
+
+        Refused (exit 1, naming the holder's pid) while a daemon, or another `tick` or
+        `scan`, runs on the same database.
+        """
         from watcher.service import Watcher
 
         ctx = context()
         configure(ctx.settings.secrets)
-        report = Watcher(ctx).tick()
+        with _locked(ctx, "tick"):
+            report = Watcher(ctx).tick()
         summary = {
             "scans": {
                 name: (r if isinstance(r, str) else _scan_report_json(r))

@@ -140,6 +140,16 @@ def _print_status(document: dict[str, Any], problems: list[str]) -> None:
         )
         if c["last_error"]:
             errors.append(f"  {_dash(c['name'])}: last error: {escape(c['last_error'])}")
+        if c.get("halted_by"):
+            errors.append(
+                f"  {_dash(c['name'])}: [red]halted[/] by finality violation {c['halted_by']}: "
+                f"proofwatch chain resume {_dash(c['name'])} --ack {c['halted_by']}"
+            )
+        if resumed := c.get("last_resume"):
+            errors.append(
+                f"  {_dash(c['name'])}: resumed after {resumed['event_id']} by "
+                f"{escape(resumed['by'])} at {resumed['at']}"
+            )
     console.print(table)
     for line in errors:
         console.print(line)

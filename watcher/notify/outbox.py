@@ -24,8 +24,14 @@ attempt is recorded, the channel's deliveries stay pending and unattempted, and
 ``watcher.channel_disabled`` is emitted, all in one transaction; ``proofwatch notify enable``
 resumes them.
 
-Channel names are ``webhook:<i>`` and ``apprise:<i>`` (position in the config), never URLs;
-logs use these names only.
+Channel names are stable and never hold a secret: the configured ``name``, else one derived
+from the URL without its password (``watcher.settings.default_channel_name``). A delivery is
+bound to its channel's name for good: after a config edit that removes (or changes the URL
+of) a channel, its pending deliveries stay pending, untouched, counted in ``unconfigured``
+and logged once per process as ``notify.channel_not_configured`` with their number; they
+are never sent to another URL. Putting the channel back (or naming a channel after the old
+one) resumes them. Deliveries queued before channels had names are bound to ``webhook:<i>``
+/ ``apprise:<i>``.
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ from watcher.store.tables import Delivery, DeliveryAttempt, OutboxEvent
 log = structlog.get_logger("watcher.notify")
 
 PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
+_ANNOUNCED_UNCONFIGURED: set[str] = set()  # channels logged as not configured, this process
 DETAIL_LIMIT = 200
 
 
@@ -102,24 +109,24 @@ def wants(patterns: Iterable[str], event_type: str) -> bool:
 
 
 def build_channels(settings: Settings) -> list[Channel]:
-    """The configured channels: ``webhook:<i>`` then ``apprise:<i>``, in config order."""
+    """The configured channels, each under its stable name: webhooks, then Apprise URLs."""
     notify = settings.notify
     secrets = _secrets(settings)
     channels: list[Channel] = [
         WebhookChannel(
-            f"webhook:{i}", hook.url, hook.secret, events=hook.events, timeout=notify.timeout
+            hook.channel_name, hook.url, hook.secret, events=hook.events, timeout=notify.timeout
         )
-        for i, hook in enumerate(notify.webhooks)
+        for hook in notify.webhooks
     ]
     channels += [
         AppriseChannel(
-            f"apprise:{i}",
-            url,
-            events=notify.apprise_events,
+            ap.channel_name,
+            ap.url,
+            events=notify.apprise_events if ap.events is None else ap.events,
             timeout=notify.timeout,
             secrets=secrets,
         )
-        for i, url in enumerate(notify.urls)
+        for ap in notify.apprise_channels()
     ]
     return channels
 
@@ -127,7 +134,8 @@ def build_channels(settings: Settings) -> list[Channel]:
 def _secrets(settings: Settings) -> tuple[str, ...]:
     notify = settings.notify
     hooks = [v for hook in notify.webhooks for v in (hook.url, hook.secret)]
-    return tuple(s for s in (*settings.secrets, *notify.urls, *hooks) if s)
+    urls = [ap.url for ap in notify.apprise_channels()]
+    return tuple(s for s in (*settings.secrets, *urls, *hooks) if s)
 
 
 # --- fan-out ---------------------------------------------------------------------------------
@@ -200,16 +208,32 @@ def _due(engine: Engine, now: datetime, channels: Iterable[str], limit: int) -> 
 
 
 def _count_unconfigured(engine: Engine, now: datetime, channels: Iterable[str]) -> int:
+    """Due pending deliveries whose channel is not configured (any more); a log line per such
+    channel, naming it and how many wait for it, once per process (the daemon runs this every
+    few seconds)."""
     with read_session(engine) as session:
-        return session.exec(
-            select(func.count())
-            .select_from(Delivery)
+        rows = session.exec(
+            select(Delivery.channel, func.count())
             .where(
                 Delivery.status == PENDING,
                 col(Delivery.next_attempt_at) <= now,
                 col(Delivery.channel).not_in(list(channels)),
             )
-        ).one()
+            .group_by(col(Delivery.channel))
+            .order_by(col(Delivery.channel))
+        ).all()
+    for channel, count in rows:
+        if channel in _ANNOUNCED_UNCONFIGURED:
+            continue
+        _ANNOUNCED_UNCONFIGURED.add(channel)
+        log.warning(
+            "notify.channel_not_configured",
+            channel=channel,
+            pending=count,
+            hint="deliveries stay bound to this channel name and are never sent to another "
+            "URL: configure a channel with this name to deliver them",
+        )
+    return sum(count for _, count in rows)
 
 
 def _count_held(engine: Engine, now: datetime, channels: Iterable[str]) -> int:

@@ -7,6 +7,7 @@ dropped and recreated every time, so they always match the code.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -47,6 +48,17 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "SELECT t.id, i.id, i.review_reason, CURRENT_TIMESTAMP FROM invoices i "
             "JOIN transfers t ON i.review_reason LIKE 'transfer ' || t.uid || ' %' "
             "WHERE i.review_reason IS NOT NULL",
+        ],
+    ),
+    (
+        6,  # a chain halted by a finality violation, and the operator's acknowledged resumes
+        [
+            "ALTER TABLE chain_state ADD COLUMN halted_by VARCHAR",
+            "ALTER TABLE chain_state ADD COLUMN resume_ack VARCHAR",
+            "CREATE TABLE IF NOT EXISTS chain_resumes (id INTEGER NOT NULL PRIMARY KEY, "
+            "chain VARCHAR NOT NULL, event_id VARCHAR NOT NULL, resumed_by VARCHAR NOT NULL, "
+            "resumed_at TIMESTAMP NOT NULL, cursor INTEGER)",
+            "CREATE INDEX IF NOT EXISTS ix_chain_resumes_chain ON chain_resumes (chain)",
         ],
     ),
     (
@@ -118,6 +130,19 @@ def current_version(conn: sa.Connection) -> int | None:
     return int(row[0]) if row else None
 
 
+_ADD_COLUMN = re.compile(r"ALTER TABLE (\w+) ADD COLUMN (\w+)", re.IGNORECASE)
+
+
+def _column_exists(conn: sa.Connection, statement: str) -> bool:
+    """Whether ``statement`` adds a column the table already has (SQLite has no
+    ``ADD COLUMN IF NOT EXISTS``), so that re-running a step changes nothing."""
+    match = _ADD_COLUMN.match(statement.strip())
+    if match is None:
+        return False
+    table, column = match.groups()
+    return any(c["name"] == column for c in sa.inspect(conn).get_columns(table))
+
+
 def migrate(engine: Engine) -> tuple[int | None, int]:
     """Create or migrate the schema and recreate the views; returns (old, new) versions."""
     try:
@@ -133,7 +158,8 @@ def migrate(engine: Engine) -> tuple[int | None, int]:
                 for version, statements in MIGRATIONS:
                     if version > old:
                         for statement in statements:
-                            conn.execute(sa.text(statement))
+                            if not _column_exists(conn, statement):
+                                conn.execute(sa.text(statement))
             for name in VIEWS:
                 conn.execute(sa.text(f"DROP VIEW IF EXISTS {name}"))
             for sql in VIEWS.values():

@@ -237,7 +237,7 @@ class Delivery(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("event_id", "channel", name="uq_delivery"),)
     id: int | None = Field(default=None, primary_key=True)
     event_id: str = Field(foreign_key="outbox.id", index=True)
-    channel: str  # "webhook:0", "apprise:1" (index in config; never the URL)
+    channel: str  # the channel's stable name (configured, or derived from its URL); never a URL
     status: str = "pending"  # pending | delivered | dead
     attempts: int = 0
     next_attempt_at: datetime = _when(nullable=False)
@@ -270,6 +270,20 @@ class ChainState(SQLModel, table=True):
     last_error: str | None = None  # redacted
     balance: int | None = Field(default=None, sa_column=Column(BaseUnits(), nullable=True))
     degraded: bool = False
+    halted_by: str | None = None  # EVT id of the watcher.finality_violation that stopped it
+    resume_ack: str | None = None  # EVT id acknowledged by `chain resume`: follow that reorg
+
+
+class ChainResume(SQLModel, table=True):
+    """One ``proofwatch chain resume``: who acknowledged which violation, and when."""
+
+    __tablename__ = "chain_resumes"
+    id: int | None = Field(default=None, primary_key=True)
+    chain: str = Field(index=True)
+    event_id: str
+    resumed_by: str
+    resumed_at: datetime = _when(nullable=False)
+    cursor: int | None = None  # the chain's cursor when it was resumed
 
 
 class BlockHash(SQLModel, table=True):
