@@ -58,7 +58,8 @@ def other() -> Iterator[WebhookReceiver]:
 def write_config(folder: Path, *urls: str) -> Path:
     """A config with one chain (never contacted) and one webhook per URL, secrets in .env."""
     hooks = "".join(
-        f'\n[[notify.webhooks]]\nurl = "${{HOOK_{i}}}"\nsecret = "${{HOOK_SECRET}}"\n'
+        f'\n[[notify.webhooks]]\nname = "webhook:{i}"\nurl = "${{HOOK_{i}}}"\n'
+        'secret = "${HOOK_SECRET}"\n'
         for i in range(len(urls))
     )
     config = folder / "watcher.toml"

@@ -111,6 +111,7 @@ def test_web3_through_the_pool(anvil: AnvilNode) -> None:
     tx_hash = anvil.web3().eth.send_transaction(
         {"from": sender, "to": receiver, "value": Web3.to_wei(1, "ether")}
     )
+    anvil.web3().eth.wait_for_transaction_receipt(tx_hash, timeout=30)  # mined, not just sent
     pool = RpcPool([anvil.url], chain="anvil", expected_chain_id=31337)
     w3 = pool.web3()
     latest = w3.eth.get_block("latest")
