@@ -61,6 +61,12 @@ def _inflow(t: Transfer) -> matching.Inflow:
     )
 
 
+def paid_at(t: Transfer) -> datetime:
+    """A payment's time for every deadline: its block's timestamp (the detection time only for
+    rows stored before schema 4, which have none)."""
+    return t.block_time or t.detected_at
+
+
 def _active_payments(session: Session, invoice_id: int) -> list[Transfer]:
     return list(
         session.exec(
@@ -370,9 +376,7 @@ class Settlement:
             price=invoice.price,
             amount=invoice.amount,
             due_at=invoice.due_at,
-            payments=[
-                matching.Paid(t.amount, t.status == "final", t.detected_at) for t in payments
-            ],
+            payments=[matching.Paid(t.amount, t.status == "final", paid_at(t)) for t in payments],
             tolerance=self.settings.billing.underpay_tolerance,
             current=current,
             expired=invoice.status == InvoiceStatus.EXPIRED,
@@ -383,7 +387,8 @@ class Settlement:
         invoice.status = result.status.value
         session.add(invoice)
         if result.status in SETTLED:
-            self._settle(session, invoice, payments, late=result.late)
+            assert result.covered_at is not None
+            self._settle(session, invoice, payments, late=result.late, paid_at=result.covered_at)
         elif (
             result.status == InvoiceStatus.UNDERPAID
             and payments
@@ -416,14 +421,21 @@ class Settlement:
         return invoice
 
     def _settle(
-        self, session: Session, invoice: Invoice, payments: list[Transfer], *, late: bool
+        self,
+        session: Session,
+        invoice: Invoice,
+        payments: list[Transfer],
+        *,
+        late: bool,
+        paid_at: datetime,
     ) -> None:
+        """``paid_at``: the block time of the payment that completed coverage, which is the
+        invoice's ``paid_at`` and month 1's earliest start."""
         now = self.now()
-        invoice.paid_at = now
-        finalized_at = max((t.finalized_at or now) for t in payments)
+        invoice.paid_at = paid_at
         cycle = None
         if invoice.kind != InvoiceKind.SPRINT:
-            cycle = self._open_cycle(session, invoice, payments, finalized_at)
+            cycle = self._open_cycle(session, invoice, payments, paid_at)
             invoice.cycle_id = cycle.id
         session.add(invoice)
         session.flush()
@@ -452,7 +464,7 @@ class Settlement:
         )
 
     def _open_cycle(
-        self, session: Session, invoice: Invoice, payments: list[Transfer], finalized_at: datetime
+        self, session: Session, invoice: Invoice, payments: list[Transfer], paid_at: datetime
     ) -> Cycle:
         existing = session.exec(select(Cycle).where(Cycle.funded_by_invoice == invoice.id)).first()
         if existing is not None:
@@ -473,13 +485,13 @@ class Settlement:
                 ends_at=last.ends_at,
                 lapsed=last.status == "lapsed"
                 or retainer.status == RetainerStatus.LAPSED
-                or cycle_rules.lapsed(last.ends_at, self.settings.billing.grace_days, finalized_at),
+                or cycle_rules.lapsed(last.ends_at, self.settings.billing.grace_days, paid_at),
             )
         period = cycle_rules.next_period(
             period_index=invoice.period_index or 1,
             previous=previous,
             retainer_start=retainer.start_at,
-            finalized_at=finalized_at,
+            paid_at=paid_at,
         )
         proof_tx = max(payments, key=lambda t: (t.block_number, t.id or 0)).tx_hash
         cycle = Cycle(

@@ -35,8 +35,11 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (
-        4,  # a payment's time is its block's timestamp (NULL for rows stored before)
-        ["ALTER TABLE transfers ADD COLUMN block_time TIMESTAMP"],
+        4,  # deadlines by the chain's clock: block timestamps of payments and of the cursor
+        [
+            "ALTER TABLE transfers ADD COLUMN block_time TIMESTAMP",
+            "ALTER TABLE chain_state ADD COLUMN cursor_time TIMESTAMP",
+        ],
     ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -249,6 +249,7 @@ class ChainState(SQLModel, table=True):
     chain_id: int
     cursor: int | None = None  # last block fully scanned
     cursor_hash: str | None = None
+    cursor_time: datetime | None = _when()  # the cursor block's timestamp: the chain's clock
     head: int | None = None
     final_block: int | None = None
     last_poll_at: datetime | None = _when()

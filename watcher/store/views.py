@@ -128,7 +128,8 @@ SELECT
     (SELECT count(*) FROM deliveries WHERE status = 'dead') AS outbox_dead,
     s.degraded AS degraded,
     {_ts("s.last_ok_at")} AS last_ok_at,
-    {_ts("d.stopped_at")} AS daemon_stopped_at
+    {_ts("d.stopped_at")} AS daemon_stopped_at,
+    {_ts("s.cursor_time")} AS cursor_time
 FROM chain_state s LEFT JOIN daemon d ON d.id = 1
 """
 
