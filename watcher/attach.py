@@ -15,6 +15,7 @@ from typing import Any
 from eth_utils import to_checksum_address
 from sqlmodel import select
 
+from watcher import token_decimals
 from watcher.chain.online import read_decimals
 from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import block_time, transfer_uid
@@ -151,10 +152,18 @@ def attach(ctx: Context, invoice_ref: str, tx_ref: str, log_index: int | None = 
     # Read before the write transaction: the proof frozen if this settles the invoice
     # records the token's decimals as the chain reports them.
     decimals = _decimals_on_chain(pool, invoice.token_address)
+    token = next((t for t in chain.tokens if t.address == invoice.token_address), None)
+    if token is not None and decimals is not None and decimals != token.decimals:
+        raise Refused(token_decimals.mismatch_reason(chain.name, token, decimals))
     settlement = Settlement(ctx.settings, ctx.now, token_decimals=lambda _c, _t: decimals)
     with transaction(ctx.engine) as session:
         invoice = get_invoice(session, invoice_ref)
         _check_invoice(invoice)
+        reason = token_decimals.mismatch(session, ctx.settings, chain.name, invoice.token_address)
+        if reason is not None:
+            raise Refused(reason)
+        if token is not None and decimals is not None:
+            token_decimals.record(session, chain, token.address, decimals, ctx.now())
         transfer = session.exec(select(Transfer).where(Transfer.uid == uid)).first()
         if transfer is not None and transfer.status == "orphaned":
             raise Refused(f"transfer {tx_hash} was orphaned by a reorg; it is not on the chain")

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import structlog
 from sqlmodel import Session, col, select
 
+from watcher import token_decimals
 from watcher.domain import cycles as cycle_rules
 from watcher.domain import matching
 from watcher.domain.billing import SETTLED, UNSETTLED, InvoiceKind, InvoiceStatus, RetainerStatus
@@ -131,7 +132,7 @@ class Settlement:
 
     def found(self, session: Session, transfers: list[Transfer]) -> None:
         """Match newly seen inflows to invoices: allocate, flag for review, or report unassigned."""
-        fresh = [t for t in transfers if t.status != "orphaned"]
+        fresh = [t for t in transfers if t.status != "orphaned" and not self._untrusted(session, t)]
         if not fresh:
             return
         candidates = self._candidates(session, fresh)
@@ -169,6 +170,16 @@ class Settlement:
         emit_many(session, unassigned, now=self.now())
         for invoice_id in sorted(touched):
             self.refresh(session, invoice_id)
+
+    def _untrusted(self, session: Session, transfer: Transfer) -> bool:
+        """A transfer of a token whose configured decimals disagree with the chain's is never
+        counted (left unassigned; the alert was raised when the mismatch was read)."""
+        reason = token_decimals.mismatch(
+            session, self.settings, transfer.chain, transfer.token_address
+        )
+        if reason is not None:
+            log.warning("transfer.not_counted", tx=transfer.tx_hash, reason=reason)
+        return reason is not None
 
     def orphaned(self, session: Session, transfers: list[Transfer]) -> None:
         """Release the allocations of orphaned transfers; their invoices go back to waiting."""
@@ -365,6 +376,8 @@ class Settlement:
             raise WatcherError(f"invoice {fmt_id('INV', invoice_id)} vanished during settlement")
         if invoice.status in SETTLED or invoice.status == InvoiceStatus.VOID:
             return invoice
+        if token_decimals.mismatch(session, self.settings, invoice.chain, invoice.token_address):
+            return invoice  # amounts of that token mean nothing until the config is fixed
         payments = _active_payments(session, invoice_id)
         if invoice.review_reason:
             current = InvoiceStatus.NEEDS_REVIEW

@@ -260,6 +260,17 @@ class ChainState(SQLModel, table=True):
     degraded: bool = False
 
 
+class TokenDecimals(SQLModel, table=True):
+    """A token's ``decimals()`` as read on chain, once (see ``watcher.token_decimals``)."""
+
+    __tablename__ = "token_decimals"
+    chain: str = Field(primary_key=True)
+    token_address: str = Field(primary_key=True)  # checksummed
+    chain_id: int
+    decimals: int
+    read_at: datetime = _when(nullable=False)
+
+
 class BlockHash(SQLModel, table=True):
     __tablename__ = "block_hashes"
     chain: str = Field(primary_key=True)
