@@ -615,6 +615,7 @@ class Settlement:
                     "tx_hash": t.tx_hash,
                     "log_index": t.log_index,
                     "kind": t.kind,
+                    "attribution": t.attribution,
                     "block_number": t.block_number,
                     "block_hash": t.block_hash,
                     "block_time": iso(t.block_time),

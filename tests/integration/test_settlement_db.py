@@ -135,6 +135,8 @@ def test_init_migrates_a_version_1_database_to_the_current_schema(ctx: Context) 
             conn.execute(f"DROP VIEW {view}")
         conn.execute("DROP INDEX uq_allocations_active_transfer")
         conn.execute("ALTER TABLE transfers DROP COLUMN block_time")
+        conn.execute("ALTER TABLE transfers DROP COLUMN attribution")
+        conn.execute("DROP TABLE token_decimals")
         conn.execute("ALTER TABLE chain_state DROP COLUMN cursor_time")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
 
@@ -145,7 +147,7 @@ def test_init_migrates_a_version_1_database_to_the_current_schema(ctx: Context) 
     assert "uq_allocations_active_transfer" in names
     with sqlite3.connect(path) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(transfers)")]
-    assert "block_time" in columns
+    assert {"block_time", "attribution"} <= set(columns)
     with sqlite3.connect(path) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(chain_state)")]
     assert "cursor_time" in columns

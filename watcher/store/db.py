@@ -39,6 +39,7 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         [
             "ALTER TABLE transfers ADD COLUMN block_time TIMESTAMP",
             "ALTER TABLE chain_state ADD COLUMN cursor_time TIMESTAMP",
+            "ALTER TABLE transfers ADD COLUMN attribution VARCHAR",
             "CREATE TABLE IF NOT EXISTS token_decimals (chain VARCHAR NOT NULL, "
             "token_address VARCHAR NOT NULL, chain_id INTEGER NOT NULL, decimals INTEGER NOT "
             "NULL, read_at TIMESTAMP NOT NULL, PRIMARY KEY (chain, token_address))",

@@ -159,6 +159,7 @@ class Transfer(SQLModel, table=True):
     detected_at: datetime = _when(nullable=False)
     finalized_at: datetime | None = _when()
     final_block: int | None = None  # the final block number when it became final
+    attribution: str | None = None  # "balance": internal, attributed by the balance guard
 
 
 class Allocation(SQLModel, table=True):

@@ -46,7 +46,8 @@ _PAYMENT_COLUMNS = f"""
 
 V_PAYMENTS = f"""
 CREATE VIEW v_payments AS
-SELECT {_PAYMENT_COLUMNS}, t.chain AS chain, t.kind AS kind, t.final_block AS final_block
+SELECT {_PAYMENT_COLUMNS}, t.chain AS chain, t.kind AS kind, t.final_block AS final_block,
+    t.attribution AS attribution
 FROM transfers t
 LEFT JOIN allocations a ON a.transfer_id = t.id AND a.active = 1
 """
