@@ -136,6 +136,8 @@ def test_a_scanner_that_has_not_reached_the_deadline_lapses_nobody(
 
     chain.mine_at("2026-04-09T12:00:00Z")  # past INV-3's expiry deadline
     report = ws.tick(now=late)
+    (state,) = ws.json("status", now=late)["chains"]
+    assert state["cursor_time"] == "2026-04-09T12:00:00Z"
     assert report["renewals"]["lapsed"] == ["RET-1"]
     assert sorted(report["renewals"]["expired"]) == ["INV-2", "INV-3"]  # INV-2: due 03-09
     (lapsed,) = ws.events("retainer.lapsed")

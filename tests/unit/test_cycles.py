@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from watcher.domain.cycles import (
     Period,
     PreviousCycle,
+    deadline_passed,
     lapsed,
     next_period,
     period_in_run,
@@ -240,3 +241,18 @@ def test_renewal_and_lapse_once_reached_stay_reached(
     if lapsed(ends, grace, now):
         assert lapsed(ends, grace, then)
         assert renewal_due(ends, lead, now)
+
+
+# --- deadlines on the chain's clock ---------------------------------------------------------
+
+
+def test_a_deadline_passes_only_when_both_clocks_are_past_it() -> None:
+    """A deadline has passed only when the watcher's clock reached it and the chain's scanned
+    clock (the cursor block's timestamp) is later than it."""
+    deadline = datetime(2025, 4, 4, 9, 0, tzinfo=UTC)
+    later = deadline + timedelta(seconds=1)
+
+    assert deadline_passed(deadline, later, later)
+    assert not deadline_passed(deadline, later, deadline)  # no block after it scanned yet
+    assert not deadline_passed(deadline, later, None)  # the chain was never scanned
+    assert not deadline_passed(deadline, deadline - timedelta(seconds=1), later)
