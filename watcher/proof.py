@@ -38,6 +38,16 @@ def _link(text: Any, url: str | None) -> str:
     return f'<a href="{_e(url)}">{_e(text)}</a>' if url else f"<code>{_e(text)}</code>"
 
 
+def _attributed(payment: dict[str, Any]) -> str:
+    if payment.get("attribution") != "balance":
+        return ""
+    return (
+        "<br><small>internal transfer attributed by balance: the wallet's balance grew by this "
+        "amount in this block, unexplained by other inflows, and this transaction's contract "
+        "paid it out (the node has no traces)</small>"
+    )
+
+
 def render_html(bundle: dict[str, Any]) -> str:
     """A clean, printable receipt a consultant can send to a client's accounts team."""
     inv, ret, chain, asset = bundle["invoice"], bundle["retainer"], bundle["chain"], bundle["asset"]
@@ -48,8 +58,10 @@ def render_html(bundle: dict[str, Any]) -> str:
         rows.append(
             "<tr>"
             f"<td>{_link(p['tx_hash'], p.get('explorer_tx_url'))}"
-            f"{'' if p.get('log_index') is None else ' #' + _e(p['log_index'])}</td>"
-            f"<td>{_e(p['block_number'])}<br><small><code>{_e(p['block_hash'])}</code></small></td>"
+            f"{'' if p.get('log_index') is None else ' #' + _e(p['log_index'])}"
+            f"{_attributed(p)}</td>"
+            f"<td>{_e(p['block_number'])}<br><small><code>{_e(p['block_hash'])}</code></small>"
+            f"<br><small>mined {_e(p.get('block_time'))}</small></td>"
             f"<td>{_e(p['final_block'])}</td>"
             f"<td><code>{_e(p['from'])}</code></td>"
             f"<td class=num>{_e(p['amount'])} {_e(p['asset'])}<br>"

@@ -14,8 +14,9 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import structlog
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col, or_, select
 
+from watcher import token_decimals
 from watcher.domain import cycles as cycle_rules
 from watcher.domain import matching
 from watcher.domain.billing import SETTLED, UNSETTLED, InvoiceKind, InvoiceStatus, RetainerStatus
@@ -60,6 +61,12 @@ def _inflow(t: Transfer) -> matching.Inflow:
         asset=t.asset,
         amount=t.amount,
     )
+
+
+def paid_at(t: Transfer) -> datetime:
+    """A payment's time for every deadline: its block's timestamp (the detection time only for
+    rows stored before schema 4, which have none)."""
+    return t.block_time or t.detected_at
 
 
 def _active_payments(session: Session, invoice_id: int) -> list[Transfer]:
@@ -126,7 +133,7 @@ class Settlement:
 
     def found(self, session: Session, transfers: list[Transfer]) -> None:
         """Match newly seen inflows to invoices: allocate, flag for review, or report unassigned."""
-        fresh = [t for t in transfers if t.status != "orphaned"]
+        fresh = [t for t in transfers if t.status != "orphaned" and not self._untrusted(session, t)]
         if not fresh:
             return
         allocated = _allocated_ids(session, [t.id for t in fresh if t.id is not None])
@@ -184,7 +191,10 @@ class Settlement:
                     Transfer.to_address == invoice.pay_to,
                     col(Transfer.from_address).in_(senders),
                     Transfer.status != "orphaned",
-                    col(Transfer.detected_at) >= since,
+                    or_(
+                        col(Transfer.block_time) >= since,
+                        col(Transfer.block_time).is_(None) & (col(Transfer.detected_at) >= since),
+                    ),
                 )
                 .order_by(col(Transfer.block_number), col(Transfer.id))
             ).all()
@@ -198,7 +208,11 @@ class Settlement:
                 )
             ).all()
         )
-        waiting = [t for t in rows if t.id not in taken and t.id not in in_review]
+        waiting = [
+            t
+            for t in rows
+            if t.id not in taken and t.id not in in_review and not self._untrusted(session, t)
+        ]
         if not waiting:
             return []
         self._apply(session, waiting, early=True)
@@ -212,6 +226,16 @@ class Settlement:
                 txs=[t.tx_hash for t in early],
             )
         return early
+
+    def _untrusted(self, session: Session, transfer: Transfer) -> bool:
+        """A transfer of a token whose configured decimals disagree with the chain's is never
+        counted (left unassigned; the alert was raised when the mismatch was read)."""
+        reason = token_decimals.mismatch(
+            session, self.settings, transfer.chain, transfer.token_address
+        )
+        if reason is not None:
+            log.warning("transfer.not_counted", tx=transfer.tx_hash, reason=reason)
+        return reason is not None
 
     def orphaned(self, session: Session, transfers: list[Transfer]) -> None:
         """Release the allocations of orphaned transfers; their invoices go back to waiting."""
@@ -445,6 +469,8 @@ class Settlement:
             raise WatcherError(f"invoice {fmt_id('INV', invoice_id)} vanished during settlement")
         if invoice.status in SETTLED or invoice.status == InvoiceStatus.VOID:
             return invoice
+        if token_decimals.mismatch(session, self.settings, invoice.chain, invoice.token_address):
+            return invoice  # amounts of that token mean nothing until the config is fixed
         payments = _active_payments(session, invoice_id)
         open_reviews = session.exec(
             select(Review.reason)
@@ -462,9 +488,7 @@ class Settlement:
             price=invoice.price,
             amount=invoice.amount,
             due_at=invoice.due_at,
-            payments=[
-                matching.Paid(t.amount, t.status == "final", t.detected_at) for t in payments
-            ],
+            payments=[matching.Paid(t.amount, t.status == "final", paid_at(t)) for t in payments],
             tolerance=self.settings.billing.underpay_tolerance,
             current=current,
             expired=invoice.status == InvoiceStatus.EXPIRED,
@@ -475,7 +499,8 @@ class Settlement:
         invoice.status = result.status.value
         session.add(invoice)
         if result.status in SETTLED:
-            self._settle(session, invoice, payments, late=result.late)
+            assert result.covered_at is not None
+            self._settle(session, invoice, payments, late=result.late, paid_at=result.covered_at)
         elif (
             result.status == InvoiceStatus.UNDERPAID
             and payments
@@ -508,14 +533,21 @@ class Settlement:
         return invoice
 
     def _settle(
-        self, session: Session, invoice: Invoice, payments: list[Transfer], *, late: bool
+        self,
+        session: Session,
+        invoice: Invoice,
+        payments: list[Transfer],
+        *,
+        late: bool,
+        paid_at: datetime,
     ) -> None:
+        """``paid_at``: the block time of the payment that completed coverage, which is the
+        invoice's ``paid_at`` and month 1's earliest start."""
         now = self.now()
-        invoice.paid_at = now
-        finalized_at = max((t.finalized_at or now) for t in payments)
+        invoice.paid_at = paid_at
         cycle = None
         if invoice.kind != InvoiceKind.SPRINT:
-            cycle = self._open_cycle(session, invoice, payments, finalized_at)
+            cycle = self._open_cycle(session, invoice, payments, paid_at)
             invoice.cycle_id = cycle.id
         session.add(invoice)
         session.flush()
@@ -544,7 +576,7 @@ class Settlement:
         )
 
     def _open_cycle(
-        self, session: Session, invoice: Invoice, payments: list[Transfer], finalized_at: datetime
+        self, session: Session, invoice: Invoice, payments: list[Transfer], paid_at: datetime
     ) -> Cycle:
         existing = session.exec(select(Cycle).where(Cycle.funded_by_invoice == invoice.id)).first()
         if existing is not None:
@@ -565,13 +597,13 @@ class Settlement:
                 ends_at=last.ends_at,
                 lapsed=last.status == "lapsed"
                 or retainer.status == RetainerStatus.LAPSED
-                or cycle_rules.lapsed(last.ends_at, self.settings.billing.grace_days, finalized_at),
+                or cycle_rules.lapsed(last.ends_at, self.settings.billing.grace_days, paid_at),
             )
         period = cycle_rules.next_period(
             period_index=invoice.period_index or 1,
             previous=previous,
             retainer_start=retainer.start_at,
-            finalized_at=finalized_at,
+            paid_at=paid_at,
         )
         proof_tx = max(payments, key=lambda t: (t.block_number, t.id or 0)).tx_hash
         cycle = Cycle(
@@ -682,8 +714,10 @@ class Settlement:
                     "tx_hash": t.tx_hash,
                     "log_index": t.log_index,
                     "kind": t.kind,
+                    "attribution": t.attribution,
                     "block_number": t.block_number,
                     "block_hash": t.block_hash,
+                    "block_time": iso(t.block_time),
                     "final_block": t.final_block,
                     "from": t.from_address,
                     "to": t.to_address,
@@ -717,6 +751,7 @@ class Settlement:
             "log_index": t.log_index,
             "block_number": t.block_number,
             "block_hash": t.block_hash,
+            "block_time": iso(t.block_time),
             "from": t.from_address,
             "to": t.to_address,
             "asset": t.asset,

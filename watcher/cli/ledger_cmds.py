@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from typing import Annotated, Any
 
 import segno
@@ -162,9 +163,18 @@ def invoice_issue(
 
     Transfers the retainer's payers sent before the invoice existed are matched to it at
     once; the output lists them (``early_payments`` in --json)."""
+    from watcher.chain.online import make_pool, read_decimals  # only when a token is unverified
+
     ctx = context()
-    configure(ctx.settings.secrets)  # early payments log to stderr; stdout is the answer
-    invoice = ledger.issue_invoice(ctx, retainer, kind=kind, amount=amount, due=due)
+    configure(ctx.settings.secrets, level=logging.WARNING)  # warnings to stderr, not stdout
+    invoice = ledger.issue_invoice(
+        ctx,
+        retainer,
+        kind=kind,
+        amount=amount,
+        due=due,
+        read_decimals=lambda chain, token: read_decimals(make_pool(chain), token),
+    )
     row = queries.invoice(ctx.engine, fmt_id("INV", invoice.id) or "")
     # A new invoice's payments can only be the early ones matched while it was issued.
     early = list(row["payments"])

@@ -35,6 +35,7 @@ EVENT_TYPES = frozenset(
         "watcher.unexplained_balance",
         "watcher.finality_violation",
         "watcher.channel_disabled",
+        "watcher.token_decimals_mismatch",
     }
 )
 

@@ -148,6 +148,7 @@ class Transfer(SQLModel, table=True):
     log_index: int | None = None
     block_number: int = Field(index=True)
     block_hash: str
+    block_time: datetime | None = _when()  # the block's timestamp; NULL only in pre-4 rows
     from_address: str
     to_address: str
     asset: str
@@ -158,6 +159,7 @@ class Transfer(SQLModel, table=True):
     detected_at: datetime = _when(nullable=False)
     finalized_at: datetime | None = _when()
     final_block: int | None = None  # the final block number when it became final
+    attribution: str | None = None  # "balance": internal, attributed by the balance guard
 
 
 class Allocation(SQLModel, table=True):
@@ -262,6 +264,7 @@ class ChainState(SQLModel, table=True):
     chain_id: int
     cursor: int | None = None  # last block fully scanned
     cursor_hash: str | None = None
+    cursor_time: datetime | None = _when()  # the cursor block's timestamp: the chain's clock
     head: int | None = None
     final_block: int | None = None
     last_poll_at: datetime | None = _when()
@@ -284,6 +287,17 @@ class ChainResume(SQLModel, table=True):
     resumed_by: str
     resumed_at: datetime = _when(nullable=False)
     cursor: int | None = None  # the chain's cursor when it was resumed
+
+
+class TokenDecimals(SQLModel, table=True):
+    """A token's ``decimals()`` as read on chain, once (see ``watcher.token_decimals``)."""
+
+    __tablename__ = "token_decimals"
+    chain: str = Field(primary_key=True)
+    token_address: str = Field(primary_key=True)  # checksummed
+    chain_id: int
+    decimals: int
+    read_at: datetime = _when(nullable=False)
 
 
 class BlockHash(SQLModel, table=True):

@@ -31,6 +31,7 @@ _PAYMENT_COLUMNS = f"""
     t.log_index AS log_index,
     t.block_number AS block_number,
     t.block_hash AS block_hash,
+    {_ts("t.block_time")} AS block_time,
     t.from_address AS "from",
     t.to_address AS "to",
     t.asset AS asset,
@@ -45,7 +46,8 @@ _PAYMENT_COLUMNS = f"""
 
 V_PAYMENTS = f"""
 CREATE VIEW v_payments AS
-SELECT {_PAYMENT_COLUMNS}, t.chain AS chain, t.kind AS kind, t.final_block AS final_block
+SELECT {_PAYMENT_COLUMNS}, t.chain AS chain, t.kind AS kind, t.final_block AS final_block,
+    t.attribution AS attribution
 FROM transfers t
 LEFT JOIN allocations a ON a.transfer_id = t.id AND a.active = 1
 """
@@ -54,6 +56,7 @@ _PAYMENTS_JSON = f"""
     (SELECT json_group_array(json_object(
         'chain_id', t.chain_id, 'tx_hash', t.tx_hash, 'log_index', t.log_index,
         'block_number', t.block_number, 'block_hash', t.block_hash,
+        'block_time', {_ts("t.block_time")},
         'from', t.from_address, 'to', t.to_address, 'asset', t.asset,
         'token_address', t.token_address, 'amount', {_fmt("t.amount", "t.decimals")},
         'amount_base_units', t.amount, 'status', t.status, 'invoice_id', 'INV-' || a.invoice_id,
@@ -127,7 +130,8 @@ SELECT
     s.degraded AS degraded,
     {_ts("s.last_ok_at")} AS last_ok_at,
     {_ts("d.stopped_at")} AS daemon_stopped_at,
-    s.halted_by AS halted_by
+    s.halted_by AS halted_by,
+    {_ts("s.cursor_time")} AS cursor_time
 FROM chain_state s LEFT JOIN daemon d ON d.id = 1
 """
 
