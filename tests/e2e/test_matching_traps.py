@@ -21,10 +21,10 @@ from tests.e2e.chain_harness import (
     Chain,
     Workspace,
     build_template,
+    chain_node,
     setup_chain,
     usdc,
 )
-from tests.support.anvil import AnvilNode
 from tests.support.contracts import deploy, wait_receipt
 
 pytestmark = pytest.mark.anvil
@@ -50,7 +50,7 @@ class TrapChain(Chain):
 @pytest.fixture(scope="module")
 def chain() -> Iterator[TrapChain]:
     """One Anvil node with USDC, DAI and EURS; the payers and client3 hold USDC and EURS."""
-    with AnvilNode(slots_in_an_epoch=1) as node:
+    with chain_node() as node:
         base = setup_chain(node)
         eurs = deploy(base.w3, "TestToken", "STASIS EURS", "EURS", 2)
         for account in (base.accounts[1], base.accounts[5]):
@@ -100,6 +100,7 @@ def test_a_repeated_saved_payment_never_pays_another_clients_new_invoice(
     """Acme pays INV-1's 1500.000001; Initech's new 1500 invoice gets another amount, so when
     Acme repeats the saved payment it lands on nobody's invoice; status shows the tag space.
     (On the old code INV-3 was issued 1500.000001 and Acme's repeat paid Initech's month.)"""
+    chain.at(T1)
     chain.pay(chain.payer, usdc("1500.000001"))
     chain.finalize()
     ws.scan(now=T1)
@@ -109,6 +110,7 @@ def test_a_repeated_saved_payment_never_pays_another_clients_new_invoice(
     issued = ws.json("invoice", "issue", "RET-3", now=T1)
     assert (issued["id"], issued["amount"]) == ("INV-3", "1500.000002")
 
+    chain.at(T2)
     repeat = chain.pay(chain.payer, usdc("1500.000001"))
     chain.finalize()
     ws.scan(now=T2)
@@ -130,6 +132,7 @@ def test_a_payer_of_one_client_paying_another_clients_amount_goes_to_review(
     """Acme's payer sending exactly Globex's INV-2 amount does not pay Globex's month: both
     clients' invoices go to needs_review, and attaching it to INV-2 settles only that one.
     (On the old code INV-2 was paid by the amount rule.)"""
+    chain.at(T1)
     tx = chain.pay(chain.payer, usdc("900.000001"))
     chain.finalize()
     ws.scan(now=T1)
@@ -183,6 +186,7 @@ def test_a_round_payment_pays_the_open_invoice_whose_price_it_fits(
     code put the 800 on the month, then overpaid it by 799.999999 and left the sprint open.)"""
     sprint = ws.json("invoice", "issue", "RET-1", "--kind", "sprint", "--amount", "800", now=T1)
     assert (sprint["id"], sprint["amount"]) == ("INV-3", "800.000001")
+    chain.at(T2)
     paid_800 = chain.pay(chain.payer, usdc("800"))
     paid_1500 = chain.pay(chain.payer, usdc("1500"))
     chain.finalize()
@@ -206,9 +210,11 @@ def test_a_payment_sent_after_approval_but_before_the_invoice_is_matched_at_issu
     first invoice matches the payment seen after the approval, in the same command, which
     says so; the earlier one stays unassigned. (The old code left both unassigned.)"""
     add_client3(ws, chain, monthly="1200", now=T0, approve=False)
+    chain.at(T1)
     before_approval = chain.pay(chain.client3, usdc("1200"))
     ws.scan(now=T1)
     ws.ok("retainer", "approve", "RET-3", "--by", "Bill Lumbergh", now=APPROVED)
+    chain.at(T2)
     after_approval = chain.pay(chain.client3, usdc("1200"))
     ws.scan(now=T2)
     assert len(ws.events("transfer.unassigned")) == 2
