@@ -35,6 +35,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (
+        4,  # a payment's time is its block's timestamp (NULL for rows stored before)
+        ["ALTER TABLE transfers ADD COLUMN block_time TIMESTAMP"],
+    ),
+    (
         5,  # a final-block receipt that cannot be confirmed is retried, and alerted after a time
         ["ALTER TABLE transfers ADD COLUMN unconfirmed_since TIMESTAMP"],
     ),
