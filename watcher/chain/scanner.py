@@ -573,7 +573,7 @@ class _ChainScan:
                         u.before,
                         again.explained,
                     )
-                except RpcError as exc:  # fmt: skip
+                except RpcError as exc:
                     self.log.warning("scan.balance_locate_failed", reason=str(exc))
             else:
                 key += f":{u.token_address}"
