@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.anvil, pytest.mark.slow]
 
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
+    """A node with a demo USDC and a workspace; every daemon, receiver and node stopped after."""
     site = Site(tmp_path / "site")
     try:
         yield site.start()

@@ -33,17 +33,20 @@ KEY = "SECRETKEY123"
 
 @pytest.fixture(scope="module")
 def chain() -> Iterator[Chain]:
+    """One Anvil node (automine, finalized = latest - 2) with the tokens and funded payers."""
     with AnvilNode(slots_in_an_epoch=1) as node:
         yield setup_chain(node)
 
 
 @pytest.fixture(scope="module")
 def template(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
+    """The ledger every test copies: two approved retainers with their first invoices."""
     return build_template(chain, tmp_path_factory.mktemp("faulty") / "template")
 
 
 @pytest.fixture
 def proxy(chain: Chain) -> Iterator[RpcProxy]:
+    """The fault proxy in front of the node, faults off."""
     with RpcProxy(chain.node.url or "") as p:
         yield p
 
