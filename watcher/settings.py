@@ -49,6 +49,7 @@ class TokenSettings:
     symbol: str
     address: str
     decimals: int
+    balance_guard: bool = True  # false for rebasing or fee-on-transfer tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,8 @@ class ChainSettings:
     reorg_depth: int = 128
     max_lag_blocks: int = 100  # health: the cursor may trail the head by at most this much
     max_batch: int = 100  # JSON-RPC entries per POST to start with; shrinks when refused
+    cross_check: bool = False  # a second URL must confirm each receipt before it is final
+    unconfirmed_alert_seconds: float = 900.0  # final-block receipt unconfirmed this long: alert
 
     def token(self, symbol: str) -> TokenSettings | None:
         return next((t for t in self.tokens if t.symbol.upper() == symbol.upper()), None)
@@ -476,6 +479,8 @@ def _chain(raw: Any, prefix: str, p: _Problems) -> ChainSettings | None:
             "reorg_depth",
             "max_lag_blocks",
             "max_batch",
+            "cross_check",
+            "unconfirmed_alert_seconds",
         },
         prefix,
         p,
@@ -516,7 +521,7 @@ def _chain(raw: Any, prefix: str, p: _Problems) -> ChainSettings | None:
         if not isinstance(tok, dict):
             p.add(tp, "must be a table")
             continue
-        _unknown(tok, {"symbol", "address", "decimals"}, tp, p)
+        _unknown(tok, {"symbol", "address", "decimals", "balance_guard"}, tp, p)
         tsym = tok.get("symbol")
         if not isinstance(tsym, str) or not _SYMBOL.match(tsym):
             p.add(f"{tp}.symbol", f"{tsym!r} is not a token symbol")
@@ -529,13 +534,23 @@ def _chain(raw: Any, prefix: str, p: _Problems) -> ChainSettings | None:
         dec = _int(tok, "decimals", f"{tp}.decimals", p, None)
         if dec > 36:
             p.add(f"{tp}.decimals", f"{dec!r} must be 0..36")
-        tokens.append(TokenSettings(symbol=tsym, address=taddr, decimals=dec))
+        tguard = tok.get("balance_guard", True)
+        if not isinstance(tguard, bool):
+            p.add(f"{tp}.balance_guard", f"{tguard!r} must be true or false")
+        tokens.append(
+            TokenSettings(symbol=tsym, address=taddr, decimals=dec, balance_guard=tguard is True)
+        )
     explorer = raw.get("explorer_url")
     if explorer is not None and (not isinstance(explorer, str) or not explorer.startswith("http")):
         p.add(f"{prefix}.explorer_url", f"{explorer!r} is not an http(s) URL")
     guard = raw.get("balance_guard", True)
     if not isinstance(guard, bool):
         p.add(f"{prefix}.balance_guard", f"{guard!r} must be true or false")
+    cross_check = raw.get("cross_check", False)
+    if not isinstance(cross_check, bool):
+        p.add(f"{prefix}.cross_check", f"{cross_check!r} must be true or false")
+    elif cross_check and len(urls) < 2:
+        p.add(f"{prefix}.cross_check", "true needs at least two rpc_urls (a second provider)")
     return ChainSettings(
         name=name,
         chain_id=chain_id,
@@ -554,6 +569,10 @@ def _chain(raw: Any, prefix: str, p: _Problems) -> ChainSettings | None:
         reorg_depth=_int(raw, "reorg_depth", f"{prefix}.reorg_depth", p, 128, minimum=1),
         max_lag_blocks=_int(raw, "max_lag_blocks", f"{prefix}.max_lag_blocks", p, 100, minimum=1),
         max_batch=_int(raw, "max_batch", f"{prefix}.max_batch", p, 100, minimum=1),
+        cross_check=cross_check is True,
+        unconfirmed_alert_seconds=_number(
+            raw, "unconfirmed_alert_seconds", f"{prefix}.unconfirmed_alert_seconds", p, 900.0
+        ),
     )
 
 

@@ -82,6 +82,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "event_id VARCHAR NOT NULL)"
         ],
     ),
+    (
+        5,  # a final-block receipt that cannot be confirmed is retried, and alerted after a time
+        ["ALTER TABLE transfers ADD COLUMN unconfirmed_since TIMESTAMP"],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

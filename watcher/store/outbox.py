@@ -36,6 +36,8 @@ EVENT_TYPES = frozenset(
         "watcher.finality_violation",
         "watcher.channel_disabled",
         "watcher.token_decimals_mismatch",
+        "watcher.receipt_unconfirmed",
+        "watcher.cross_check_mismatch",
     }
 )
 

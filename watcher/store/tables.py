@@ -160,6 +160,9 @@ class Transfer(SQLModel, table=True):
     finalized_at: datetime | None = _when()
     final_block: int | None = None  # the final block number when it became final
     attribution: str | None = None  # "balance": internal, attributed by the balance guard
+    # Its block is final but its receipt could not be confirmed (null, disagreeing, or the
+    # second provider of cross_check not agreeing yet) since then; retried every poll.
+    unconfirmed_since: datetime | None = _when()
 
 
 class Allocation(SQLModel, table=True):
