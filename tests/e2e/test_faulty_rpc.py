@@ -19,10 +19,10 @@ from tests.e2e.chain_harness import (
     Chain,
     Workspace,
     build_template,
+    chain_node,
     setup_chain,
     usdc,
 )
-from tests.support.anvil import AnvilNode
 from tests.support.rpcproxy import RpcProxy
 
 pytestmark = pytest.mark.anvil
@@ -33,8 +33,9 @@ KEY = "SECRETKEY123"
 
 @pytest.fixture(scope="module")
 def chain() -> Iterator[Chain]:
-    """One Anvil node (automine, finalized = latest - 2) with the tokens and funded payers."""
-    with AnvilNode(slots_in_an_epoch=1) as node:
+    """One Anvil node (automine, finalized = latest - 2, its clock before T0) with the tokens
+    and funded payers."""
+    with chain_node() as node:
         yield setup_chain(node)
 
 
@@ -101,6 +102,7 @@ def test_tick_through_every_fault_finds_each_payment_once(
     ws = template.copy(tmp_path / "ws")
     through_proxy(ws, proxy, chain.node.url if second_url else None)
     results: list[CompletedProcess[str]] = [ws.run("tick", "--json", now=T0)]
+    chain.at(T1)  # the payments are mined when the ticks below say it is
     sent = {
         "inv1": chain.pay(chain.payer, usdc("1500.000001")),
         "eth": chain.pay_eth(chain.stranger, 10**15),
