@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ANVIL := tools/node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil
 ANVIL_VERSION := 1.7.1
 
-.PHONY: all venv tools browser test lint typecheck pytest demo bench clean
+.PHONY: all venv tools browser test lint typecheck pytest demo bench chaos clean
 
 all: test
 
@@ -48,6 +48,9 @@ demo: venv tools
 
 bench: venv tools
 	$(BIN)/python bench/scan.py
+
+chaos: venv tools
+	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) tools .pytest_cache .mypy_cache .ruff_cache .demo

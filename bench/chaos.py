@@ -301,6 +301,19 @@ def machine() -> str:
     return f"Python {platform.python_version()}, {platform.machine()}"
 
 
+def warnings_in(logs: str) -> Counter[str]:
+    """Event names of the daemons' warning and error log lines (JSON lines), counted."""
+    seen: Counter[str] = Counter()
+    for line in logs.splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and entry.get("level") in ("warning", "error", "critical"):
+            seen[str(entry.get("event"))] += 1
+    return seen
+
+
 def report(driver: Driver, figures: dict[str, Any], delivered: Counter[str]) -> list[str]:
     sent = driver.sent
     kinds = Counter(s.kind for s in sent)
@@ -327,6 +340,7 @@ def report(driver: Driver, figures: dict[str, Any], delivered: Counter[str]) -> 
         f"paid:         {figures['settled']} / {figures['invoices']} invoices, "
         f"{figures['cycles']} cycles",
         f"events:       {dict(sorted(figures['events'].items()))}",
+        f"daemon warnings/errors: {dict(sorted(figures['warnings'].items()))}",
         f"deliveries:   {sum(delivered.values())} accepted webhook requests for "
         f"{len(delivered)} events; duplicates: {dups} (repeats after a kill, same id and body)",
     ]
@@ -382,6 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             invoice_amounts=dict(issued), delivered_ids=delivered,
             logs="".join(d.log for d in site.daemons), secret_marker=RPC_KEY,
         )  # fmt: skip
+        figures["warnings"] = warnings_in("".join(d.log for d in site.daemons))
         checks = [
             Check("everything final and delivered after the chaos", settled,
                   f"not within {SETTLE_TIMEOUT:g} s"),
