@@ -160,6 +160,8 @@ class Driver:
         self.repay_at: dict[int, list[int]] = {}  # step -> invoice indexes to pay again
         self.index_of = {ref: i for i, (ref, _) in enumerate(issued)}
         self.kills = 0
+        self.repaid = 0  # invoice payments dropped by a reorg, to be paid again
+        self.same_hash = 0  # payments sent again that were the dropped transaction itself
         self.died: list[str] = []  # log tails of daemons that exited on their own
         self.reorgs: Counter[tuple[int, str]] = Counter()
         self.lag_windows: list[int] = []
@@ -184,6 +186,13 @@ class Driver:
         else:
             call = site.forwarder.functions.forwardMany([WALLET] * len(amounts), list(amounts))
             tx = call.transact({"from": frm, "value": sum(amounts)}).to_0x_hex()
+        known = next((s for s in self.sent if s.tx.lower() == tx.lower()), None)
+        if known is not None:
+            # A dropped transaction sent again by the same sender with the same nonce and
+            # fields is the same signed transaction: the same hash, one payment.
+            known.fate, known.step = "sent again", step
+            self.same_hash += 1
+            return
         self.sent.append(Sent(tx, kind, amounts, invoice, step))
 
     def _pay(self, index: int, step: int) -> None:
@@ -219,6 +228,7 @@ class Driver:
                 continue
             s.fate = "dropped"
             if s.invoice is not None:
+                self.repaid += 1
                 again = step + self.rng.randint(1, 4)
                 self.repay_at.setdefault(again, []).append(self.index_of[s.invoice])
 
@@ -334,8 +344,8 @@ def report(driver: Driver, figures: dict[str, Any], delivered: Counter[str]) -> 
         f"reorgs:       {reorgs} (depth {dict(sorted(depths.items()))}; {dict(modes)})",
         f"lag mode:     {lag}",
         f"payments:     {len(sent)} txs to the wallet ({dict(kinds)}); {len(pays)} invoice "
-        f"payments, {sum(1 for s in pays if s.fate == 'dropped')} dropped by a reorg and paid "
-        f"again; fates {dict(fates)}",
+        f"payments, {driver.repaid} dropped by a reorg and paid "
+        f"again ({driver.same_hash} of them as the same signed tx); fates {dict(fates)}",
         f"transfers:    {dict(figures['transfers'])}",
         f"paid:         {figures['settled']} / {figures['invoices']} invoices, "
         f"{figures['cycles']} cycles",

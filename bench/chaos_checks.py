@@ -33,7 +33,7 @@ class Sent:
     amounts: tuple[int, ...]  # what it pays the wallet, inflow by inflow
     invoice: str | None  # the invoice it pays, "INV-3" (None: a stray payment)
     step: int
-    fate: str = "mined"  # mined | moved (re-included by a reorg) | dropped (gone)
+    fate: str = "mined"  # mined | moved (re-included by a reorg) | dropped (gone) | sent again
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ def canonical_inflows(
     tx hashes that are canonical (mined with status 1)."""
     keys: Counter[Key] = Counter()
     canonical: set[str] = set()
-    for s in sent:
+    for s in {s.tx.lower(): s for s in sent}.values():  # a tx sent twice is one tx
         receipt = rpc("eth_getTransactionReceipt", s.tx)
         if receipt is None or int(receipt["status"], 16) != 1:
             continue
