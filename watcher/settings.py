@@ -37,6 +37,7 @@ class TokenSettings:
     symbol: str
     address: str
     decimals: int
+    balance_guard: bool = True  # false for rebasing or fee-on-transfer tokens
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,8 @@ class ChainSettings:
     rpc_timeout: float = 10.0
     max_log_range: int = 2000
     reorg_depth: int = 128
+    cross_check: bool = False  # a second URL must confirm each receipt before it is final
+    unconfirmed_alert_seconds: float = 900.0  # final-block receipt unconfirmed this long: alert
 
     def token(self, symbol: str) -> TokenSettings | None:
         return next((t for t in self.tokens if t.symbol.upper() == symbol.upper()), None)
@@ -383,6 +386,8 @@ def _chain(raw: Any, prefix: str, p: _Problems) -> ChainSettings | None:
             "rpc_timeout",
             "max_log_range",
             "reorg_depth",
+            "cross_check",
+            "unconfirmed_alert_seconds",
         },
         prefix,
         p,
@@ -423,7 +428,7 @@ def _chain(raw: Any, prefix: str, p: _Problems) -> ChainSettings | None:
         if not isinstance(tok, dict):
             p.add(tp, "must be a table")
             continue
-        _unknown(tok, {"symbol", "address", "decimals"}, tp, p)
+        _unknown(tok, {"symbol", "address", "decimals", "balance_guard"}, tp, p)
         tsym = tok.get("symbol")
         if not isinstance(tsym, str) or not _SYMBOL.match(tsym):
             p.add(f"{tp}.symbol", f"{tsym!r} is not a token symbol")
@@ -436,13 +441,23 @@ def _chain(raw: Any, prefix: str, p: _Problems) -> ChainSettings | None:
         dec = _int(tok, "decimals", f"{tp}.decimals", p, None)
         if dec > 36:
             p.add(f"{tp}.decimals", f"{dec!r} must be 0..36")
-        tokens.append(TokenSettings(symbol=tsym, address=taddr, decimals=dec))
+        tguard = tok.get("balance_guard", True)
+        if not isinstance(tguard, bool):
+            p.add(f"{tp}.balance_guard", f"{tguard!r} must be true or false")
+        tokens.append(
+            TokenSettings(symbol=tsym, address=taddr, decimals=dec, balance_guard=tguard is True)
+        )
     explorer = raw.get("explorer_url")
     if explorer is not None and (not isinstance(explorer, str) or not explorer.startswith("http")):
         p.add(f"{prefix}.explorer_url", f"{explorer!r} is not an http(s) URL")
     guard = raw.get("balance_guard", True)
     if not isinstance(guard, bool):
         p.add(f"{prefix}.balance_guard", f"{guard!r} must be true or false")
+    cross_check = raw.get("cross_check", False)
+    if not isinstance(cross_check, bool):
+        p.add(f"{prefix}.cross_check", f"{cross_check!r} must be true or false")
+    elif cross_check and len(urls) < 2:
+        p.add(f"{prefix}.cross_check", "true needs at least two rpc_urls (a second provider)")
     return ChainSettings(
         name=name,
         chain_id=chain_id,
@@ -459,6 +474,10 @@ def _chain(raw: Any, prefix: str, p: _Problems) -> ChainSettings | None:
         rpc_timeout=_number(raw, "rpc_timeout", f"{prefix}.rpc_timeout", p, 10.0),
         max_log_range=_int(raw, "max_log_range", f"{prefix}.max_log_range", p, 2000, minimum=1),
         reorg_depth=_int(raw, "reorg_depth", f"{prefix}.reorg_depth", p, 128, minimum=1),
+        cross_check=cross_check is True,
+        unconfirmed_alert_seconds=_number(
+            raw, "unconfirmed_alert_seconds", f"{prefix}.unconfirmed_alert_seconds", p, 900.0
+        ),
     )
 
 

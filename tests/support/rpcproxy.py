@@ -10,6 +10,21 @@ JSON-RPC error -32005; ``fail_next`` answers the next POSTs with an HTTP error s
 ``fail_next_rpc`` answers every entry of the next POSTs with a JSON-RPC error; ``down`` answers
 503 (``down_mode="503"``) or drops the connection (``down_mode="drop"``); ``stall_seconds``
 waits before answering; ``reverse_batches`` answers batch entries in reverse order.
+
+Faults of a provider fleet (a load balancer over backends that are not in step):
+``lag_blocks`` (0 = off) makes the proxy a node that many blocks behind: ``eth_blockNumber``,
+the ``latest``/``safe``/``finalized`` tags and blocks by number above the lagged head answer
+as a node that does not have those blocks yet (null blocks, unknown receipts, "header not
+found" for state), and ``eth_getLogs``/``trace_filter`` answer ``[]`` above it;
+``finalized_lag`` makes the ``safe``/``finalized`` tags trail by that many more blocks (set it
+during a run: the tag moves backwards); ``disagree`` answers receipts with another block hash
+(a second URL that disagrees); ``stale_logs_next(n)`` answers the next ``n`` ``eth_getLogs``
+entries with ``[]`` (a backend behind the balancer); ``drop_entry_next(n)`` leaves the last
+entry out of the next ``n`` batch answers; ``malformed_next(n)`` answers the next ``n`` POSTs
+with a truncated JSON body; ``stall_next(n, seconds)`` holds the next ``n`` POSTs (past the
+client's timeout); ``fail_next(n, 429, retry_after=s)`` is a rate limit with ``Retry-After``;
+``fail_methods`` answers 503 to any POST holding one of those methods (a backend that cannot
+serve them, so the client fails over for exactly those requests).
 """
 
 from __future__ import annotations
@@ -26,6 +41,7 @@ from typing import Any
 
 import requests
 
+from tests.support.rpcviews import ChainView
 from tests.support.service import Service
 
 Handler = Callable[[str, list[Any]], Any]
@@ -68,12 +84,20 @@ class RpcProxy(Service):
         self.down = False
         self.down_mode = "503"
         self.stall_seconds = 0.0
+        self.lag_blocks: int = 0
+        self.finalized_lag: int = 0
+        self.disagree = False
+        self.fail_methods: set[str] = set()
         self.calls: Counter[str] = Counter()
         self.posts = 0
         self.url = ""
         self._lock = threading.Lock()
         self._http_faults: deque[tuple[int, int | None]] = deque()
         self._rpc_faults: deque[dict[str, Any]] = deque()
+        self._stale_logs = 0
+        self._drop_entries = 0
+        self._malformed = 0
+        self._stalls: deque[float] = deque()
         self._stopping = threading.Event()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -93,6 +117,37 @@ class RpcProxy(Service):
         """Answer every entry of the next ``n`` POSTs with this JSON-RPC error (HTTP 200)."""
         with self._lock:
             self._rpc_faults.extend([{"code": code, "message": message}] * n)
+
+    def stale_logs_next(self, n: int) -> None:
+        """Answer the next ``n`` ``eth_getLogs`` entries with ``[]`` (a lagging backend)."""
+        with self._lock:
+            self._stale_logs += n
+
+    def drop_entry_next(self, n: int) -> None:
+        """Leave the last entry out of the next ``n`` batch answers."""
+        with self._lock:
+            self._drop_entries += n
+
+    def malformed_next(self, n: int) -> None:
+        """Answer the next ``n`` POSTs with HTTP 200 and a truncated JSON body."""
+        with self._lock:
+            self._malformed += n
+
+    def stall_next(self, n: int, seconds: float) -> None:
+        """Hold the next ``n`` POSTs for ``seconds`` before answering them."""
+        with self._lock:
+            self._stalls.extend([seconds] * n)
+
+    def clear_faults(self) -> None:
+        """Stop every fault: the proxy forwards as a clean, up-to-date node from now on."""
+        with self._lock:
+            self._http_faults.clear()
+            self._rpc_faults.clear()
+            self._stalls.clear()
+            self._stale_logs = self._drop_entries = self._malformed = 0
+        self.down, self.stall_seconds, self.fail_methods = False, 0.0, set()
+        self.lag_blocks = self.finalized_lag = 0
+        self.disagree = False
 
     def start(self) -> RpcProxy:
         """Listen on a free port of 127.0.0.1 and serve from a daemon thread; returns self."""
@@ -142,7 +197,12 @@ class RpcProxy(Service):
             self.calls.update(e["method"] for e in entries if isinstance(e, dict) and "method" in e)
             http_fault = self._http_faults.popleft() if self._http_faults else None
             rpc_fault = self._rpc_faults.popleft() if self._rpc_faults else None
-        if self.stall_seconds > 0 and self._stopping.wait(self.stall_seconds):
+            stall = self._stalls.popleft() if self._stalls else self.stall_seconds
+            malformed = self._malformed > 0
+            self._malformed -= malformed
+            drop = isinstance(payload, list) and len(payload) > 1 and self._drop_entries > 0
+            self._drop_entries -= drop
+        if stall > 0 and self._stopping.wait(stall):
             handler.close_connection = True  # stopped while stalling: answer nothing
             return
         if self.down:
@@ -151,10 +211,17 @@ class RpcProxy(Service):
                 return
             handler.reply(503, b"service unavailable")
             return
+        methods = {e.get("method") for e in entries if isinstance(e, dict)}
+        if methods & self.fail_methods:
+            handler.reply(503, b"service unavailable for this method")
+            return
         if http_fault is not None:
             status, retry_after = http_fault
             headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
             handler.reply(status, b"injected failure", headers)
+            return
+        if malformed:
+            handler.reply(200, b'{"jsonrpc": "2.0", "id": 1, "resu', {"Content-Type": "text/json"})
             return
         if payload is None:
             error = {"code": -32700, "message": "parse error"}
@@ -162,6 +229,11 @@ class RpcProxy(Service):
             return
         answers: dict[int, Any] = {}
         forward: list[tuple[int, Any]] = []
+        try:
+            view = self._view()
+        except requests.RequestException:
+            handler.reply(502, b"upstream unreachable")
+            return
         for pos, entry in enumerate(entries):
             if rpc_fault is not None:
                 answers[pos] = _answer_error(entry, rpc_fault)
@@ -169,15 +241,28 @@ class RpcProxy(Service):
                 message = f"block range too large (max {self.max_log_range} blocks)"
                 error = {"code": -32005, "message": message}
                 answers[pos] = _answer_error(entry, error)
+            elif self._stale_log(entry):
+                answers[pos] = {"jsonrpc": "2.0", "id": entry.get("id"), "result": []}
+            elif view is not None and isinstance(entry, dict):
+                rewritten, local = view.rewrite(entry)
+                if rewritten is None:
+                    answers[pos] = local
+                else:
+                    forward.append((pos, rewritten))
             else:
                 forward.append((pos, entry))
         if forward:
             try:
-                answers.update(self._forward(forward, batch=isinstance(payload, list)))
+                got = self._forward(forward, batch=isinstance(payload, list))
             except requests.RequestException:
                 handler.reply(502, b"upstream unreachable")
                 return
+            if view is not None:
+                got = {pos: view.answer(entry, got[pos]) for pos, entry in forward}
+            answers.update(got)
         ordered = [answers[pos] for pos in range(len(entries))]
+        if drop:
+            ordered = ordered[:-1]
         if not isinstance(payload, list):
             handler.reply_json(200, ordered[0])
             return
@@ -212,6 +297,36 @@ class RpcProxy(Service):
         response = session.post(self.upstream, json=payload, timeout=30)
         return response.json()
 
+    def _view(self) -> ChainView | None:
+        """The lagging/disagreeing node this POST is answered as, or None (a clean node)."""
+        if not (self.lag_blocks or self.finalized_lag or self.disagree):
+            return None
+        tags: dict[str, int] = {}
+
+        def tag_number(tag: str) -> int:
+            if tag not in tags:
+                block = self._upstream_call("eth_getBlockByNumber", [tag, False])
+                tags[tag] = int(block["number"], 16)
+            return tags[tag]
+
+        head = max(0, self._block_number("latest") - self.lag_blocks)
+        return ChainView(head, tag_number, self.finalized_lag, self.lag_blocks, self.disagree)
+
+    def _stale_log(self, entry: Any) -> bool:
+        if not isinstance(entry, dict) or entry.get("method") != "eth_getLogs":
+            return False
+        with self._lock:
+            if self._stale_logs <= 0:
+                return False
+            self._stale_logs -= 1
+        return True
+
+    def _upstream_call(self, method: str, params: list[Any]) -> Any:
+        if callable(self.upstream):
+            return self.upstream(method, params)
+        entry = {"jsonrpc": "2.0", "id": 0, "method": method, "params": params}
+        return self._upstream_post(entry)["result"]
+
     def _refuse_range(self, entry: Any) -> bool:
         """True when ``entry`` is an eth_getLogs wider than ``max_log_range`` blocks."""
         if self.max_log_range is None or not isinstance(entry, dict):
@@ -233,12 +348,7 @@ class RpcProxy(Service):
             return int(ref, 16)
         if ref == "earliest":
             return 0
-        if callable(self.upstream):
-            head = self.upstream("eth_blockNumber", [])
-        else:
-            head = self._upstream_post(
-                {"jsonrpc": "2.0", "id": 0, "method": "eth_blockNumber", "params": []}
-            )["result"]
+        head = self._upstream_call("eth_blockNumber", [])
         return int(head, 16) if isinstance(head, str) else int(head)
 
     def _track(self, conn: socket.socket, *, add: bool) -> None:

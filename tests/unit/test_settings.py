@@ -285,12 +285,15 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("chains[0].rpc_timeout", -1, "-1 must be a positive number"),
     ("chains[0].max_log_range", 0, "0 must be an integer >= 1"),
     ("chains[0].reorg_depth", 0, "0 must be an integer >= 1"),
+    ("chains[0].cross_check", "yes", "'yes' must be true or false"),
+    ("chains[0].unconfirmed_alert_seconds", 0, "0 must be a positive number"),
     ("chains[0].tokens", "USDC", "must be a list of [[chains.tokens]] tables"),
     ("chains[0].tokens[0].symbol", "US DC", "'US DC' is not a token symbol"),
     ("chains[0].tokens[0].symbol", "eth", "duplicate asset symbol 'eth'"),
     ("chains[0].tokens[0].address", "0x1234", "'0x1234' is not an EVM address"),
     ("chains[0].tokens[0].decimals", 37, "37 must be 0..36"),
     ("chains[0].tokens[0].decimals", "6", "'6' must be an integer >= 0"),
+    ("chains[0].tokens[0].balance_guard", "no", "'no' must be true or false"),
     ("billing.due_days", 0, "0 must be an integer >= 1"),
     ("billing.renewal_lead_days", -1, "-1 must be an integer >= 0"),
     ("billing.grace_days", "3", "'3' must be an integer >= 0"),
@@ -347,6 +350,26 @@ def test_unknown_key_or_section_is_refused(
     config = base_config()
     set_path(config, key, value)
     assert refused(write(tmp_path, config)).problems == [problem]
+
+
+def test_cross_check_needs_a_second_rpc_url(tmp_path: Path) -> None:
+    """cross_check = true with one RPC URL is refused: there is no second provider to ask."""
+    config = base_config()
+    config["chains"][0]["rpc_urls"] = config["chains"][0]["rpc_urls"][:1]
+    config["chains"][0]["cross_check"] = True
+    assert refused(write(tmp_path, config)).problems == [
+        "chains[0].cross_check: true needs at least two rpc_urls (a second provider)"
+    ]
+
+
+def test_cross_check_and_token_guard_load(tmp_path: Path) -> None:
+    """cross_check, unconfirmed_alert_seconds and a token's balance_guard reach the settings."""
+    config = base_config()
+    config["chains"][0].update(cross_check=True, unconfirmed_alert_seconds=60)
+    config["chains"][0]["tokens"][0]["balance_guard"] = False
+    chain = load_settings(write(tmp_path, config)).chains[0]
+    assert (chain.cross_check, chain.unconfirmed_alert_seconds) == (True, 60.0)
+    assert chain.tokens[0].balance_guard is False
 
 
 def test_duplicate_chain_names_are_refused(tmp_path: Path) -> None:

@@ -160,6 +160,7 @@ class RpcPool:
         self._current = 0
         self._verified: set[int] = set()
         self._web3: Web3 | None = None
+        self._witnesses: dict[int, RpcPool] = {}
         self.request_count = 0
         self.counts_by_method: Counter[str] = Counter()
         self.last_ok_at: datetime | None = None
@@ -201,6 +202,33 @@ class RpcPool:
                 out.append(exc)
         return out
 
+    def fail_over(self, reason: str) -> bool:
+        """Move to the next URL for later requests (a URL that answers but cannot be trusted
+        now, e.g. behind the cursor); False when there is no other URL."""
+        if len(self._urls) < 2:
+            return False
+        old, self._current = self._current, (self._current + 1) % len(self._urls)
+        self._log.warning(
+            "rpc.failover", chain=self.chain, from_url=self._redacted[old],
+            to_url=self._redacted[self._current], reason=reason,
+        )  # fmt: skip
+        return True
+
+    def witness(self) -> RpcPool | None:
+        """A pool over this chain's other URLs (all but the current one), to confirm what the
+        current one said (``cross_check``); None with a single URL. It keeps its own counts."""
+        if len(self._urls) < 2:
+            return None
+        if self._current not in self._witnesses:
+            others = [u for i, u in enumerate(self._urls) if i != self._current]
+            self._witnesses[self._current] = RpcPool(
+                others, chain=self.chain, expected_chain_id=self.expected_chain_id,
+                timeout=self.timeout, max_attempts=self.max_attempts,
+                backoff_base=self.backoff_base, backoff_max=self.backoff_max,
+                max_batch=self.max_batch, sleep=self._sleep, logger=self._log,
+            )  # fmt: skip
+        return self._witnesses[self._current]
+
     def check_chain_id(self) -> int:
         """The chain id the current URL reports; RpcError if it differs from the expected one."""
         return self._parse_chain_id(self.call("eth_chainId"))
@@ -214,6 +242,8 @@ class RpcPool:
     def close(self) -> None:
         """Close the pooled HTTP connections."""
         self._session.close()
+        for witness in self._witnesses.values():
+            witness.close()
 
     def __repr__(self) -> str:
         return f"<RpcPool {self.chain} {', '.join(self._redacted)}>"

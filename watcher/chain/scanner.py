@@ -10,14 +10,20 @@ same transfer (same uid: tx hash, kind, log index / trace position) shows up aga
 branch, its row is reused: status back to ``seen``, block number and hash updated,
 ``detected_at`` kept from the first sighting, and ``found`` is called for it again. A transfer
 that lands at another log index has another uid: a new row, the old one stays ``orphaned``.
+
+No single answer is trusted to lose a payment: a head below the cursor whose hash matches the
+stored hash at that height is a node lagging, not a reorg (the poll moves to the next URL or
+waits); only the reorg path, which rewinds the cursor, orphans; a receipt that cannot be
+confirmed at finality is retried (``watcher.chain.confirm``); balance growth the found inflows
+do not explain rescans the chunk before it alerts (``watcher.chain.guards``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 from weakref import WeakKeyDictionary
 
@@ -26,7 +32,7 @@ from sqlalchemy import ColumnElement, delete, func, insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from watcher.chain import sources
+from watcher.chain import confirm, guards, sources
 from watcher.chain.redact import redact_text
 from watcher.chain.rpc import RpcPool
 from watcher.chain.sources import Chunk, Inflow
@@ -36,7 +42,6 @@ from watcher.domain.finality import (
     decide_reorg,
     final_block,
     finality_tag,
-    unexplained_growth,
 )
 from watcher.errors import FinalityViolation, Refused, RpcError, WatcherError
 from watcher.settings import ChainSettings
@@ -94,6 +99,17 @@ class ScanReport:
     requests: int  # HTTP POSTs sent to the RPC pool during the poll
     reorgs: int = 0
     unexplained: int = 0  # watcher.unexplained_balance events raised
+    lagging: bool = False  # every URL was behind the cursor: nothing was read this poll
+
+
+def block_time(timestamp: int | None) -> datetime | None:
+    """A block's unix timestamp as a UTC datetime (None when the node did not say)."""
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+def block_times(chunk: Chunk) -> dict[int, datetime | None]:
+    """Each block's time in a chunk, by number."""
+    return {b.number: block_time(b.timestamp) for b in chunk.blocks}
 
 
 def transfer_uid(chain_id: int, tx_hash: str, kind: str, log_index: int | None) -> str:
@@ -144,6 +160,7 @@ class _ChainScan:
         self.cursor_hash: str | None = None
         self.balance: int | None = None
         self.final_at_start = -1  # the final block when this poll began
+        self.final_seen = -1  # the highest final block seen so far: never moves backwards
         self.counts = {"found": 0, "orphaned": 0, "finalized": 0, "reorgs": 0, "unexplained": 0}
 
     # -- the poll ----------------------------------------------------------------------------
@@ -152,20 +169,13 @@ class _ChainScan:
         requests_before = self.pool.request_count
         self._load_state(from_block)
         cursor_before = self.cursor
+        lagging = False
         try:
-            head, head_hash, final = self._head()
-            self.final_at_start = final
-            target = head if to_block is None else min(head, to_block)
-            if self.cursor_hash is not None and (
-                head < self.cursor or (head == self.cursor and head_hash != self.cursor_hash)
-            ):
-                self._reorg(head)
-            if self.cursor < target or self._waiting(final):
-                self._scan_to(target)
-                self._finalize(final)
+            head, head_hash, final, lagging = self._trusted_head()
+            if lagging:
+                self._record_lag(head)
             else:
-                self.log.debug("scan.idle", head=head, cursor=self.cursor)
-            self._record(head=head, final=final, error=None)
+                final = self._poll(head, head_hash, final, to_block)
         except WatcherError as exc:
             self._record(head=None, final=None, error=exc)
             raise
@@ -176,10 +186,64 @@ class _ChainScan:
             cursor_before=cursor_before,
             cursor_after=self.cursor,
             requests=self.pool.request_count - requests_before,
+            lagging=lagging,
             **self.counts,
         )
         log.info("scan.done", **asdict(report))
         return report
+
+    def _poll(self, head: int, head_hash: str, final: int, to_block: int | None) -> int:
+        """Reorg check, scan to the head, finality; the final block used (never lower than
+        one seen before)."""
+        if final < self.final_seen:  # a lagging backend's tag: never a reorg by itself
+            self.log.info("scan.final_behind", final=final, final_seen=self.final_seen)
+            final = self.final_seen
+        self.final_at_start = final
+        target = head if to_block is None else min(head, to_block)
+        if self.cursor_hash is not None and (
+            head < self.cursor or (head == self.cursor and head_hash != self.cursor_hash)
+        ):
+            self._reorg(head)
+        if self.cursor < target or self._waiting(final):
+            self._scan_to(target)
+            self._finalize(final)
+        else:
+            self.log.debug("scan.idle", head=head, cursor=self.cursor)
+        self._record(head=head, final=final, error=None)
+        return final
+
+    def _trusted_head(self) -> tuple[int, str, int, bool]:
+        """Head, its hash, the final block, and whether every URL is behind the cursor.
+
+        A head below the cursor is lag when the node's hash at its own head equals the stored
+        hash at that height (or that height is older than the stored window: a reorg that deep
+        still shows, as a broken parent link, once the node passes the cursor): the next URL is
+        asked, and if all lag the poll reads nothing. A mismatch there is a reorg.
+        """
+        head, head_hash, final = self._head()
+        for _ in range(len(self.pool.urls_redacted)):
+            if self.cursor_hash is None or head >= self.cursor:
+                return head, head_hash, final, False
+            stored = self._stored_hash(head)
+            if stored is not None and not sources.same(stored, head_hash):
+                return head, head_hash, final, False  # not our block at its own head: a reorg
+            self.log.warning(
+                "scan.lagging", url=self.pool.current_url_redacted, head=head, cursor=self.cursor
+            )
+            if not self.pool.fail_over(f"head {head} is behind the cursor {self.cursor}"):
+                break
+            head, head_hash, final = self._head()
+        if self.cursor_hash is None or head >= self.cursor:
+            return head, head_hash, final, False
+        return head, head_hash, final, True
+
+    def _stored_hash(self, number: int) -> str | None:
+        with read_session(self.engine) as session:
+            row = session.get(BlockHash, (self.chain.name, number))
+            if row is not None:
+                return row.hash
+            child = session.get(BlockHash, (self.chain.name, number + 1))
+            return child.parent_hash if child is not None else None
 
     def _load_state(self, from_block: int | None) -> None:
         chain = self.chain
@@ -208,6 +272,7 @@ class _ChainScan:
             self.cursor, self.cursor_hash, self.balance = (
                 state.cursor, state.cursor_hash, state.balance
             )  # fmt: skip
+            self.final_seen = state.final_block if state.final_block is not None else -1
 
     def _head(self) -> tuple[int, str, int]:
         """Head number and hash and the final block, in one request."""
@@ -234,6 +299,7 @@ class _ChainScan:
         """Blocks per chunk: enough to fill POSTS_PER_CHUNK batches of the pool."""
         chain = self.chain
         extras = bool(chain.tokens) + (chain.internal == "trace_filter") + 2 * chain.balance_guard
+        extras += 2 * sum(t.balance_guard for t in chain.tokens)
         per_block = 2 if chain.internal == "debug_trace" else 1
         width = (self.pool.max_batch * POSTS_PER_CHUNK - extras) // per_block
         return max(1, min(MAX_CHUNK_BLOCKS, width))
@@ -258,10 +324,11 @@ class _ChainScan:
                     )
                 try:
                     chunk = pending.result()
+                    pending = None
+                    chunk, events = self._guarded(chunk) if chunk.linked else (chunk, [])
                 except sources.ChainMoved as exc:
                     self.log.warning("scan.chain_moved", first=first, last=last, reason=str(exc))
                     return  # the next poll sees where the chain settled
-                pending = None
                 if not chunk.linked:
                     if self.counts["reorgs"] >= MAX_REORGS_PER_POLL:
                         raise WatcherError(f"chain {self.chain.name}: the chain keeps reorganising")
@@ -274,7 +341,7 @@ class _ChainScan:
                         self._fetch, chunk.last + 1, nxt, chunk.blocks[-1].hash, needs_balance
                     )
                 try:
-                    self._commit(chunk)
+                    self._commit(chunk, events)
                 except BaseException:
                     if pending is not None:
                         pending.cancel()
@@ -288,18 +355,24 @@ class _ChainScan:
             parent_hash=parent_hash, balance_before=balance_before,
         )  # fmt: skip
 
-    def _commit(self, chunk: Chunk) -> None:
-        """The chunk's transfers, block hashes, balance and the cursor, in one transaction."""
+    def _commit(self, chunk: Chunk, events: list[tuple[str, dict[str, object]]]) -> None:
+        """The chunk's transfers, block hashes, balance, guard events and the cursor, in one
+        transaction."""
         chain, last_hash = self.chain, chunk.blocks[-1].hash
-        event = self._balance_guard(chunk)
+        if chain.balance_guard:
+            self.balance = chunk.balance_after
         with transaction(self.engine) as session:
-            found = self._store(session, chunk.inflows)
+            found = self._store(session, chunk.inflows, block_times(chunk))
             if found:
                 self.hooks.found(session, found)
             # Read in this poll from blocks already final when it began: these came from the
             # final chain itself (logs, receipts checked for status), so re-reading their
-            # receipts later would prove nothing new. They become final in this transaction.
-            final_now = [t for t in found if t.block_number <= self.final_at_start]
+            # receipts later would prove nothing new. They become final in this transaction,
+            # unless a second provider must confirm each receipt (cross_check).
+            final_now = [
+                t for t in found
+                if t.block_number <= self.final_at_start and not chain.cross_check
+            ]  # fmt: skip
             for t in final_now:
                 t.status, t.finalized_at, t.final_block = "final", self.now(), self.final_at_start
                 session.add(t)
@@ -316,8 +389,7 @@ class _ChainScan:
                     for b in chunk.blocks[-chain.reorg_depth :]
                 ],
             )  # fmt: skip
-            if event is not None:
-                key = f"watcher.unexplained_balance:{chain.name}:{chunk.first}:{chunk.last}"
+            for key, event in events:
                 emit(session, "watcher.unexplained_balance", event, dedupe_key=key, now=self.now())
             self._move_cursor(session, chunk.last, last_hash, self.balance)
         self.counts["found"] += len(found)
@@ -336,8 +408,11 @@ class _ChainScan:
         session.add(state)
         self.cursor, self.cursor_hash, self.balance = cursor, cursor_hash, balance
 
-    def _store(self, session: Session, inflows: Sequence[Inflow]) -> list[Transfer]:
-        """Insert new transfers and revive orphaned ones found again; returns both."""
+    def _store(
+        self, session: Session, inflows: Sequence[Inflow], times: Mapping[int, datetime | None]
+    ) -> list[Transfer]:
+        """Insert new transfers and revive orphaned ones found again; returns both.
+        ``times`` holds each block's timestamp (the payment's time for every deadline)."""
         chain, now = self.chain, self.now()
         uids = {transfer_uid(chain.chain_id, i.tx_hash, i.kind, i.log_index): i for i in inflows}
         existing: dict[str, Transfer] = {}
@@ -354,7 +429,8 @@ class _ChainScan:
                 fresh.append({
                     "uid": uid, "chain": chain.name, "chain_id": chain.chain_id, "kind": i.kind,
                     "tx_hash": i.tx_hash, "log_index": i.log_index, "block_number": i.block_number,
-                    "block_hash": i.block_hash, "from_address": i.from_address,
+                    "block_hash": i.block_hash, "block_time": times.get(i.block_number),
+                    "from_address": i.from_address,
                     "to_address": chain.receiving_address, "amount": i.amount, "detected_at": now,
                     "asset": token.symbol if token else chain.native_symbol,
                     "token_address": token.address if token else None,
@@ -367,6 +443,8 @@ class _ChainScan:
             # orphaned and found again, or (rescan) seen on a branch since replaced
             refound = row.status == "orphaned"
             row.status, row.block_number, row.block_hash = "seen", i.block_number, i.block_hash
+            row.unconfirmed_since = None
+            row.block_time = times.get(i.block_number)
             row.from_address, row.amount = i.from_address, i.amount
             session.add(row)
             if refound:
@@ -452,89 +530,117 @@ class _ChainScan:
 
     # -- balance guard -----------------------------------------------------------------------
 
-    def _balance_guard(self, chunk: Chunk) -> dict[str, object] | None:
-        """The event to raise if the wallet's balance grew over the chunk more than the found
-        inflows explain (None otherwise); carries the balance forward in ``self.balance``."""
-        if not self.chain.balance_guard:
-            return None
-        before = self.balance if self.balance is not None else chunk.balance_before
-        after = self.balance = chunk.balance_after
-        if before is None or after is None:
+    def _guarded(self, chunk: Chunk) -> tuple[Chunk, list[tuple[str, dict[str, object]]]]:
+        """The chunk to commit and its ``watcher.unexplained_balance`` events (key, body).
+
+        Growth the found inflows do not explain first rescans the chunk (from the next URL
+        when there are several): a backend that answered ``eth_getLogs`` with ``[]`` for blocks
+        it did not have yet then gives the payments. Still unexplained: one event per asset.
+        """
+        chain, sizer = self.chain, self.sizers["eth_getLogs"]
+        native_before = self.balance if self.balance is not None else chunk.balance_before
+        if chain.balance_guard and (native_before is None or chunk.balance_after is None):
             self.log.warning("scan.balance_unavailable", first=chunk.first, last=chunk.last)
-            return None
-        explained = sum(chunk.explained.values())
-        excess = unexplained_growth(before, after, explained)
-        if excess <= 0:
-            return None
-        wallet = self.chain.receiving_address
-        try:
-            block: int | None = sources.locate_jump(
-                self.pool, wallet, chunk.first, chunk.last, before, chunk.explained
-            )
-        except RpcError as exc:
-            block = None
-            self.log.warning("scan.balance_locate_failed", reason=str(exc))
-        data: dict[str, object] = {
-            "chain": self.chain.name, "chain_id": self.chain.chain_id, "address": wallet,
-            "from_block": chunk.first, "to_block": chunk.last, "block": block,
-            "expected_growth": str(explained), "actual_growth": str(after - before),
-            "unexplained": str(excess),
-        }  # fmt: skip
-        log.warning("scan.unexplained_balance", **data)
-        self.counts["unexplained"] += 1
-        return data
+        found = guards.unexplained(self.pool, chain, chunk, native_before, sizer)
+        if not found:
+            return chunk, []
+        self.log.warning("scan.balance_rescan", first=chunk.first, last=chunk.last,
+                         assets=[u.asset for u in found])  # fmt: skip
+        self.pool.fail_over("balance growth not explained: rescanning from another URL")
+        again = self._fetch(chunk.first, chunk.last, chunk.blocks[0].parent_hash, True)
+        if not again.linked or again.blocks[-1].hash != chunk.blocks[-1].hash:
+            raise sources.ChainMoved(f"blocks {chunk.first}..{chunk.last} changed on a rescan")
+        native_before = self.balance if self.balance is not None else again.balance_before
+        found = guards.unexplained(self.pool, chain, again, native_before, sizer)
+        events: list[tuple[str, dict[str, object]]] = []
+        for u in found:
+            block: int | None = None
+            key = f"watcher.unexplained_balance:{chain.name}:{again.first}:{again.last}"
+            if u.token_address is None:
+                try:
+                    block = sources.locate_jump(
+                        self.pool,
+                        chain.receiving_address,
+                        again.first,
+                        again.last,
+                        u.before,
+                        again.explained,
+                    )
+                except RpcError as exc:  # fmt: skip
+                    self.log.warning("scan.balance_locate_failed", reason=str(exc))
+            else:
+                key += f":{u.token_address}"
+            data = guards.event_data(chain, again, u, block)
+            log.warning("scan.unexplained_balance", **data)
+            events.append((key, data))
+        self.counts["unexplained"] += len(events)
+        return again, events
 
     # -- finality ----------------------------------------------------------------------------
 
     def _finalize(self, final: int) -> None:
-        """Re-read the receipts of seen transfers at or below the final block: mark them final,
-        or orphaned when their block has left the chain.
+        """Re-read the receipts of seen transfers at or below the final block (and with
+        ``cross_check`` ask a second URL): mark them final, or leave them seen for the next poll.
 
-        A receipt that disagrees while the transfer's block is still on the chain is a node's
-        glitch (a lagging backend behind a load balancer), not a reorg: it waits for next poll.
+        Nothing is orphaned here: only the reorg path, which rewinds the cursor, orphans. A
+        receipt that stays unconfirmed ``unconfirmed_alert_seconds`` raises
+        ``watcher.receipt_unconfirmed``; a second provider that disagrees raises
+        ``watcher.cross_check_mismatch`` at once. Each alert once per transfer and block hash.
         """
         waiting = self._waiting(final)
         if not waiting:
             return
-        wallet = self.chain.receiving_address
-        receipts, _ = sources.read_receipts(self.pool, sorted({t.tx_hash for t in waiting}))
-        doubts = {
-            t.id: why for t in waiting
-            if (why := sources.receipt_disagrees(t, receipts[t.tx_hash], wallet))
-        }  # fmt: skip
-        doubted = {t.block_number: t.block_hash for t in waiting if t.id in doubts}
-        chain_now = sources.block_hashes(self.pool, list(doubted))
+        verdicts = confirm.confirm(self.pool, self.chain, waiting)
+        now = self.now()
+        alert_after = timedelta(seconds=self.chain.unconfirmed_alert_seconds)
         done: list[Transfer] = []
-        lost: list[Transfer] = []
         with transaction(self.engine) as session:
             rows = self._load_transfers(session, [t.id for t in waiting if t.id is not None])
             for t in waiting:
                 row = rows.get(t.id)
-                if row is None or row.status != "seen":
+                verdict = verdicts.get(t.id or 0)
+                if row is None or row.status != "seen" or verdict is None:
                     continue
-                if row.id not in doubts:
-                    row.status, row.finalized_at, row.final_block = "final", self.now(), final
+                if verdict.final:
+                    row.status, row.finalized_at, row.final_block = "final", now, final
+                    row.unconfirmed_since = None
                     done.append(row)
-                elif not sources.same(chain_now.get(row.block_number), row.block_hash):
-                    row.status = "orphaned"
-                    lost.append(row)
                 else:
-                    self.log.warning("scan.receipt_inconsistent", tx=row.tx_hash,
-                                     block=row.block_number, reason=doubts[row.id])  # fmt: skip
+                    row.unconfirmed_since = since = row.unconfirmed_since or now
+                    self._unconfirmed(session, row, verdict, since, alert_after)
                 session.add(row)
             session.flush()
-            if lost:
-                self.hooks.orphaned(session, lost)
             if done:
                 self.hooks.finalized(session, done)
-        for row in lost:
-            self.log.warning("scan.orphaned", tx=row.tx_hash, kind=row.kind,
-                             block=row.block_number, reason=doubts[row.id])  # fmt: skip
         for row in done:
             self.log.info("scan.finalized", tx=row.tx_hash, kind=row.kind, block=row.block_number,
                           log_index=row.log_index, final_block=final)  # fmt: skip
         self.counts["finalized"] += len(done)
-        self.counts["orphaned"] += len(lost)
+
+    def _unconfirmed(
+        self,
+        session: Session,
+        row: Transfer,
+        verdict: confirm.Verdict,
+        since: datetime,
+        alert_after: timedelta,
+    ) -> None:
+        """Log a transfer left waiting; alert on a disagreement, or once it waited too long."""
+        self.log.warning("scan.receipt_unconfirmed", tx=row.tx_hash, block=row.block_number,
+                         reason=verdict.reason)  # fmt: skip
+        chain, now = self.chain, self.now()
+        data: dict[str, object] = {
+            "chain": chain.name, "chain_id": chain.chain_id, "tx_hash": row.tx_hash,
+            "kind": row.kind, "log_index": row.log_index, "block_number": row.block_number,
+            "block_hash": row.block_hash, "asset": row.asset, "amount_base_units": str(row.amount),
+            "reason": verdict.reason, "unconfirmed_since": since.isoformat(),
+        }  # fmt: skip
+        kinds = ["watcher.cross_check_mismatch"] if verdict.disagrees else []
+        if now - since >= alert_after:
+            kinds.append("watcher.receipt_unconfirmed")
+        for kind in kinds:
+            key = f"{kind}:{row.uid}:{row.block_hash}"
+            emit(session, kind, data, dedupe_key=key, now=now)
 
     @staticmethod
     def _load_transfers(session: Session, ids: list[int]) -> dict[int | None, Transfer]:
@@ -546,6 +652,20 @@ class _ChainScan:
         return rows
 
     # -- chain state -------------------------------------------------------------------------
+
+    def _record_lag(self, head: int) -> None:
+        """A poll that read nothing because every URL is behind the cursor: the node answered
+        (``rpc_ok``), but the chain has not been read, so ``last_ok_at`` stays where it was."""
+        self.log.warning("scan.all_lagging", head=head, cursor=self.cursor)
+        with transaction(self.engine) as session:
+            state = session.get(ChainState, self.chain.name)
+            if state is None:
+                return
+            state.last_poll_at, state.rpc_ok = self.now(), True
+            state.last_error = (
+                f"every RPC URL is behind the cursor (head {head}, cursor {self.cursor})"
+            )
+            session.add(state)
 
     def _record(self, *, head: int | None, final: int | None, error: WatcherError | None) -> None:
         """What this poll saw, in ChainState; an error's message is redacted."""

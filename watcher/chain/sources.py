@@ -25,6 +25,7 @@ TRANSFER_TOPIC = "0x" + bytes(keccak(text="Transfer(address,address,uint256)")).
 NATIVE_DECIMALS = 18
 GWEI = 10**9
 LOCATE_FANOUT = 8  # balances read per round trip when locating an unexplained inflow
+BALANCE_OF = "0x70a08231"  # balanceOf(address)
 
 
 class ChainMoved(WatcherError):
@@ -36,6 +37,7 @@ class Block:
     number: int
     hash: str
     parent_hash: str
+    timestamp: int | None = None  # unix seconds, as the node reports the block's time
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +66,15 @@ class Chunk:
     explained: dict[int, int] = field(default_factory=dict)  # per block: native in - out, wei
     balance_before: int | None = None  # at first - 1, when it was asked for
     balance_after: int | None = None  # at last, when the balance guard is on
+    # Per guarded token (checksummed address): balanceOf(wallet) at first - 1 and at last.
+    token_before: dict[str, int | None] = field(default_factory=dict)
+    token_after: dict[str, int | None] = field(default_factory=dict)
+
+    def token_inflows(self, address: str) -> int:
+        """Base units of ``address`` the found inflows brought in over the chunk."""
+        return sum(
+            i.amount for i in self.inflows if i.token is not None and i.token.address == address
+        )
 
 
 # --- decoding helpers -----------------------------------------------------------------------
@@ -147,6 +158,23 @@ def balance_call(address: str, number: int) -> Call:
     return ("eth_getBalance", [address, hex(number)])
 
 
+def token_balance_call(token: str, address: str, number: int) -> Call:
+    """``balanceOf(address)`` of the ERC-20 ``token`` at block ``number``, by ``eth_call``."""
+    data = BALANCE_OF + "0" * 24 + address[2:].lower()
+    return ("eth_call", [{"to": token, "data": data}, hex(number)])
+
+
+def outflow_logs_call(chain: ChainSettings, tokens: Sequence[str], first: int, last: int) -> Call:
+    """``Transfer`` logs of ``tokens`` sent by the wallet over ``first..last``."""
+    flt = {
+        "fromBlock": hex(first),
+        "toBlock": hex(last),
+        "address": list(tokens),
+        "topics": [TRANSFER_TOPIC, address_topic(chain.receiving_address)],
+    }
+    return ("eth_getLogs", [flt])
+
+
 def receipt_call(tx_hash: str) -> Call:
     return ("eth_getTransactionReceipt", [tx_hash])
 
@@ -156,7 +184,13 @@ def parse_block(raw: Any, number: int) -> Block:
     if raw is None:
         raise RpcError(f"block {number} is not available from the node yet")
     block = _dict(raw, f"block {number}")
-    parsed = Block(_int(block["number"]), _hex(block["hash"]), _hex(block["parentHash"]))
+    stamp = block.get("timestamp")
+    parsed = Block(
+        _int(block["number"]),
+        _hex(block["hash"]),
+        _hex(block["parentHash"]),
+        None if stamp is None else _int(stamp),
+    )
     if number >= 0 and parsed.number != number:
         raise RpcError(f"the node answered block {parsed.number} when asked for {number}")
     return parsed
@@ -226,6 +260,11 @@ def fetch_chunk(
         calls.append(balance_call(wallet, last))
         if balance_before:
             calls.append(balance_call(wallet, max(first - 1, 0)))
+    at_tokens = len(calls)
+    guarded = [t.address for t in chain.tokens if t.balance_guard]
+    for token in guarded:
+        calls.append(token_balance_call(token, wallet, max(first - 1, 0)))
+        calls.append(token_balance_call(token, wallet, last))
     at_blocks = len(calls)
     calls += [block_call(n, full=True) for n in numbers]
     if chain.internal == "debug_trace":
@@ -286,7 +325,34 @@ def fetch_chunk(
         chunk.balance_after = _balance(answers[at_balance])
         if balance_before:
             chunk.balance_before = _balance(answers[at_balance + 1])
+    for k, token in enumerate(guarded):
+        chunk.token_before[token] = _word(answers[at_tokens + 2 * k])
+        chunk.token_after[token] = _word(answers[at_tokens + 2 * k + 1])
     return chunk
+
+
+def token_outflows(
+    pool: RpcPool, chain: ChainSettings, tokens: Sequence[str], first: int, last: int,
+    sizer: RangeSizer,
+) -> dict[str, int]:  # fmt: skip
+    """Base units of each of ``tokens`` the wallet sent to others over ``first..last``."""
+    ranges = list(sizer.ranges(first, last))
+
+    def build(a: int, b: int) -> Call:
+        return outflow_logs_call(chain, tokens, a, b)
+
+    answers = pool.batch([build(a, b) for a, b in ranges], return_errors=True)
+    wallet_topic = address_topic(chain.receiving_address)
+    out = dict.fromkeys(tokens, 0)
+    by_lower = {t.lower(): t for t in tokens}
+    for log in collect_ranged(pool, sizer, build, ranges, answers):
+        item = _dict(log, "a log")
+        topics = [str(t).lower() for t in item.get("topics") or []]
+        token = by_lower.get(str(item.get("address", "")).lower())
+        if item.get("removed") or token is None or len(topics) != 3 or topics[2] == wallet_topic:
+            continue  # removed, another contract, ERC-721, or the wallet paying itself
+        out[token] += decode_amount(item.get("data", "0x")) or 0
+    return out
 
 
 def _read_transactions(
@@ -353,6 +419,14 @@ def _balance(answer: Any) -> int | None:
     if isinstance(answer, RpcError) or answer is None:
         return None
     return _int(answer)
+
+
+def _word(answer: Any) -> int | None:
+    """A uint256 returned by ``eth_call``, or None when the node could not say."""
+    if isinstance(answer, BaseException) or not isinstance(answer, str):
+        return None
+    raw = to_bytes(hexstr=answer) if answer.startswith("0x") else b""
+    return int.from_bytes(raw[:32], "big") if len(raw) >= 32 else None
 
 
 def spending(tx: Mapping[str, Any], receipt: Mapping[str, Any]) -> int:

@@ -34,6 +34,8 @@ _WARNING_TYPES = {
     "transfer.unassigned",
     "watcher.degraded",
     "watcher.unexplained_balance",
+    "watcher.receipt_unconfirmed",
+    "watcher.cross_check_mismatch",
 }
 _SUCCESS_TYPES = {"cycle.opened", "payment.finalized", "invoice.paid_late", "watcher.recovered"}
 _FAILURE_TYPES = {"watcher.finality_violation"}
@@ -255,6 +257,14 @@ _RENDERERS: dict[str, Callable[[Mapping[str, Any]], Rendered]] = {
     ),
     "watcher.finality_violation": _watcher(
         "broke finality", "A block believed final was replaced: check the node."
+    ),
+    "watcher.receipt_unconfirmed": _watcher(
+        "cannot confirm a payment's receipt at finality",
+        "It stays unconfirmed and is asked again every poll: check the RPC providers.",
+    ),
+    "watcher.cross_check_mismatch": _watcher(
+        "has RPC providers that disagree about a payment's receipt",
+        "It is not final until they agree: check both providers.",
     ),
 }
 

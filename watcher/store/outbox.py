@@ -34,6 +34,8 @@ EVENT_TYPES = frozenset(
         "watcher.recovered",
         "watcher.unexplained_balance",
         "watcher.finality_violation",
+        "watcher.receipt_unconfirmed",
+        "watcher.cross_check_mismatch",
     }
 )
 

@@ -148,6 +148,7 @@ class Transfer(SQLModel, table=True):
     log_index: int | None = None
     block_number: int = Field(index=True)
     block_hash: str
+    block_time: datetime | None = _when()  # the block's timestamp; NULL only in pre-4 rows
     from_address: str
     to_address: str
     asset: str
@@ -158,6 +159,9 @@ class Transfer(SQLModel, table=True):
     detected_at: datetime = _when(nullable=False)
     finalized_at: datetime | None = _when()
     final_block: int | None = None  # the final block number when it became final
+    # Its block is final but its receipt could not be confirmed (null, disagreeing, or the
+    # second provider of cross_check not agreeing yet) since then; retried every poll.
+    unconfirmed_since: datetime | None = _when()
 
 
 class Allocation(SQLModel, table=True):
