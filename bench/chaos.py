@@ -405,6 +405,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             query=site.query, expected=expected, canonical_txs=canonical, sent=driver.sent,
             invoice_amounts=dict(issued), delivered_ids=delivered,
             logs="".join(d.log for d in site.daemons), secret_marker=RPC_KEY,
+            block_hash_at=lambda n: str(site.node.block(n)["hash"]),
         )  # fmt: skip
         figures["warnings"] = warnings_in("".join(d.log for d in site.daemons))
         checks = [

@@ -95,6 +95,7 @@ def verify(
     delivered_ids: Counter[str],
     logs: str,
     secret_marker: str,
+    block_hash_at: Callable[[int], str],
 ) -> tuple[list[Check], dict[str, Any]]:
     """The run's checks (any failing one fails the run) and the figures read on the way."""
     checks: list[Check] = []
@@ -202,6 +203,20 @@ def verify(
             "every outbox event delivered",
             not lost_events,
             f"{len(lost_events)} never delivered: {lost_events[:5]}",
+        )
+    )
+    false_orphans = []  # orphaned although the block it was seen in is still canonical
+    for e in events:
+        if e["type"] == "payment.orphaned":
+            data = json.loads(e["body"])["data"]
+            canonical_hash = block_hash_at(int(data["block_number"])).lower()
+            if canonical_hash == str(data["block_hash"]).lower():
+                false_orphans.append((data["invoice_id"], data["tx_hash"], data["block_number"]))
+    checks.append(
+        Check(
+            "no payment orphaned while its block stayed on the chain",
+            not false_orphans,
+            f"{len(false_orphans)}: {false_orphans[:3]}",
         )
     )
     violations = by_type.get("watcher.finality_violation", 0)
