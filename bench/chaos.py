@@ -43,6 +43,7 @@ from tests.e2e.chain_harness import WALLET  # noqa: E402
 from tests.e2e.daemon_harness import SECRET, Hook, Site, by_event, wait_until  # noqa: E402
 from tests.support.anvil import AnvilNode  # noqa: E402
 from tests.support.contracts import deploy, erc20_transfer, send_eth, wait_receipt  # noqa: E402
+from tests.support.receivers import Received, WebhookReceiver  # noqa: E402
 from tests.support.rpcproxy import RpcProxy  # noqa: E402
 from watcher import ledger  # noqa: E402
 from watcher.ledger import Context  # noqa: E402
@@ -51,6 +52,34 @@ from watcher.store.db import make_engine, migrate  # noqa: E402
 
 RPC_KEY = "chaos-api-key-5f1e"  # in the RPC URL's path, like a provider key: must never be logged
 SETTLE_TIMEOUT = 240.0  # seconds for everything to become final and delivered after the chaos
+
+
+class SlowReceiver(WebhookReceiver):
+    """A receiver that records each request, then waits ``delay`` seconds before answering:
+    a kill -9 in that window leaves a delivery the receiver has but the daemon never heard
+    answered, so it is sent again (a duplicate, as CONTRACT.md allows)."""
+
+    def __init__(self, secret: str, *, delay: float) -> None:
+        super().__init__(secret)
+        self.delay = delay
+
+    def start(self) -> SlowReceiver:
+        super().start()
+        server = self._server
+        assert server is not None
+        plain = server.handle_error
+
+        def quiet(request: Any, client_address: Any) -> None:
+            """A sender killed while waiting for the answer is expected: no traceback."""
+            if not isinstance(sys.exc_info()[1], ConnectionError):
+                plain(request, client_address)
+
+        server.handle_error = quiet  # type: ignore[method-assign]
+        return self
+
+    def _record(self, received: Received) -> None:
+        super()._record(received)
+        time.sleep(self.delay)
 
 
 class ChaosSite(Site):
@@ -365,6 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--confirmations", type=int, default=6, help="finality policy N")
     parser.add_argument("--max-lag", type=int, default=8, help="proxy lag 1..N blocks; 0: off")
     parser.add_argument("--step-seconds", type=float, default=0.5)
+    parser.add_argument(
+        "--receiver-delay", type=float, default=0.2, help="seconds the webhook takes to answer"
+    )
     parser.add_argument("--keep", type=Path, help="keep the workspace and daemon logs here")
     args = parser.parse_args(argv)
     kills = args.kills if args.kills is not None else (5 if args.quick else 30)
@@ -387,7 +419,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     failed: list[Check] = [Check("the run completed", False)]
     try:
         site.start()
-        receiver = site.receiver()
+        receiver = site.receiver(SlowReceiver(SECRET, delay=args.receiver_delay))
         site.configure([Hook(receiver.url(), SECRET)])
         issued = site.issue_invoices(plan)
         driver = Driver(site, plan, issued, args.step_seconds)
@@ -396,7 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         chaos_seconds = time.monotonic() - started
         settled, settle_seconds = driver.settle(SETTLE_TIMEOUT)
         exit_code = driver.daemon.terminate()
-        delivered = Counter({k: len(v) for k, v in by_event(receiver.accepted()).items() if k})
+        groups = {k: v for k, v in by_event(receiver.accepted()).items() if k}
+        delivered = Counter({k: len(v) for k, v in groups.items()})
         assert site.usdc is not None
         expected, canonical = canonical_inflows(
             site.node.rpc, driver.sent, token=site.usdc.address, wallet=WALLET
@@ -404,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         checks, figures = verify(
             query=site.query, expected=expected, canonical_txs=canonical, sent=driver.sent,
             invoice_amounts=dict(issued), delivered_ids=delivered,
+            delivered_bodies={k: {r.body for r in v} for k, v in groups.items()},
             logs="".join(d.log for d in site.daemons), secret_marker=RPC_KEY,
             block_hash_at=lambda n: str(site.node.block(n)["hash"]),
         )  # fmt: skip

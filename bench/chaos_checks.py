@@ -93,6 +93,7 @@ def verify(
     sent: Sequence[Sent],
     invoice_amounts: dict[str, int],
     delivered_ids: Counter[str],
+    delivered_bodies: dict[str, set[bytes]],
     logs: str,
     secret_marker: str,
     block_hash_at: Callable[[int], str],
@@ -217,6 +218,15 @@ def verify(
             "no payment orphaned while its block stayed on the chain",
             not false_orphans,
             f"{len(false_orphans)}: {false_orphans[:3]}",
+        )
+    )
+    stored = {str(e["id"]): str(e["body"]).encode() for e in events}
+    differing = [k for k, bodies in delivered_bodies.items() if bodies != {stored.get(k)}]
+    checks.append(
+        Check(
+            "every delivery (repeats too) is its stored event byte for byte",
+            not differing,
+            f"{len(differing)} events: {differing[:3]}",
         )
     )
     violations = by_type.get("watcher.finality_violation", 0)
