@@ -362,11 +362,11 @@ def report(driver: Driver, figures: dict[str, Any], delivered: Counter[str]) -> 
     depths = Counter(d for d, _ in driver.reorgs.elements())
     modes = Counter(m for _, m in driver.reorgs.elements())
     dups = sum(n - 1 for n in delivered.values() if n > 1)
-    lag = (
-        f"{len(driver.lag_windows)} windows, lag {sorted(set(driver.lag_windows))} blocks"
-        if driver.lag_supported
-        else "off (this proxy has no lag_blocks)"
-    )
+    lag = f"{len(driver.lag_windows)} windows, lag {sorted(set(driver.lag_windows))} blocks"
+    if not driver.lag_supported:
+        lag = "off (this proxy has no lag_blocks)"
+    elif not driver.lag_windows:
+        lag = "off (--max-lag 0)"
     return [
         f"kills:        {driver.kills} (kill -9, restarted at once); daemons that exited on "
         f"their own: {len(driver.died)}",

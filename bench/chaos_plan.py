@@ -85,14 +85,18 @@ def build_plan(
     lag_rate: float = 0.08,
 ) -> Plan:
     """The whole run from ``seed``: kills spread 4-16 steps apart, a few quiet steps after the
-    last one, reorgs of depth 1-5 from step 6 on, every invoice paid in the first 80 %."""
-    rng = random.Random(seed)
+    last one, reorgs of depth 1-5 from step 6 on, every invoice paid in the first 80 %.
+
+    Each concern draws from its own stream, so switching lag off (``max_lag=0``) or asking
+    for more invoices leaves the kills, reorgs and stray inflows of a seed as they were."""
+    rng = random.Random(f"{seed}:kills")
     kill_at: dict[int, float] = {}
     step = 2
     for _ in range(kills):
         step += rng.randint(4, 16)
         kill_at[step] = rng.uniform(0, step_seconds)
     total = max(step + 8, 24)
+    rng = random.Random(f"{seed}:invoices")
     plans = []
     for i in range(invoices):
         kind = PAY_KINDS[i % len(PAY_KINDS)]
@@ -102,13 +106,15 @@ def build_plan(
             monthly = str(Decimal(rng.randint(10, 99)) / 100)
         plans.append(InvoicePlan(i, kind, monthly, rng.randint(1, int(total * 0.8))))
     steps = [Step(index=n, kill_after=kill_at.get(n)) for n in range(total)]
+    lag_rng = random.Random(f"{seed}:lag")
+    rng = random.Random(f"{seed}:steps")
     lag_off_at = -1
     for s in steps:
         if max_lag > 0 and s.index == lag_off_at:
             s.lag = 0
-        elif max_lag > 0 and s.index > lag_off_at and rng.random() < lag_rate:
-            s.lag = rng.randint(1, max_lag)
-            lag_off_at = s.index + rng.randint(2, 10)
+        elif max_lag > 0 and s.index > lag_off_at and lag_rng.random() < lag_rate:
+            s.lag = lag_rng.randint(1, max_lag)
+            lag_off_at = s.index + lag_rng.randint(2, 10)
         if s.index >= 6 and rng.random() < reorg_rate:
             s.reorg = Reorg(depth=rng.randint(1, 5), move=rng.random() < 0.5)
         if rng.random() < noise_rate:

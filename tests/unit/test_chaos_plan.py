@@ -15,6 +15,15 @@ def test_the_same_seed_gives_the_same_plan_and_another_seed_another() -> None:
     assert plan(1) != plan(2)
 
 
+def test_switching_lag_off_leaves_kills_reorgs_and_payments_as_they_were() -> None:
+    """``--max-lag 0`` changes only the lag windows of a seed's plan."""
+    with_lag, without = plan(4), plan(4, max_lag=0)
+    assert with_lag.invoices == without.invoices
+    for a, b in zip(with_lag.steps, without.steps, strict=True):
+        assert (a.kill_after, a.reorg, a.pays, a.noise) == (b.kill_after, b.reorg, b.pays, b.noise)
+        assert b.lag is None
+
+
 def test_kills_reorgs_and_lag_stay_within_what_the_run_promises() -> None:
     """Exactly --kills kill steps, each moment inside its step; reorgs 1-5 deep and never in
     the first 6 steps; lag windows 1..max_lag that end switched off."""
