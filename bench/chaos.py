@@ -340,9 +340,11 @@ def machine() -> str:
     return f"Python {platform.python_version()}, {platform.machine()}"
 
 
-def warnings_in(logs: str) -> Counter[str]:
-    """Event names of the daemons' warning and error log lines (JSON lines), counted."""
+def warnings_in(logs: str) -> tuple[Counter[str], Counter[str]]:
+    """Event names of the daemons' warning and error log lines (JSON lines), counted; and the
+    error lines as "event: error" (their ``error`` field is redacted by the daemon)."""
     seen: Counter[str] = Counter()
+    errors: Counter[str] = Counter()
     for line in logs.splitlines():
         try:
             entry = json.loads(line)
@@ -350,7 +352,9 @@ def warnings_in(logs: str) -> Counter[str]:
             continue
         if isinstance(entry, dict) and entry.get("level") in ("warning", "error", "critical"):
             seen[str(entry.get("event"))] += 1
-    return seen
+            if entry.get("level") != "warning":
+                errors[f"{entry.get('event')}: {str(entry.get('error', ''))[:160]}"] += 1
+    return seen, errors
 
 
 def report(driver: Driver, figures: dict[str, Any], delivered: Counter[str]) -> list[str]:
@@ -380,6 +384,7 @@ def report(driver: Driver, figures: dict[str, Any], delivered: Counter[str]) -> 
         f"{figures['cycles']} cycles",
         f"events:       {dict(sorted(figures['events'].items()))}",
         f"daemon warnings/errors: {dict(sorted(figures['warnings'].items()))}",
+        *(f"  {n} x {text}" for text, n in figures["errors"].most_common(5)),
         f"deliveries:   {sum(delivered.values())} accepted webhook requests for "
         f"{len(delivered)} events; duplicates: {dups} (repeats after a kill, same id and body)",
     ]
@@ -441,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             logs="".join(d.log for d in site.daemons), secret_marker=RPC_KEY,
             block_hash_at=lambda n: str(site.node.block(n)["hash"]),
         )  # fmt: skip
-        figures["warnings"] = warnings_in("".join(d.log for d in site.daemons))
+        figures["warnings"], figures["errors"] = warnings_in("".join(d.log for d in site.daemons))
         checks = [
             Check("everything final and delivered after the chaos", settled,
                   f"not within {SETTLE_TIMEOUT:g} s"),
