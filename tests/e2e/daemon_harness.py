@@ -148,10 +148,14 @@ class Site:
 
     # -- the workspace ------------------------------------------------------------------------
 
-    def configure(self, hooks: Sequence[Hook]) -> None:
-        """watcher.toml watching the node (poll every second); URLs and secrets in .env."""
+    def configure(self, hooks: Sequence[Hook], *, rpc_urls: Sequence[str] = ()) -> None:
+        """watcher.toml watching the node (poll every second), or through ``rpc_urls``; URLs
+        and secrets in .env."""
         assert self.usdc is not None
-        env = [f"E2E_RPC_URL={self.node.url}"]
+        urls = list(rpc_urls) or [str(self.node.url)]
+        variables = ["E2E_RPC_URL"] + [f"E2E_RPC_URL_{i}" for i in range(1, len(urls))]
+        env = [f"{var}={url}" for var, url in zip(variables, urls, strict=True)]
+        names = ", ".join(f'"${{{var}}}"' for var in variables)
         webhooks = []
         for i, hook in enumerate(hooks):
             env += [f"E2E_HOOK_{i}_URL={hook.url}", f"E2E_HOOK_{i}_SECRET={hook.secret}"]
@@ -168,7 +172,7 @@ url = "sqlite:///watcher.db"
 [[chains]]
 name = "local"
 chain_id = {self.node.chain_id}
-rpc_urls = ["${{E2E_RPC_URL}}"]
+rpc_urls = [{names}]
 receiving_address = "{self.consultant}"
 finality = "finalized"
 poll_seconds = 1

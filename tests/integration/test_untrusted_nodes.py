@@ -230,6 +230,26 @@ def test_an_empty_getlogs_answer_is_rescanned_and_the_payment_found(
     no_false_alarms(hf)
 
 
+def test_a_rescan_the_lagging_second_url_cannot_give_comes_from_the_first(
+    hf: Harness, anvil_fast: AnvilNode, proxy: RpcProxy
+) -> None:
+    """The rescan goes to the next URL; when that one lags (no such blocks yet) it is read
+    from the first URL again, and the payment is found once."""
+    usdc = hf.token("USDC", 6)
+    with RpcProxy(anvil_fast.url or "") as behind:
+        behind.lag_blocks = 8
+        chain = hf.chain(rpc_urls=(proxy.url, behind.url))
+        pool = hf.pool(chain)
+        scan(hf, chain, pool, lambda: NOW)
+        tx = erc20_transfer(hf.w3, usdc, hf.payer, WALLET, 7)
+        proxy.stale_logs_next(1)
+        report = scan(hf, chain, pool, lambda: NOW)
+
+    assert [t.tx_hash for t in hf.transfers()] == [tx] and report.unexplained == 0
+    assert pool.current_url_redacted == proxy.url
+    no_false_alarms(hf)
+
+
 def test_unexplained_token_growth_raises_an_alert_naming_the_token(
     hf: Harness, proxy: RpcProxy
 ) -> None:

@@ -321,3 +321,51 @@ def test_status_attributes_track_success_and_failure(
     pool.call("eth_blockNumber")
     assert pool.last_ok_at is not None and pool.last_ok_at.tzinfo is not None
     assert pool.last_error == f"{proxy.url}: HTTP 503"
+
+
+def test_malformed_json_answer_is_retried(
+    make_pool: PoolFactory, proxy: RpcProxy, sleeps: list[float]
+) -> None:
+    """A truncated JSON body (HTTP 200) fails the attempt and the next one is answered."""
+    pool = make_pool()
+    proxy.malformed_next(1)
+    assert pool.call("eth_blockNumber") == "0x64"
+    assert proxy.posts == 2 and len(sleeps) == 1
+    assert pool.last_error is not None and "not JSON" in pool.last_error
+
+
+def test_missing_batch_entry_is_asked_again_alone(make_pool: PoolFactory, proxy: RpcProxy) -> None:
+    """A batch answer without one of its entries: only that entry is sent again."""
+    pool = make_pool()
+    proxy.drop_entry_next(1)
+    calls = [("eth_getBlockByNumber", [hex(n), False]) for n in range(5)]
+    assert [b["number"] for b in pool.batch(calls)] == [hex(n) for n in range(5)]
+    assert proxy.posts == 2 and proxy.calls["eth_getBlockByNumber"] == 6
+
+
+def test_one_stall_past_the_timeout_is_retried(make_pool: PoolFactory, proxy: RpcProxy) -> None:
+    """One answer held past the timeout is a failed attempt; the retry is answered."""
+    pool = make_pool(timeout=0.2)
+    proxy.stall_next(1, 1.0)
+    assert pool.call("eth_blockNumber") == "0x64"
+    assert proxy.posts == 2
+
+
+def test_fail_over_and_witness_use_the_other_url(sleeps: list[float]) -> None:
+    """fail_over moves later requests to the next URL; witness() asks only the URLs other
+    than the current one; with a single URL there is neither."""
+    with RpcProxy(FakeNode()) as first, RpcProxy(FakeNode()) as second:
+        pool = RpcPool([first.url, second.url], chain="testnet", sleep=sleeps.append)
+        witness = pool.witness()
+        assert witness is not None and witness.urls_redacted == (second.url,)
+        witness.call("eth_blockNumber")
+        assert (first.posts, second.posts) == (0, 1)
+        assert pool.fail_over("behind the cursor") is True
+        pool.call("eth_blockNumber")
+        assert (first.posts, second.posts) == (0, 2)
+        other = pool.witness()
+        assert other is not None and other.urls_redacted == (first.url,)
+        pool.close()
+        alone = RpcPool([first.url], chain="testnet")
+        assert alone.fail_over("x") is False and alone.witness() is None
+        alone.close()

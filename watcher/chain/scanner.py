@@ -546,8 +546,15 @@ class _ChainScan:
             return chunk, []
         self.log.warning("scan.balance_rescan", first=chunk.first, last=chunk.last,
                          assets=[u.asset for u in found])  # fmt: skip
-        self.pool.fail_over("balance growth not explained: rescanning from another URL")
-        again = self._fetch(chunk.first, chunk.last, chunk.blocks[0].parent_hash, True)
+        parent = chunk.blocks[0].parent_hash
+        moved = self.pool.fail_over("balance growth not explained: rescanning from another URL")
+        try:
+            again = self._fetch(chunk.first, chunk.last, parent, True)
+        except RpcError:
+            if not moved:
+                raise
+            self.pool.fail_over("the other URL could not give the rescan")  # e.g. it lags
+            again = self._fetch(chunk.first, chunk.last, parent, True)
         if not again.linked or again.blocks[-1].hash != chunk.blocks[-1].hash:
             raise sources.ChainMoved(f"blocks {chunk.first}..{chunk.last} changed on a rescan")
         native_before = self.balance if self.balance is not None else again.balance_before
@@ -566,7 +573,7 @@ class _ChainScan:
                         u.before,
                         again.explained,
                     )
-                except RpcError as exc:  # fmt: skip
+                except RpcError as exc:
                     self.log.warning("scan.balance_locate_failed", reason=str(exc))
             else:
                 key += f":{u.token_address}"
