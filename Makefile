@@ -7,7 +7,7 @@ ANVIL_VERSION := 1.7.1
 # promtool (lints /metrics in the tests) from Debian's prometheus package, without the server.
 PROMTOOL := tools/promtool
 
-.PHONY: all venv tools browser test lint typecheck pytest demo bench clean
+.PHONY: all venv tools browser test lint typecheck pytest demo bench chaos clean
 
 all: test
 
@@ -58,6 +58,9 @@ demo: venv $(ANVIL)
 
 bench: venv $(ANVIL)
 	$(BIN)/python bench/scan.py
+
+chaos: venv tools
+	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)
 
 clean:
 	rm -rf $(VENV) tools .pytest_cache .mypy_cache .ruff_cache .demo
