@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from eth_utils import to_checksum_address
@@ -16,8 +17,15 @@ from sqlmodel import select
 
 from watcher.chain.online import read_decimals
 from watcher.chain.rpc import RpcPool
-from watcher.chain.scanner import transfer_uid
-from watcher.chain.sources import TRANSFER_TOPIC, address_topic, decode_amount, same
+from watcher.chain.scanner import block_time, transfer_uid
+from watcher.chain.sources import (
+    TRANSFER_TOPIC,
+    address_topic,
+    block_call,
+    decode_amount,
+    parse_block,
+    same,
+)
 from watcher.domain.addresses import parse_tx_hash
 from watcher.errors import BadInput, Refused, WatcherError
 from watcher.ids import fmt_id
@@ -138,6 +146,7 @@ def attach(ctx: Context, invoice_ref: str, tx_ref: str, log_index: int | None = 
     if _int(receipt.get("status", "0x0")) != 1:
         raise Refused(f"transaction {tx_hash} reverted (status 0): it moved nothing")
     found = _find_on_chain(chain, invoice, tx, receipt, log_index, known)
+    mined_at = _block_time(pool, receipt)
     uid = transfer_uid(invoice.chain_id, tx_hash, found.kind, found.log_index)
     # Read before the write transaction: the proof frozen if this settles the invoice
     # records the token's decimals as the chain reports them.
@@ -168,6 +177,7 @@ def attach(ctx: Context, invoice_ref: str, tx_ref: str, log_index: int | None = 
                 log_index=found.log_index,
                 block_number=_int(receipt["blockNumber"]),
                 block_hash=str(receipt["blockHash"]).lower(),
+                block_time=mined_at,
                 from_address=found.from_address,
                 to_address=chain.receiving_address,
                 asset=invoice.asset,
@@ -190,6 +200,18 @@ def attach(ctx: Context, invoice_ref: str, tx_ref: str, log_index: int | None = 
         )
         settlement.attach(session, transfer, invoice)
         return transfer
+
+
+def _block_time(pool: RpcPool, receipt: Mapping[str, Any]) -> datetime:
+    """The timestamp of the receipt's block: the payment's time for every deadline."""
+    number = _int(receipt["blockNumber"])
+    block = pool.batch([block_call(number)])[0]
+    parsed = parse_block(block, number)
+    if not same(parsed.hash, receipt.get("blockHash")) or parsed.timestamp is None:
+        raise WatcherError(f"block {number} changed while reading it: try again")
+    when = block_time(parsed.timestamp)
+    assert when is not None
+    return when
 
 
 def _decimals_on_chain(pool: RpcPool, token: str | None) -> int | None:

@@ -21,6 +21,7 @@ import sys
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from tests.support.contracts import deploy, erc20_transfer, send_eth, wait_recei
 WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"  # the consultant's receiving wallet
 ELSEWHERE = "0x00000000000000000000000000000000C0FFEE01"  # somebody else's wallet
 T0 = "2026-03-02T09:00:00Z"  # retainers approved and first invoices issued
+GENESIS = "2026-03-01T00:00:00Z"  # the chain's clock starts here (``chain_node``), before T0
 USDC_DECIMALS = 6
 RPC_VAR = "PROOFWATCH_E2E_RPC_URL"
 CLI_TIMEOUT = 90
@@ -51,6 +53,17 @@ LEDGER_TABLES = (
     "outbox",
     "deliveries",
 )
+
+
+def epoch(when: str) -> int:
+    """Unix seconds of an ISO 8601 UTC timestamp ("2026-03-02T09:00:00Z")."""
+    return int(datetime.fromisoformat(when.replace("Z", "+00:00")).timestamp())
+
+
+def chain_node() -> AnvilNode:
+    """An Anvil node (automine, finalized = latest - 2) whose clock starts at GENESIS, so a
+    test can put each block at the time WATCHER_NOW says (``Chain.at``)."""
+    return AnvilNode(slots_in_an_epoch=1, extra_args=["--timestamp", str(epoch(GENESIS))])
 
 
 def usdc(amount: str) -> int:
@@ -117,6 +130,22 @@ class Chain:
 
     def mine(self, n: int = 1) -> None:
         self.node.mine(n)
+
+    def at(self, when: str) -> None:
+        """The next block is mined at ``when`` (later blocks follow from there): the chain's
+        clock tells the same story as WATCHER_NOW."""
+        self.node.rpc("evm_setNextBlockTimestamp", epoch(when))
+
+    def mine_at(self, when: str, n: int = 1) -> None:
+        """Mine ``n`` blocks, the first at ``when``."""
+        self.at(when)
+        self.mine(n)
+
+    def block_time(self, tx: str) -> str:
+        """The ISO 8601 UTC timestamp of the block that mined ``tx``."""
+        number = self.receipt(tx)["blockNumber"]
+        stamp = int(self.node.block(number)["timestamp"], 16)
+        return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
     def finalize(self) -> None:
         """Mine enough blocks for everything mined so far to be final (finalized = latest-2)."""

@@ -127,11 +127,14 @@ def test_the_database_refuses_a_second_active_allocation_of_a_transfer(ctx: Cont
 
 
 def test_init_migrates_a_version_1_database_to_the_current_schema(ctx: Context) -> None:
-    """A schema-1 file (no unique allocation index) is brought to the current version by
-    migrate, and migrating again changes nothing."""
+    """A schema-1 file (no unique allocation index, no transfers.block_time) is brought to the
+    current version by migrate, and migrating again changes nothing."""
     path = ctx.settings.database_url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:
+        for (view,) in conn.execute("SELECT name FROM sqlite_master WHERE type='view'").fetchall():
+            conn.execute(f"DROP VIEW {view}")
         conn.execute("DROP INDEX uq_allocations_active_transfer")
+        conn.execute("ALTER TABLE transfers DROP COLUMN block_time")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
 
     assert migrate(ctx.engine) == (1, SCHEMA_VERSION)
@@ -139,3 +142,6 @@ def test_init_migrates_a_version_1_database_to_the_current_schema(ctx: Context) 
     with sqlite3.connect(path) as conn:
         names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")]
     assert "uq_allocations_active_transfer" in names
+    with sqlite3.connect(path) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(transfers)")]
+    assert "block_time" in columns

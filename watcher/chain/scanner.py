@@ -14,10 +14,10 @@ that lands at another log index has another uid: a new row, the old one stays ``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Protocol
 from weakref import WeakKeyDictionary
 
@@ -94,6 +94,16 @@ class ScanReport:
     requests: int  # HTTP POSTs sent to the RPC pool during the poll
     reorgs: int = 0
     unexplained: int = 0  # watcher.unexplained_balance events raised
+
+
+def block_time(timestamp: int | None) -> datetime | None:
+    """A block's unix timestamp as a UTC datetime (None when the node did not say)."""
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
+
+
+def block_times(chunk: Chunk) -> dict[int, datetime | None]:
+    """Each block's time in a chunk, by number."""
+    return {b.number: block_time(b.timestamp) for b in chunk.blocks}
 
 
 def transfer_uid(chain_id: int, tx_hash: str, kind: str, log_index: int | None) -> str:
@@ -293,7 +303,7 @@ class _ChainScan:
         chain, last_hash = self.chain, chunk.blocks[-1].hash
         event = self._balance_guard(chunk)
         with transaction(self.engine) as session:
-            found = self._store(session, chunk.inflows)
+            found = self._store(session, chunk.inflows, block_times(chunk))
             if found:
                 self.hooks.found(session, found)
             # Read in this poll from blocks already final when it began: these came from the
@@ -336,8 +346,11 @@ class _ChainScan:
         session.add(state)
         self.cursor, self.cursor_hash, self.balance = cursor, cursor_hash, balance
 
-    def _store(self, session: Session, inflows: Sequence[Inflow]) -> list[Transfer]:
-        """Insert new transfers and revive orphaned ones found again; returns both."""
+    def _store(
+        self, session: Session, inflows: Sequence[Inflow], times: Mapping[int, datetime | None]
+    ) -> list[Transfer]:
+        """Insert new transfers and revive orphaned ones found again; returns both.
+        ``times`` holds each block's timestamp (the payment's time for every deadline)."""
         chain, now = self.chain, self.now()
         uids = {transfer_uid(chain.chain_id, i.tx_hash, i.kind, i.log_index): i for i in inflows}
         existing: dict[str, Transfer] = {}
@@ -354,7 +367,8 @@ class _ChainScan:
                 fresh.append({
                     "uid": uid, "chain": chain.name, "chain_id": chain.chain_id, "kind": i.kind,
                     "tx_hash": i.tx_hash, "log_index": i.log_index, "block_number": i.block_number,
-                    "block_hash": i.block_hash, "from_address": i.from_address,
+                    "block_hash": i.block_hash, "block_time": times.get(i.block_number),
+                    "from_address": i.from_address,
                     "to_address": chain.receiving_address, "amount": i.amount, "detected_at": now,
                     "asset": token.symbol if token else chain.native_symbol,
                     "token_address": token.address if token else None,
@@ -367,6 +381,7 @@ class _ChainScan:
             # orphaned and found again, or (rescan) seen on a branch since replaced
             refound = row.status == "orphaned"
             row.status, row.block_number, row.block_hash = "seen", i.block_number, i.block_hash
+            row.block_time = times.get(i.block_number)
             row.from_address, row.amount = i.from_address, i.amount
             session.add(row)
             if refound:

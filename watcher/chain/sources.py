@@ -36,6 +36,7 @@ class Block:
     number: int
     hash: str
     parent_hash: str
+    timestamp: int | None = None  # unix seconds, as the node reports the block's time
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,7 +157,13 @@ def parse_block(raw: Any, number: int) -> Block:
     if raw is None:
         raise RpcError(f"block {number} is not available from the node yet")
     block = _dict(raw, f"block {number}")
-    parsed = Block(_int(block["number"]), _hex(block["hash"]), _hex(block["parentHash"]))
+    stamp = block.get("timestamp")
+    parsed = Block(
+        _int(block["number"]),
+        _hex(block["hash"]),
+        _hex(block["parentHash"]),
+        None if stamp is None else _int(stamp),
+    )
     if number >= 0 and parsed.number != number:
         raise RpcError(f"the node answered block {parsed.number} when asked for {number}")
     return parsed

@@ -34,6 +34,10 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ON allocations (transfer_id) WHERE active"
         ],
     ),
+    (
+        4,  # a payment's time is its block's timestamp (NULL for rows stored before)
+        ["ALTER TABLE transfers ADD COLUMN block_time TIMESTAMP"],
+    ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

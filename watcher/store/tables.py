@@ -148,6 +148,7 @@ class Transfer(SQLModel, table=True):
     log_index: int | None = None
     block_number: int = Field(index=True)
     block_hash: str
+    block_time: datetime | None = _when()  # the block's timestamp; NULL only in pre-4 rows
     from_address: str
     to_address: str
     asset: str

@@ -31,6 +31,7 @@ _PAYMENT_COLUMNS = f"""
     t.log_index AS log_index,
     t.block_number AS block_number,
     t.block_hash AS block_hash,
+    {_ts("t.block_time")} AS block_time,
     t.from_address AS "from",
     t.to_address AS "to",
     t.asset AS asset,
@@ -54,6 +55,7 @@ _PAYMENTS_JSON = f"""
     (SELECT json_group_array(json_object(
         'chain_id', t.chain_id, 'tx_hash', t.tx_hash, 'log_index', t.log_index,
         'block_number', t.block_number, 'block_hash', t.block_hash,
+        'block_time', {_ts("t.block_time")},
         'from', t.from_address, 'to', t.to_address, 'asset', t.asset,
         'token_address', t.token_address, 'amount', {_fmt("t.amount", "t.decimals")},
         'amount_base_units', t.amount, 'status', t.status, 'invoice_id', 'INV-' || a.invoice_id,
