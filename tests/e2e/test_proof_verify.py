@@ -80,7 +80,7 @@ def test_saved_proof_verifies_against_the_node_without_the_database(
     schema = proof_schema()
     Draft202012Validator.check_schema(schema)
     assert list(Draft202012Validator(schema).iter_errors(bundle)) == []
-    assert bundle["schema"] == "proof-v1"
+    assert bundle["schema"] == "proof-v1" and bundle["payments"][0]["block_time"] is not None
 
     (ws.root / "data" / "watcher.db").rename(ws.root / "elsewhere.db")  # no database at all
     url = str(chain.node.url)
@@ -94,6 +94,7 @@ def test_saved_proof_verifies_against_the_node_without_the_database(
         "chain.chain_id",
         "payments[0].tx_hash",
         "payments[0].block_hash",
+        "payments[0].block_time",
         "payments[0].from",
         "payments[0].amount_base_units",
         "payments[0].block_number",
@@ -142,6 +143,10 @@ TAMPERED: dict[str, tuple[Callable[[dict[str, Any]], None], str]] = {
     "block hash": (
         _set("payments", 0, "block_hash", value="0x" + "cd" * 32),
         "payments[0].block_hash",
+    ),
+    "block time": (
+        _set("payments", 0, "block_time", value="2020-01-01T00:00:00Z"),
+        "payments[0].block_time",
     ),
     "block number": (_set("payments", 0, "block_number", value=1), "payments[0].block_number"),
     "sender": (
