@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator
 
 from tests.e2e.chain_harness import Chain, Workspace, build_template, setup_chain, usdc
 from tests.support.anvil import AnvilNode, free_port
+from tests.support.contracts import deploy, wait_receipt
 from watcher.proof_schema import proof_schema
 
 pytestmark = pytest.mark.anvil
@@ -263,3 +264,60 @@ def test_file_that_is_not_a_proof_is_bad_input(ws: Workspace, chain: Chain) -> N
     assert a.returncode == 2 and "not.json" in one_error_line(a)
     assert b.returncode == 2 and "does not match proof-v1" in one_error_line(b)
     assert c.returncode == 2 and "missing.json" in one_error_line(c)
+
+
+def test_native_and_internal_eth_payments_verify(ws: Workspace, chain: Chain) -> None:
+    """A top-level ETH payment (the tx value) and an internal one (a contract's call, found by
+    trace position) both verify; a wrong trace position or a wrong value is named."""
+    ws.config.write_text(
+        ws.config.read_text().replace(
+            'native_symbol = "ETH"\n', 'native_symbol = "ETH"\ninternal = "trace_filter"\n'
+        )
+    )
+    add = ("retainer", "add", "--chain", "local", "--asset", "ETH", "--monthly", "0.5")
+    invoices = []
+    for client in ("Ether Ltd", "Safe Co"):
+        rid = ws.ok(*add, "--client", client).strip()
+        ws.ok("retainer", "approve", rid, "--by", "Eve")
+        invoices.append(ws.json("invoice", "issue", rid))
+    top, inner = invoices
+    forwarder = deploy(chain.w3, "Forwarder")
+    native_tx = chain.pay_eth(chain.stranger, int(top["amount_base_units"]))
+    internal_tx = forwarder.functions.forward(top["pay_to"]).transact(
+        {"from": chain.stranger, "value": int(inner["amount_base_units"])}
+    )
+    wait_receipt(chain.w3, internal_tx)
+    chain.finalize()
+    ws.scan(now=T2)
+    files = {}
+    for invoice in invoices:
+        assert ws.status_of(invoice["id"]) == "paid", invoice["id"]
+        files[invoice["id"]] = ws.root / f"{invoice['id']}.json"
+        ws.ok("proof", invoice["id"], "-o", str(files[invoice["id"]]))
+    paid = {i: json.loads(f.read_text())["payments"][0] for i, f in files.items()}
+    assert (paid[top["id"]]["kind"], paid[top["id"]]["tx_hash"]) == ("native", native_tx)
+    assert (paid[inner["id"]]["kind"], paid[inner["id"]]["log_index"]) == ("internal", 0)
+    assert paid[inner["id"]]["tx_hash"] == internal_tx.to_0x_hex()
+
+    def tampered(ref: str, key: str, value: Any) -> str:
+        bundle = json.loads(files[ref].read_text())
+        bundle["payments"][0][key] = value
+        path = ws.root / f"{ref}-{key}.json"
+        path.write_text(json.dumps(bundle))
+        return str(path)
+
+    url = str(chain.node.url)
+    runs = [
+        (str(files[top["id"]]), 0, ""),
+        (str(files[inner["id"]]), 0, ""),
+        (tampered(inner["id"], "log_index", 1), 3, "payments[0].log_index"),
+        (tampered(top["id"], "amount_base_units", "1"), 3, "payments[0].amount_base_units"),
+    ]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda run: verify(ws, run[0], "--rpc", url), runs))
+    for (path, code, field), result in zip(runs, results, strict=True):
+        assert result.returncode == code, (path, result.stderr)
+        if code == 0:
+            assert result.stdout.startswith("verified "), result.stdout
+        else:
+            assert f"does not verify: {field}:" in one_error_line(result), path

@@ -72,8 +72,10 @@ def proof_verify(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Re-check a proof against a node: exit 0 verified, 3 naming the first mismatch, 1 when
-    the node cannot be reached. A file needs no database."""
+    """Re-check a proof on chain: 0 verified, 3 first mismatch, 1 node unreachable.
+
+    A proof file needs no database; the node is --rpc or the config's chain of that chain id.
+    """
     from watcher.chain.rpc import RpcPool  # the chain adapter: only this command needs it
     from watcher.verify import ProofMismatch, parse_finality, verify_bundle
 
