@@ -314,3 +314,24 @@ def test_invoice_html_escapes_what_the_operator_typed(story: Story, tmp_path: Pa
     assert "Evil &lt;b&gt;Co&lt;/b&gt; &amp; Sons" in page
     assert "&lt;script&gt;x()&lt;/script&gt;" in page and "<script>" not in page
     assert "<img src=x>" not in page
+
+
+def test_invoice_show_refuses_bad_format_options(story: Story) -> None:
+    """An unknown --format, -o without --format html, --json with html and an unknown invoice
+    are bad input: exit 2, one line naming the value, nothing written."""
+    ws = story.ws
+    out = ws.root / "never.html"
+    cases = {
+        ("INV-4", "--format", "pdf"): "'pdf'",
+        ("INV-4", "-o", str(out)): "-o FILE",
+        ("INV-4", "--format", "html", "--json"): "--json",
+        ("INV-77", "--format", "html"): "'INV-77'",
+    }
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        results = list(pool.map(lambda args: ws.run("invoice", "show", *args), cases))
+    for (args, named), result in zip(cases.items(), results, strict=True):
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.splitlines()
+        assert len(lines) == 1 and named in lines[0], (args, result.stderr)
+        assert result.stdout == ""
+    assert not out.exists()

@@ -223,6 +223,8 @@ def invoice_show(
         raise BadInput(f"--format {fmt!r} must be text or html")
     if output is not None and fmt != "html":
         raise BadInput("-o FILE needs --format html")
+    if as_json and fmt == "html":
+        raise BadInput("--json and --format html exclude each other")
     if fmt == "html":
         from watcher.cli.proof_cmds import write_out
         from watcher.invoice_doc import invoice_document
