@@ -19,8 +19,6 @@ No database is read: the bundle and the node are all there is.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -31,18 +29,9 @@ from eth_utils import to_checksum_address
 from watcher.chain.online import DECIMALS_SELECTOR
 from watcher.chain.rpc import RpcPool
 from watcher.chain.sources import TRANSFER_TOPIC, decode_amount, same
-from watcher.domain.money import format_amount
+from watcher.domain.proof_rules import Check, amount_checks, check, terms_checks
 from watcher.errors import BadInput, Refused, RpcError, WatcherError
 from watcher.proof_schema import SCHEMA_VERSION, validate_bundle
-
-
-@dataclass(frozen=True)
-class Check:
-    """One fact compared with the chain (or with the bundle itself)."""
-
-    field: str  # the bundle field it vouches for, e.g. "payments[0].block_hash"
-    ok: bool
-    detail: str
 
 
 @dataclass
@@ -85,12 +74,6 @@ class ProofMismatch(Refused):
         super().__init__(f"proof {verification.invoice} does not verify: {bad.field}: {bad.detail}")
 
 
-def terms_hash(terms: Mapping[str, Any]) -> str:
-    """``sha256:<hex>`` of the terms as canonical JSON (sorted keys, no spaces), as approved."""
-    canonical = json.dumps(dict(terms), sort_keys=True, separators=(",", ":"))
-    return "sha256:" + hashlib.sha256(canonical.encode()).hexdigest()
-
-
 def _int(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -112,7 +95,7 @@ class _Checker:
         self.out = out
 
     def check(self, name: str, ok: bool, good: str, bad: str) -> bool:
-        self.out.checks.append(Check(name, ok, good if ok else bad))
+        self.out.checks.append(check(name, ok, good, bad))
         return ok
 
 
@@ -161,8 +144,8 @@ def verify_bundle(bundle: Any, pool: RpcPool, *, finality: str = "finalized") ->
         for i, payment in enumerate(bundle["payments"]):
             _check_payment(c, pool, i, payment, out.final_block)
         _check_decimals(c, pool, bundle["asset"])
-    _check_invoice(c, bundle)
-    _check_terms(c, bundle)
+    out.checks += amount_checks(bundle)
+    out.checks += terms_checks(bundle)
     if out.mismatch is not None:
         raise ProofMismatch(out)
     return out
@@ -371,92 +354,3 @@ def _check_decimals(c: _Checker, pool: RpcPool, asset: Mapping[str, Any]) -> Non
         f"{asset['symbol']} decimals() is {on_chain}",
         f"{asset['symbol']} decimals() is {on_chain} on chain, the bundle says {asset['decimals']}",
     )
-
-
-def _check_invoice(c: _Checker, bundle: Mapping[str, Any]) -> None:
-    inv, asset = bundle["invoice"], bundle["asset"]
-    decimals = int(asset["decimals"])
-    for i, p in enumerate(bundle["payments"]):
-        text = format_amount(int(p["amount_base_units"]), decimals)
-        c.check(
-            f"payments[{i}].amount",
-            text == p["amount"],
-            f"{text} {p['asset']}",
-            f"{p['amount_base_units']} base units are {text} {p['asset']}, the bundle says "
-            f"{p['amount']}",
-        )
-    total = sum(int(p["amount_base_units"]) for p in bundle["payments"])
-    c.check(
-        "invoice.paid_amount_base_units",
-        str(total) == inv["paid_amount_base_units"],
-        f"the payments add up to {total} base units",
-        f"the payments add up to {total} base units, the invoice says "
-        f"{inv['paid_amount_base_units']}",
-    )
-    fields: list[tuple[str, str, str]] = [
-        ("invoice.paid_amount", inv["paid_amount"], inv["paid_amount_base_units"]),
-        ("invoice.amount", inv["amount"], inv["amount_base_units"]),
-    ]
-    for name, text, base in fields:
-        want = format_amount(int(base), decimals)
-        c.check(name, text == want, f"{want} {asset['symbol']}", f"{base} base units are {want}")
-
-    def expected(p: Mapping[str, Any]) -> bool:
-        return bool(
-            p["to"] == inv["pay_to"]
-            and p["chain_id"] == bundle["chain"]["chain_id"]
-            and p["token_address"] == asset["token_address"]
-        )
-
-    for i, p in enumerate(bundle["payments"]):
-        c.check(
-            f"payments[{i}].to",
-            expected(p),
-            "paid to the invoice's wallet in its asset",
-            f"the payment is not to {inv['pay_to']} in {asset['symbol']} on chain "
-            f"{bundle['chain']['chain_id']}",
-        )
-
-
-def _check_terms(c: _Checker, bundle: Mapping[str, Any]) -> None:
-    ret, inv, asset = bundle["retainer"], bundle["invoice"], bundle["asset"]
-    terms, approval = ret["terms"], ret["approval"]
-    recomputed = terms_hash(terms)
-    c.check(
-        "retainer.terms",
-        recomputed == approval["terms_hash"],
-        f"the terms hash to the approved {recomputed}",
-        f"the terms hash to {recomputed}, the approval recorded {approval['terms_hash']}",
-    )
-    c.check(
-        "retainer.terms_hash",
-        ret["terms_hash"] == approval["terms_hash"],
-        "the invoice was issued under the approved terms",
-        f"{ret['terms_hash']} is not the approved {approval['terms_hash']}",
-    )
-    agree = {
-        "chain_id": bundle["chain"]["chain_id"],
-        "asset": asset["symbol"],
-        "token_address": asset["token_address"],
-        "decimals": asset["decimals"],
-        "pay_to": inv["pay_to"],
-        "client": ret["client"],
-    }
-    for key, value in agree.items():
-        if terms.get(key) != value:
-            c.check(
-                f"retainer.terms.{key}",
-                False,
-                "",
-                f"the approved terms say {terms.get(key)!r}, the bundle says {value!r}",
-            )
-            return
-    c.check("retainer.terms", True, "the terms name this chain, asset, wallet and client", "")
-    if inv["kind"] != "sprint":
-        monthly = format_amount(int(terms["monthly_base_units"]), int(asset["decimals"]))
-        c.check(
-            "invoice.price",
-            monthly == inv["price"],
-            f"the price is the approved {monthly} {asset['symbol']} a month",
-            f"the approved terms say {monthly} a month, the invoice says {inv['price']}",
-        )

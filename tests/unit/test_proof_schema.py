@@ -11,9 +11,10 @@ import pytest
 from jsonschema import Draft202012Validator
 
 from watcher.domain.billing import Terms
+from watcher.domain.proof_rules import amount_checks, terms_checks, terms_hash
 from watcher.errors import BadInput
 from watcher.proof_schema import proof_schema, validate_bundle
-from watcher.verify import parse_finality, terms_hash
+from watcher.verify import parse_finality
 
 WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
 USDC = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
@@ -145,3 +146,27 @@ def test_finality_option_accepts_tags_and_confirmations_only() -> None:
     for bad in ("0", "-1", "latest", ""):
         with pytest.raises(BadInput, match="--finality"):
             parse_finality(bad)
+
+
+def test_bundle_rules_hold_for_a_settled_bundle_and_name_what_was_edited() -> None:
+    """The pure rules pass on a consistent bundle; editing an amount, the terms or the price
+    fails the check of exactly that field."""
+    good = bundle()
+    assert all(c.ok for c in amount_checks(good) + terms_checks(good))
+    cases: list[tuple[Any, str]] = [
+        (lambda b: b["payments"][0].update(amount="1500.00001"), "payments[0].amount"),
+        (
+            lambda b: b["invoice"].update(paid_amount_base_units="1"),
+            "invoice.paid_amount_base_units",
+        ),
+        (lambda b: b["invoice"].update(amount="1500.1"), "invoice.amount"),
+        (lambda b: b["payments"][0].update(to=USDC), "payments[0].to"),
+        (lambda b: b["retainer"]["terms"].update(scope="more"), "retainer.terms"),
+        (lambda b: b["retainer"].update(client="Other"), "retainer.terms.client"),
+        (lambda b: b["invoice"].update(price="1400"), "invoice.price"),
+    ]
+    for edit, field in cases:
+        edited = bundle()
+        edit(edited)
+        failed = [c.field for c in amount_checks(edited) + terms_checks(edited) if not c.ok]
+        assert failed[:1] == [field], (field, failed)
