@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import copy
 import json
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +20,14 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.e2e.chain_harness import Chain, Workspace, build_template, setup_chain, usdc
+from tests.e2e.chain_harness import (
+    CLI_TIMEOUT,
+    Chain,
+    Workspace,
+    build_template,
+    setup_chain,
+    usdc,
+)
 from tests.support.anvil import AnvilNode, free_port
 from tests.support.contracts import deploy, wait_receipt
 from watcher.proof_schema import proof_schema
@@ -72,7 +81,7 @@ def one_error_line(result: CompletedProcess[str]) -> str:
 
 
 def test_saved_proof_verifies_against_the_node_without_the_database(
-    ws: Workspace, chain: Chain
+    ws: Workspace, chain: Chain, tmp_path: Path
 ) -> None:
     """A proof saved as JSON matches proof-v1 (jsonschema) and verifies against the node from
     the file alone, from the config's URL, and by invoice id; --json says what was checked."""
@@ -110,6 +119,18 @@ def test_saved_proof_verifies_against_the_node_without_the_database(
     assert text.returncode == 0, text.stderr
     assert text.stdout.startswith("verified INV-1 on chain 31337")
     assert f"transaction {tx} is on the node" in text.stdout
+
+    bare = subprocess.run(  # no config, no database: the file and the node are enough
+        [sys.executable, "-m", "watcher", "proof", "verify", str(path), "--rpc", url],
+        cwd=tmp_path,
+        env=ws.env(None),
+        capture_output=True,
+        text=True,
+        timeout=CLI_TIMEOUT,
+        check=False,
+    )
+    assert bare.returncode == 0, bare.stderr
+    assert bare.stdout.startswith("verified INV-1") and not (tmp_path / "config").exists()
 
     (ws.root / "elsewhere.db").rename(ws.root / "data" / "watcher.db")
     by_id = verify(ws, "INV-1", "--rpc", url)
