@@ -7,14 +7,16 @@ not allocated to another invoice. Then it is allocated; it still waits for final
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import Any
 
 from eth_utils import to_checksum_address
 from sqlmodel import select
 
+from watcher import attribution, token_decimals
 from watcher.chain.online import read_decimals
 from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import block_time, transfer_uid
@@ -32,7 +34,7 @@ from watcher.ids import fmt_id
 from watcher.ledger import Context, get_invoice
 from watcher.settings import ChainSettings
 from watcher.settlement import Settlement
-from watcher.store.db import transaction
+from watcher.store.db import read_session, transaction
 from watcher.store.tables import Allocation, Attachment, Invoice, Transfer
 
 
@@ -42,6 +44,7 @@ class Found:
     log_index: int | None
     from_address: str
     amount: int
+    attribution: str | None = None  # "balance": an internal payment seen only by the guard
 
 
 def _int(value: Any) -> int:
@@ -55,6 +58,7 @@ def _find_on_chain(
     receipt: Mapping[str, Any],
     log_index: int | None,
     known: list[Transfer],
+    attribute: Callable[[], tuple[str, int]] | None = None,
 ) -> Found:
     wallet = chain.receiving_address
     inv = fmt_id("INV", invoice.id)
@@ -108,9 +112,13 @@ def _find_on_chain(
         for lg in receipt.get("logs", [])
     ):
         raise Refused(f"transaction pays a token, not {invoice.asset} ({inv})")
+    if attribute is not None and log_index is None:  # the balance guard located a jump here
+        sender, amount = attribute()
+        return Found("internal", None, sender, amount, attribution=attribution.BALANCE)
     raise Refused(
         f"transaction does not send {invoice.asset} to {wallet} (internal transfers are "
-        "accepted once the scanner has seen them)"
+        "accepted once the scanner has seen them, or once the balance guard located an "
+        "unexplained jump in its block)"
     )
 
 
@@ -145,16 +153,30 @@ def attach(ctx: Context, invoice_ref: str, tx_ref: str, log_index: int | None = 
         raise Refused(f"transaction {tx_hash} is not mined yet")
     if _int(receipt.get("status", "0x0")) != 1:
         raise Refused(f"transaction {tx_hash} reverted (status 0): it moved nothing")
-    found = _find_on_chain(chain, invoice, tx, receipt, log_index, known)
+    attribute = None
+    if invoice.token_address is None:
+        with read_session(ctx.engine) as session:
+            jump = attribution.located_jump(session, chain, _int(receipt["blockNumber"]))
+        if jump is not None:
+            attribute = partial(attribution.attributed_amount, pool, chain, tx, jump)
+    found = _find_on_chain(chain, invoice, tx, receipt, log_index, known, attribute)
     mined_at = _block_time(pool, receipt)
     uid = transfer_uid(invoice.chain_id, tx_hash, found.kind, found.log_index)
     # Read before the write transaction: the proof frozen if this settles the invoice
     # records the token's decimals as the chain reports them.
     decimals = _decimals_on_chain(pool, invoice.token_address)
+    token = next((t for t in chain.tokens if t.address == invoice.token_address), None)
+    if token is not None and decimals is not None and decimals != token.decimals:
+        raise Refused(token_decimals.mismatch_reason(chain.name, token, decimals))
     settlement = Settlement(ctx.settings, ctx.now, token_decimals=lambda _c, _t: decimals)
     with transaction(ctx.engine) as session:
         invoice = get_invoice(session, invoice_ref)
         _check_invoice(invoice)
+        reason = token_decimals.mismatch(session, ctx.settings, chain.name, invoice.token_address)
+        if reason is not None:
+            raise Refused(reason)
+        if token is not None and decimals is not None:
+            token_decimals.record(session, chain, token.address, decimals, ctx.now())
         transfer = session.exec(select(Transfer).where(Transfer.uid == uid)).first()
         if transfer is not None and transfer.status == "orphaned":
             raise Refused(f"transfer {tx_hash} was orphaned by a reorg; it is not on the chain")
@@ -184,6 +206,7 @@ def attach(ctx: Context, invoice_ref: str, tx_ref: str, log_index: int | None = 
                 token_address=invoice.token_address,
                 decimals=invoice.decimals,
                 amount=found.amount,
+                attribution=found.attribution,
                 status="seen",
                 detected_at=ctx.now(),
             )

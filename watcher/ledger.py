@@ -7,20 +7,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
+from watcher import token_decimals
 from watcher.domain import billing
 from watcher.domain.addresses import parse_address
 from watcher.domain.billing import InvoiceKind, InvoiceStatus, RetainerStatus, Terms
 from watcher.domain.money import Asset, parse_amount
-from watcher.errors import BadInput, NotFound, Refused
+from watcher.errors import BadInput, NotFound, Refused, WatcherError
 from watcher.ids import fmt_id, parse_id
 from watcher.settings import ChainSettings, Settings
 from watcher.store.db import transaction
 from watcher.store.tables import Allocation, Approval, Invoice, Retainer
 
 NATIVE_DECIMALS = 18
+log = structlog.get_logger("watcher.ledger")
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,10 @@ def update_retainer(
         retainer = get_retainer(session, ref)
         if retainer.status == RetainerStatus.ENDED:
             raise Refused(f"retainer {fmt_id('RET', retainer.id)} has ended")
-        if monthly is not None:
+        if monthly is not None:  # in the asset's decimals as configured now (they may be fixed)
+            retainer.decimals = asset_for(
+                ctx.settings.chain(retainer.chain), retainer.asset
+            ).decimals
             retainer.monthly = parse_amount(monthly, retainer.decimals, what="monthly amount")
         if payers is not None:
             retainer.payers = json.dumps(
@@ -215,8 +221,11 @@ def issue_in(
     price: int,
     now: datetime,
     due: datetime | None = None,
+    verify_decimals: bool = False,
 ) -> Invoice:
-    """Issue an invoice inside ``session``: checks approval, picks the unique amount."""
+    """Issue an invoice inside ``session``: checks approval and the token's decimals (see
+    ``watcher.token_decimals``; ``verify_decimals`` raises DecimalsUnknown when none were read
+    yet), picks the unique amount."""
     chain = settings.chain(retainer.chain)
     approval = session.get(Approval, retainer.approval_id) if retainer.approval_id else None
     try:
@@ -250,6 +259,15 @@ def issue_in(
     due_at = due if due is not None else billing.due_at(now, settings.billing.due_days)
     if due_at < now:
         raise BadInput(f"due date {due_at:%Y-%m-%d} is before the issue date {now:%Y-%m-%d}")
+    token_decimals.check_issuable(
+        session, settings, chain.name, asset.token_address, need_known=verify_decimals
+    )
+    if retainer.decimals != asset.decimals:  # the config's decimals were fixed since
+        raise Refused(
+            f"{fmt_id('RET', retainer.id)}: its price was set with {asset.symbol} at "
+            f"{retainer.decimals} decimals, the config now says {asset.decimals}: set it again "
+            f"with `retainer update {fmt_id('RET', retainer.id)} --monthly AMOUNT` and approve"
+        )
     amount = billing.unique_amount(
         price,
         taken_amounts(session, chain.chain_id, asset.symbol, chain.receiving_address),
@@ -286,8 +304,43 @@ def issue_invoice(
     kind: str | None = None,
     amount: str | None = None,
     due: str | None = None,
+    read_decimals: token_decimals.Reader | None = None,
 ) -> Invoice:
-    """``invoice issue``: the next invoice of a retainer (first month if it has none)."""
+    """``invoice issue``: the next invoice of a retainer (first month if it has none).
+
+    ``read_decimals`` reads a token's ``decimals()`` on chain when none is stored yet: a value
+    that disagrees with the config refuses (nothing written), one that agrees is stored; a node
+    that cannot be reached leaves it unverified with a warning (settlement checks it before
+    counting anything). Without it, only a stored value is checked."""
+    try:
+        return _issue_invoice(ctx, ref, kind, amount, due, verify=read_decimals is not None)
+    except token_decimals.DecimalsUnknown as unknown:
+        assert read_decimals is not None
+        chain = ctx.settings.chain(unknown.chain)
+        token = next(t for t in chain.tokens if t.address == unknown.token)
+        try:
+            on_chain = read_decimals(chain, token.address)
+        except WatcherError as exc:
+            log.warning(
+                "token.decimals_unverified", chain=chain.name, token=token.address, error=str(exc)
+            )
+        else:
+            if on_chain != token.decimals:
+                raise Refused(token_decimals.mismatch_reason(chain.name, token, on_chain)) from None
+            with transaction(ctx.engine) as session:
+                token_decimals.record(session, chain, token.address, on_chain, ctx.now())
+        return _issue_invoice(ctx, ref, kind, amount, due, verify=False)
+
+
+def _issue_invoice(
+    ctx: Context,
+    ref: str,
+    kind: str | None,
+    amount: str | None,
+    due: str | None,
+    *,
+    verify: bool,
+) -> Invoice:
     now = ctx.now()
     try:
         the_kind = InvoiceKind(kind) if kind else None
@@ -315,8 +368,9 @@ def issue_invoice(
                 )
             price = retainer.monthly
         return issue_in(
-            session, ctx.settings, retainer, kind=the_kind, price=price, now=now, due=due_at
-        )
+            session, ctx.settings, retainer, kind=the_kind, price=price, now=now, due=due_at,
+            verify_decimals=verify,
+        )  # fmt: skip
 
 
 def void_invoice(ctx: Context, ref: str) -> Invoice:

@@ -1,7 +1,11 @@
 """The time-driven round: close ended months, issue renewals, expire invoices, lapse retainers.
 
 Runs inside one transaction per retainer, with the injected clock, so rehearsals with
-``WATCHER_NOW`` behave exactly like the calendar would.
+``WATCHER_NOW`` behave exactly like the calendar would. Renewals are issued by that clock;
+expiry and lapses also wait for the chain's clock: a deadline has passed only once the
+retainer's chain has been scanned up to a block whose timestamp is past it (a stopped or
+blind scanner expires and lapses nobody), and a ``pending`` invoice (covered, waiting for
+finality) never lapses its retainer.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from watcher.ledger import issue_in
 from watcher.settings import Settings
 from watcher.store.db import transaction
 from watcher.store.outbox import emit, iso
-from watcher.store.tables import Cycle, Invoice, Retainer
+from watcher.store.tables import ChainState, Cycle, Invoice, Retainer
 
 log = structlog.get_logger("watcher.renewals")
 
@@ -44,8 +48,21 @@ def run_renewals(engine: Engine, settings: Settings, now: datetime) -> RenewalRe
         with transaction(engine) as session:
             retainer = session.get(Retainer, retainer_id)
             if retainer is not None:
-                _one(session, settings, retainer, now, report)
+                state = session.get(ChainState, retainer.chain)
+                clock = _Clock(now, state.cursor_time if state is not None else None)
+                _one(session, settings, retainer, clock, report)
     return report
+
+
+@dataclass(frozen=True)
+class _Clock:
+    """The watcher's time and the retainer's chain's time (its cursor block's timestamp)."""
+
+    now: datetime
+    chain_time: datetime | None
+
+    def passed(self, deadline: datetime) -> bool:
+        return rules.deadline_passed(deadline, self.now, self.chain_time)
 
 
 def _latest_cycle(session: Session, retainer_id: int) -> Cycle | None:
@@ -68,9 +85,9 @@ def _invoice_for(session: Session, retainer_id: int, period: int) -> Invoice | N
 
 
 def _one(
-    session: Session, settings: Settings, retainer: Retainer, now: datetime, report: RenewalReport
+    session: Session, settings: Settings, retainer: Retainer, clock: _Clock, report: RenewalReport
 ) -> None:
-    rid = retainer.id or 0
+    rid, now = retainer.id or 0, clock.now
     billing = settings.billing
     for cycle in session.exec(
         select(Cycle).where(Cycle.retainer_id == rid, Cycle.status == "open")
@@ -79,7 +96,7 @@ def _one(
             cycle.status = "closed"
             session.add(cycle)
             report.closed.append(fmt_id("CYC", cycle.id) or "")
-    _expire_unpaid(session, settings, rid, now, report)
+    _expire_unpaid(session, settings, rid, clock, report)
     if retainer.status != RetainerStatus.ACTIVE:
         return
     latest = _latest_cycle(session, rid)
@@ -122,8 +139,9 @@ def _one(
                 now=now,
             )
             log.info("invoice.renewal_issued", invoice=fmt_id("INV", invoice.id))
-    funded = nxt is not None and nxt.status in {InvoiceStatus.PAID, InvoiceStatus.PAID_LATE}
-    if not funded and rules.lapsed(latest.ends_at, billing.grace_days, now):
+    covered = {InvoiceStatus.PAID, InvoiceStatus.PAID_LATE, InvoiceStatus.PENDING}
+    funded = nxt is not None and nxt.status in covered
+    if not funded and clock.passed(rules.lapse_deadline(latest.ends_at, billing.grace_days)):
         retainer.status = RetainerStatus.LAPSED.value
         latest.status = "lapsed"
         session.add_all([retainer, latest])
@@ -146,9 +164,11 @@ def _one(
 
 
 def _expire_unpaid(
-    session: Session, settings: Settings, retainer_id: int, now: datetime, report: RenewalReport
+    session: Session, settings: Settings, retainer_id: int, clock: _Clock, report: RenewalReport
 ) -> None:
-    """Unpaid invoices past due + grace become ``expired``; they stay payable (then late)."""
+    """Unpaid invoices past due + grace (on both clocks) become ``expired``; they stay payable
+    (then late, or on time if the payment's block is before the due date)."""
+    now = clock.now
     grace = timedelta(days=settings.billing.grace_days)
     for invoice in session.exec(
         select(Invoice).where(
@@ -156,7 +176,7 @@ def _expire_unpaid(
             col(Invoice.status).in_([InvoiceStatus.OPEN.value, InvoiceStatus.UNDERPAID.value]),
         )
     ).all():
-        if invoice.status == InvoiceStatus.OPEN and now >= invoice.due_at + grace:
+        if invoice.status == InvoiceStatus.OPEN and clock.passed(invoice.due_at + grace):
             invoice.status = InvoiceStatus.EXPIRED.value
             session.add(invoice)
             report.expired.append(fmt_id("INV", invoice.id) or "")

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from watcher import token_decimals
 from watcher.chain.online import make_pool, read_decimals
 from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import ScanReport, scan_chain
@@ -21,6 +22,7 @@ from watcher.notify.outbox import Channel, DeliveryReport, build_channels, deliv
 from watcher.renewals import RenewalReport, run_renewals
 from watcher.settings import ChainSettings
 from watcher.settlement import Settlement
+from watcher.store.db import read_session, transaction
 
 log = structlog.get_logger("watcher.service")
 
@@ -68,6 +70,22 @@ class Watcher:
                 return None
         return self._decimals[key]
 
+    def check_decimals(self, chain: ChainSettings) -> None:
+        """Read and store ``decimals()`` of the chain's tokens never read before (a failure
+        fails the poll: nothing of that chain is counted unverified), and raise the mismatch
+        alert for any whose configured decimals disagree. Idle, it is one database read."""
+        with read_session(self.ctx.engine) as session:
+            todo = token_decimals.missing(session, chain)
+            wrong = any(
+                token_decimals.mismatch(session, self.ctx.settings, chain.name, t.address)
+                for t in chain.tokens
+            )
+        if not todo and not wrong:
+            return
+        values = {token: read_decimals(self.pool(chain), token) for token in todo}
+        with transaction(self.ctx.engine) as session:
+            token_decimals.ensure(session, chain, values, self.ctx.now())
+
     def scan(
         self,
         chain: ChainSettings,
@@ -76,7 +94,9 @@ class Watcher:
         to_block: int | None = None,
         progress: Progress | None = None,
     ) -> ScanReport:
-        """Scan one chain up to its head (or ``to_block``), settling what became final."""
+        """Scan one chain up to its head (or ``to_block``), settling what became final.
+        Tokens whose decimals were never read are read first (``watcher.token_decimals``)."""
+        self.check_decimals(chain)
         return scan_chain(
             chain,
             self.pool(chain),

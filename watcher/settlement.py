@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 import structlog
 from sqlmodel import Session, col, select
 
+from watcher import token_decimals
 from watcher.domain import cycles as cycle_rules
 from watcher.domain import matching
 from watcher.domain.billing import SETTLED, UNSETTLED, InvoiceKind, InvoiceStatus, RetainerStatus
@@ -60,6 +61,12 @@ def _inflow(t: Transfer) -> matching.Inflow:
         asset=t.asset,
         amount=t.amount,
     )
+
+
+def paid_at(t: Transfer) -> datetime:
+    """A payment's time for every deadline: its block's timestamp (the detection time only for
+    rows stored before schema 4, which have none)."""
+    return t.block_time or t.detected_at
 
 
 def _active_payments(session: Session, invoice_id: int) -> list[Transfer]:
@@ -126,7 +133,7 @@ class Settlement:
 
     def found(self, session: Session, transfers: list[Transfer]) -> None:
         """Match newly seen inflows to invoices: allocate, flag for review, or report unassigned."""
-        fresh = [t for t in transfers if t.status != "orphaned"]
+        fresh = [t for t in transfers if t.status != "orphaned" and not self._untrusted(session, t)]
         if not fresh:
             return
         candidates = self._candidates(session, fresh)
@@ -164,6 +171,16 @@ class Settlement:
         emit_many(session, unassigned, now=self.now())
         for invoice_id in sorted(touched):
             self.refresh(session, invoice_id)
+
+    def _untrusted(self, session: Session, transfer: Transfer) -> bool:
+        """A transfer of a token whose configured decimals disagree with the chain's is never
+        counted (left unassigned; the alert was raised when the mismatch was read)."""
+        reason = token_decimals.mismatch(
+            session, self.settings, transfer.chain, transfer.token_address
+        )
+        if reason is not None:
+            log.warning("transfer.not_counted", tx=transfer.tx_hash, reason=reason)
+        return reason is not None
 
     def orphaned(self, session: Session, transfers: list[Transfer]) -> None:
         """Release the allocations of orphaned transfers; their invoices go back to waiting."""
@@ -360,6 +377,8 @@ class Settlement:
             raise WatcherError(f"invoice {fmt_id('INV', invoice_id)} vanished during settlement")
         if invoice.status in SETTLED or invoice.status == InvoiceStatus.VOID:
             return invoice
+        if token_decimals.mismatch(session, self.settings, invoice.chain, invoice.token_address):
+            return invoice  # amounts of that token mean nothing until the config is fixed
         payments = _active_payments(session, invoice_id)
         if invoice.review_reason:
             current = InvoiceStatus.NEEDS_REVIEW
@@ -371,9 +390,7 @@ class Settlement:
             price=invoice.price,
             amount=invoice.amount,
             due_at=invoice.due_at,
-            payments=[
-                matching.Paid(t.amount, t.status == "final", t.detected_at) for t in payments
-            ],
+            payments=[matching.Paid(t.amount, t.status == "final", paid_at(t)) for t in payments],
             tolerance=self.settings.billing.underpay_tolerance,
             current=current,
             expired=invoice.status == InvoiceStatus.EXPIRED,
@@ -384,7 +401,8 @@ class Settlement:
         invoice.status = result.status.value
         session.add(invoice)
         if result.status in SETTLED:
-            self._settle(session, invoice, payments, late=result.late)
+            assert result.covered_at is not None
+            self._settle(session, invoice, payments, late=result.late, paid_at=result.covered_at)
         elif (
             result.status == InvoiceStatus.UNDERPAID
             and payments
@@ -417,14 +435,21 @@ class Settlement:
         return invoice
 
     def _settle(
-        self, session: Session, invoice: Invoice, payments: list[Transfer], *, late: bool
+        self,
+        session: Session,
+        invoice: Invoice,
+        payments: list[Transfer],
+        *,
+        late: bool,
+        paid_at: datetime,
     ) -> None:
+        """``paid_at``: the block time of the payment that completed coverage, which is the
+        invoice's ``paid_at`` and month 1's earliest start."""
         now = self.now()
-        invoice.paid_at = now
-        finalized_at = max((t.finalized_at or now) for t in payments)
+        invoice.paid_at = paid_at
         cycle = None
         if invoice.kind != InvoiceKind.SPRINT:
-            cycle = self._open_cycle(session, invoice, payments, finalized_at)
+            cycle = self._open_cycle(session, invoice, payments, paid_at)
             invoice.cycle_id = cycle.id
         session.add(invoice)
         session.flush()
@@ -453,7 +478,7 @@ class Settlement:
         )
 
     def _open_cycle(
-        self, session: Session, invoice: Invoice, payments: list[Transfer], finalized_at: datetime
+        self, session: Session, invoice: Invoice, payments: list[Transfer], paid_at: datetime
     ) -> Cycle:
         existing = session.exec(select(Cycle).where(Cycle.funded_by_invoice == invoice.id)).first()
         if existing is not None:
@@ -474,13 +499,13 @@ class Settlement:
                 ends_at=last.ends_at,
                 lapsed=last.status == "lapsed"
                 or retainer.status == RetainerStatus.LAPSED
-                or cycle_rules.lapsed(last.ends_at, self.settings.billing.grace_days, finalized_at),
+                or cycle_rules.lapsed(last.ends_at, self.settings.billing.grace_days, paid_at),
             )
         period = cycle_rules.next_period(
             period_index=invoice.period_index or 1,
             previous=previous,
             retainer_start=retainer.start_at,
-            finalized_at=finalized_at,
+            paid_at=paid_at,
         )
         proof_tx = max(payments, key=lambda t: (t.block_number, t.id or 0)).tx_hash
         cycle = Cycle(
@@ -592,6 +617,7 @@ class Settlement:
                     "tx_hash": t.tx_hash,
                     "log_index": t.log_index,
                     "kind": t.kind,
+                    "attribution": t.attribution,
                     "block_number": t.block_number,
                     "block_hash": t.block_hash,
                     "block_time": iso(t.block_time),

@@ -80,6 +80,7 @@ def _chain_entry(name: str, chain_id: int, row: Row | None, secrets: Sequence[st
         "head": row.get("head"),
         "final_block": row.get("final_block"),
         "cursor": row.get("cursor"),
+        "cursor_time": row.get("cursor_time"),  # the cursor block's timestamp: deadlines
         "lag_blocks": row.get("lag_blocks"),
         "last_poll_at": row.get("last_poll_at"),
         "rpc_ok": None if row.get("rpc_ok") is None else bool(row["rpc_ok"]),

@@ -1,6 +1,8 @@
 """Run the real `python -m watcher` in a subprocess against a temporary config and SQLite file.
 
-No chain is needed: the ledger commands never connect, so rpc_urls point at a closed port.
+No chain is needed: the ledger commands never connect, so rpc_urls point at a closed port
+(``invoice issue`` would read a token's decimals on chain once, so the templates store USDC's
+as if it had been read).
 Templates (config only; plus retainers; plus invoices) are built once per session, and every
 case runs on its own copy of one. Each command is a fresh interpreter that spends most of its
 time importing, so independent cases run side by side (``run_all``).
@@ -23,10 +25,10 @@ from typing import Any
 
 import pytest
 
-from watcher import ledger
+from watcher import ledger, token_decimals
 from watcher.ledger import Context
 from watcher.settings import load_settings
-from watcher.store.db import make_engine, migrate
+from watcher.store.db import make_engine, migrate, transaction
 
 NOW = "2026-01-31T10:00:00Z"
 WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
@@ -125,6 +127,8 @@ def _build(root: Path, steps: Callable[[Context], None]) -> None:
 
 
 def _seed(ctx: Context) -> None:
+    with transaction(ctx.engine) as session:  # as the first scan or invoice issue would
+        token_decimals.record(session, ctx.settings.chain("base"), USDC, 6, ctx.now())
     usdc = {"chain": "base", "asset": "USDC"}
     ledger.add_retainer(ctx, client="Draft Co", monthly="1500", payers=[PAYER], **usdc)
     ledger.add_retainer(ctx, client="Acme", monthly="2000", scope="Backend work", **usdc)

@@ -28,23 +28,24 @@ from tests.e2e.chain_harness import (
     Chain,
     Workspace,
     build_template,
+    chain_node,
     setup_chain,
     usdc,
 )
-from tests.support.anvil import AnvilNode
 
 pytestmark = pytest.mark.anvil
 
-T1 = "2026-03-03T10:00:00Z"  # a payment is seen (INV-1 and INV-2 are due 2026-03-09T09:00)
+T1 = "2026-03-03T10:00:00Z"  # a payment is mined and seen (INV-1 and INV-2 are due 03-09T09:00)
 T2 = "2026-03-03T10:30:00Z"  # ... and becomes final
-MONTH_1_ENDS = "2026-04-03T10:30:00Z"  # cycle 1 opened at T2
+MONTH_1_ENDS = "2026-04-03T10:00:00Z"  # cycle 1 starts at its payment's block time, T1
 RENEWAL_TIME = "2026-03-30T08:00:00Z"  # within renewal_lead_days (5) of cycle 1's end
 
 
 @pytest.fixture(scope="module")
 def chain() -> Iterator[Chain]:
-    """One Anvil node (automine, finalized = latest - 2) with the tokens and funded payers."""
-    with AnvilNode(slots_in_an_epoch=1) as node:
+    """One Anvil node (automine, finalized = latest - 2) with the tokens and funded payers,
+    its clock starting at GENESIS so blocks are mined at the times the tests say."""
+    with chain_node() as node:
         yield setup_chain(node)
 
 
@@ -62,7 +63,9 @@ def ws(chain: Chain, template: Workspace, tmp_path: Path) -> Workspace:
 
 
 def settle_month_1(ws: Workspace, chain: Chain) -> str:
-    """The expected payer pays INV-1's round price; it is seen and final at T2 (one scan)."""
+    """The expected payer pays INV-1's round price in a block at T1; it is seen and final at
+    T2 (one scan)."""
+    chain.at(T1)
     tx = chain.pay(chain.payer, usdc("1500"))
     chain.finalize()
     ws.scan(now=T2)
@@ -77,7 +80,9 @@ def test_unique_amount_payment_is_pending_then_paid_at_finality_with_proof(
     ws: Workspace, chain: Chain
 ) -> None:
     """A stranger paying INV-1's unique amount makes it pending, then paid with a frozen proof
-    and cycle 1 once the final block reaches the payment, telling the world exactly once."""
+    and cycle 1 (from the payment's block time) once the final block reaches the payment,
+    telling the world exactly once."""
+    chain.at(T1)
     tx = chain.pay(chain.stranger, usdc("1500.000001"))
     receipt = chain.receipt(tx)
     block = receipt["blockNumber"]
@@ -113,7 +118,7 @@ def test_unique_amount_payment_is_pending_then_paid_at_finality_with_proof(
             "id": "CYC-1",
             "retainer_id": "RET-1",
             "period_index": 1,
-            "starts_at": T2,
+            "starts_at": T1,
             "ends_at": MONTH_1_ENDS,
             "status": "open",
             "funded_by_invoice": "INV-1",
@@ -270,6 +275,7 @@ def test_attaching_a_transfer_that_is_already_final_pays_at_once(
 ) -> None:
     """An unassigned transfer attached after it became final settles INV-2 at once, with its
     payment.finalized event and the token's decimals read on chain in the proof."""
+    chain.at(T1)
     tx = chain.pay(chain.stranger, usdc("900"))
     chain.finalize()
     ws.scan(now=T1)
@@ -284,7 +290,7 @@ def test_attaching_a_transfer_that_is_already_final_pays_at_once(
     (finalized,) = ws.events("payment.finalized")
     assert (finalized["data"]["tx_hash"], finalized["data"]["invoice_id"]) == (tx, "INV-2")
     (opened,) = ws.events("cycle.opened")
-    # the month starts when the payment became final on chain, not when it was attached
+    # the month starts at the payment's block time, not when it was attached
     assert (opened["data"]["invoice_id"], opened["data"]["starts_at"]) == ("INV-2", T1)
 
 
@@ -371,7 +377,7 @@ def test_renewal_is_issued_before_the_month_ends_and_funds_the_next_month(
     """Within renewal_lead_days of cycle 1's end, tick issues INV-3 for month 2; paying it
     opens cycle 2 exactly where cycle 1 ends."""
     settle_month_1(ws, chain)
-    ws.tick(now="2026-03-29T10:00:00Z")  # half an hour before the 5-day lead time
+    ws.tick(now="2026-03-29T09:30:00Z")  # half an hour before the 5-day lead time
     assert [row["id"] for row in ws.view("v_invoices", retainer_id="RET-1")] == ["INV-1"]
 
     ws.tick(now=RENEWAL_TIME)
@@ -382,6 +388,7 @@ def test_renewal_is_issued_before_the_month_ends_and_funds_the_next_month(
     (issued,) = ws.events("invoice.renewal_issued")
     assert issued["data"]["invoice_id"] == "INV-3" and issued["data"]["period_index"] == 2
 
+    chain.at("2026-04-01T11:00:00Z")
     tx = chain.pay(chain.stranger, int(renewal["amount_base_units"]))
     chain.finalize()
     ws.tick(now="2026-04-01T12:00:00Z")
@@ -397,7 +404,7 @@ def test_renewal_is_issued_before_the_month_ends_and_funds_the_next_month(
         "retainer_id": "RET-1",
         "period_index": 2,
         "starts_at": MONTH_1_ENDS,
-        "ends_at": "2026-05-03T10:30:00Z",
+        "ends_at": "2026-05-03T10:00:00Z",
         "status": "open",
         "funded_by_invoice": "INV-3",
         "proof_tx_hash": tx,
@@ -410,13 +417,15 @@ def test_renewal_is_issued_before_the_month_ends_and_funds_the_next_month(
 def test_unpaid_renewal_lapses_the_retainer_and_a_late_payment_opens_a_fresh_month(
     ws: Workspace, chain: Chain
 ) -> None:
-    """Past cycle end + grace with the renewal unpaid the retainer lapses and the renewal
-    expires; paying it later is paid_late and opens a cycle from its finality time."""
+    """Past cycle end + grace (on the chain's clock too) with the renewal unpaid the retainer
+    lapses and the renewal expires; paying it later is paid_late and opens a cycle from its
+    block time."""
     settle_month_1(ws, chain)
     ws.tick(now=RENEWAL_TIME)
     assert ws.status_of("INV-3") == "open"
 
     lapse_time = "2026-04-10T00:00:00Z"  # end 04-03 + 3 days grace; due 04-06 + 3 days
+    chain.mine_at(lapse_time)  # the chain's clock is past both deadlines too
     report = ws.tick(now=lapse_time)
     assert report["renewals"]["lapsed"] == ["RET-1"]
     assert "INV-3" in report["renewals"]["expired"]
@@ -430,6 +439,7 @@ def test_unpaid_renewal_lapses_the_retainer_and_a_late_payment_opens_a_fresh_mon
     assert "INV-3" in [e["data"]["invoice_id"] for e in ws.events("invoice.expired")]
 
     late_time = "2026-04-12T09:30:00Z"
+    chain.at(late_time)
     tx = chain.pay(chain.payer, usdc("1500"))
     chain.finalize()
     ws.tick(now=late_time)

@@ -127,7 +127,7 @@ def test_the_database_refuses_a_second_active_allocation_of_a_transfer(ctx: Cont
 
 
 def test_init_migrates_a_version_1_database_to_the_current_schema(ctx: Context) -> None:
-    """A schema-1 file (no unique allocation index, no transfers.block_time) is brought to the
+    """A schema-1 file (no unique allocation index, no block timestamps) is brought to the
     current version by migrate, and migrating again changes nothing."""
     path = ctx.settings.database_url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as conn:
@@ -135,6 +135,9 @@ def test_init_migrates_a_version_1_database_to_the_current_schema(ctx: Context) 
             conn.execute(f"DROP VIEW {view}")
         conn.execute("DROP INDEX uq_allocations_active_transfer")
         conn.execute("ALTER TABLE transfers DROP COLUMN block_time")
+        conn.execute("ALTER TABLE transfers DROP COLUMN attribution")
+        conn.execute("DROP TABLE token_decimals")
+        conn.execute("ALTER TABLE chain_state DROP COLUMN cursor_time")
         conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
 
     assert migrate(ctx.engine) == (1, SCHEMA_VERSION)
@@ -144,4 +147,7 @@ def test_init_migrates_a_version_1_database_to_the_current_schema(ctx: Context) 
     assert "uq_allocations_active_transfer" in names
     with sqlite3.connect(path) as conn:
         columns = [r[1] for r in conn.execute("PRAGMA table_info(transfers)")]
-    assert "block_time" in columns
+    assert {"block_time", "attribution"} <= set(columns)
+    with sqlite3.connect(path) as conn:
+        columns = [r[1] for r in conn.execute("PRAGMA table_info(chain_state)")]
+    assert "cursor_time" in columns

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from watcher.domain.cycles import (
     Period,
     PreviousCycle,
+    deadline_passed,
     lapsed,
     next_period,
     period_in_run,
@@ -56,21 +57,21 @@ def anchors(draw: st.DrawFn) -> datetime:
 # --- month 1 and continuation ---------------------------------------------------------------
 
 
-def test_month_one_starts_at_finality_when_after_retainer_start() -> None:
-    """Month 1 starts when the payment became final if that is after the retainer's start."""
+def test_month_one_starts_at_the_payments_block_time_when_after_retainer_start() -> None:
+    """Month 1 starts at the payment's block time if that is after the retainer's start."""
     final = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)
 
-    period = next_period(period_index=1, previous=None, retainer_start=START, finalized_at=final)
+    period = next_period(period_index=1, previous=None, retainer_start=START, paid_at=final)
 
     assert (period.period_index, period.starts_at) == (1, final)
     assert period.ends_at == datetime(2025, 4, 14, 9, 30, tzinfo=UTC)
 
 
 def test_month_one_starts_at_retainer_start_when_paid_in_advance() -> None:
-    """Month 1 starts on the retainer's start date when the payment was final before it."""
+    """Month 1 starts on the retainer's start date when the payment was mined before it."""
     final = datetime(2025, 2, 20, 17, 0, tzinfo=UTC)
 
-    period = next_period(period_index=1, previous=None, retainer_start=START, finalized_at=final)
+    period = next_period(period_index=1, previous=None, retainer_start=START, paid_at=final)
 
     assert period.starts_at == START
     assert period.ends_at == datetime(2025, 4, 1, tzinfo=UTC)
@@ -79,11 +80,11 @@ def test_month_one_starts_at_retainer_start_when_paid_in_advance() -> None:
 @pytest.mark.parametrize("paid_days_before_end", [10, 0, -2])
 def test_month_k_plus_one_starts_exactly_where_month_k_ends(paid_days_before_end: int) -> None:
     """Month k+1 starts at month k's end, whether it was paid early, on the day, or in grace."""
-    month1 = next_period(period_index=1, previous=None, retainer_start=START, finalized_at=START)
+    month1 = next_period(period_index=1, previous=None, retainer_start=START, paid_at=START)
     final = month1.ends_at - timedelta(days=paid_days_before_end)
 
     month2 = next_period(
-        period_index=2, previous=previous_of(month1), retainer_start=START, finalized_at=final
+        period_index=2, previous=previous_of(month1), retainer_start=START, paid_at=final
     )
 
     assert month2.period_index == 2
@@ -112,13 +113,13 @@ def test_jan_31_anchor_clamps_without_drift_over_24_months() -> None:
 def test_chained_months_equal_the_run_computed_from_its_anchor() -> None:
     """Renewing month after month through next_period gives the anchor's run, clamped, no drift."""
     anchor = datetime(2024, 1, 31, tzinfo=UTC)
-    period = next_period(period_index=1, previous=None, retainer_start=anchor, finalized_at=anchor)
+    period = next_period(period_index=1, previous=None, retainer_start=anchor, paid_at=anchor)
     for k in range(2, 26):
         period = next_period(
             period_index=k,
             previous=previous_of(period),
             retainer_start=anchor,
-            finalized_at=period.ends_at - timedelta(days=5),
+            paid_at=period.ends_at - timedelta(days=5),
         )
         assert period == period_in_run(anchor, 1, k)
     assert period.starts_at == datetime(2026, 1, 31, tzinfo=UTC)
@@ -160,7 +161,7 @@ def test_period_before_its_run_is_refused() -> None:
 
 
 def test_after_a_lapse_the_next_month_anchors_at_its_finality_time() -> None:
-    """After a lapse, the next funded month starts at its finality time: no back-dating."""
+    """After a lapse, the next funded month starts at its payment's block time: no back-dating."""
     month1 = period_in_run(START, 1, 1)
     final = month1.ends_at + timedelta(days=20, hours=3)
 
@@ -168,25 +169,25 @@ def test_after_a_lapse_the_next_month_anchors_at_its_finality_time() -> None:
         period_index=2,
         previous=previous_of(month1, lapsed=True),
         retainer_start=START,
-        finalized_at=final,
+        paid_at=final,
     )
 
     assert (month2.period_index, month2.starts_at, month2.anchor_at) == (2, final, final)
     assert month2.anchor_index == 2
     assert month2.ends_at == datetime(2025, 5, 21, 3, 0, tzinfo=UTC)
     month3 = next_period(
-        period_index=3, previous=previous_of(month2), retainer_start=START, finalized_at=final
+        period_index=3, previous=previous_of(month2), retainer_start=START, paid_at=final
     )
     assert month3.starts_at == month2.ends_at
 
 
 def test_a_gap_in_period_indexes_starts_a_new_run() -> None:
-    """A month whose previous index is not the one just before it anchors at its finality time."""
+    """A month whose previous index is not the one just before it anchors at its block time."""
     month1 = period_in_run(START, 1, 1)
     final = month1.ends_at + timedelta(days=40)
 
     month3 = next_period(
-        period_index=3, previous=previous_of(month1), retainer_start=START, finalized_at=final
+        period_index=3, previous=previous_of(month1), retainer_start=START, paid_at=final
     )
 
     assert month3.starts_at == final
@@ -240,3 +241,18 @@ def test_renewal_and_lapse_once_reached_stay_reached(
     if lapsed(ends, grace, now):
         assert lapsed(ends, grace, then)
         assert renewal_due(ends, lead, now)
+
+
+# --- deadlines on the chain's clock ---------------------------------------------------------
+
+
+def test_a_deadline_passes_only_when_both_clocks_are_past_it() -> None:
+    """A deadline has passed only when the watcher's clock reached it and the chain's scanned
+    clock (the cursor block's timestamp) is later than it."""
+    deadline = datetime(2025, 4, 4, 9, 0, tzinfo=UTC)
+    later = deadline + timedelta(seconds=1)
+
+    assert deadline_passed(deadline, later, later)
+    assert not deadline_passed(deadline, later, deadline)  # no block after it scanned yet
+    assert not deadline_passed(deadline, later, None)  # the chain was never scanned
+    assert not deadline_passed(deadline, deadline - timedelta(seconds=1), later)

@@ -565,7 +565,7 @@ payment_lists = st.lists(
         Paid,
         amount=st.integers(min_value=1, max_value=3 * AMOUNT),
         final=st.booleans(),
-        detected_at=st.datetimes(
+        paid_at=st.datetimes(
             min_value=datetime(2025, 1, 1),  # hypothesis bounds are naive
             max_value=datetime(2025, 3, 1),
             timezones=st.just(UTC),

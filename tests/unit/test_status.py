@@ -114,6 +114,7 @@ def test_fresh_database_lists_configured_chains_as_never_polled(db: Db) -> None:
             "head": None,
             "final_block": None,
             "cursor": None,
+            "cursor_time": None,
             "lag_blocks": None,
             "last_poll_at": None,
             "rpc_ok": None,

@@ -212,7 +212,7 @@ class _ChainScan:
             elif from_block is not None and from_block - 1 < state.cursor:
                 row = session.get(BlockHash, (chain.name, from_block - 1))
                 state.cursor, state.cursor_hash = from_block - 1, row.hash if row else None
-                state.balance = None
+                state.balance = state.cursor_time = None
                 self.log.info("scan.rewind", cursor=state.cursor)
             session.add(state)
             self.cursor, self.cursor_hash, self.balance = (
@@ -329,7 +329,9 @@ class _ChainScan:
             if event is not None:
                 key = f"watcher.unexplained_balance:{chain.name}:{chunk.first}:{chunk.last}"
                 emit(session, "watcher.unexplained_balance", event, dedupe_key=key, now=self.now())
-            self._move_cursor(session, chunk.last, last_hash, self.balance)
+            self._move_cursor(
+                session, chunk.last, last_hash, self.balance, block_time(chunk.blocks[-1].timestamp)
+            )
         self.counts["found"] += len(found)
         self.counts["finalized"] += len(final_now)
         self.log.info("scan.chunk", first=chunk.first, last=chunk.last, found=len(found))
@@ -338,11 +340,19 @@ class _ChainScan:
         session.execute(delete(BlockHash).where(col(BlockHash.chain) == self.chain.name, where))
 
     def _move_cursor(
-        self, session: Session, cursor: int, cursor_hash: str, balance: int | None
+        self,
+        session: Session,
+        cursor: int,
+        cursor_hash: str,
+        balance: int | None,
+        cursor_time: datetime | None = None,
     ) -> None:
+        """``cursor_time``: the cursor block's timestamp, the chain's clock for deadlines (None
+        after a rewind, until the next chunk: no deadline passes meanwhile)."""
         state = session.get(ChainState, self.chain.name)
         assert state is not None
         state.cursor, state.cursor_hash, state.balance = cursor, cursor_hash, balance
+        state.cursor_time = cursor_time
         session.add(state)
         self.cursor, self.cursor_hash, self.balance = cursor, cursor_hash, balance
 

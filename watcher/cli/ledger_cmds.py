@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import logging
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from watcher.cli.common import console, context, print_json
 from watcher.domain.billing import InvoiceStatus
 from watcher.errors import BadInput
 from watcher.ids import fmt_id
+from watcher.logs import configure
 
 retainer_app = typer.Typer(help="Retainers: terms a client approves.", no_args_is_help=True)
 invoice_app = typer.Typer(help="Invoices: what a client pays.", no_args_is_help=True)
@@ -159,8 +161,18 @@ def invoice_issue(
     as_json: JsonOpt = False,
 ) -> None:
     """Issue the next invoice: prints the exact amount, the address, the URI and a QR code."""
+    from watcher.chain.online import make_pool, read_decimals  # only when a token is unverified
+
     ctx = context()
-    invoice = ledger.issue_invoice(ctx, retainer, kind=kind, amount=amount, due=due)
+    configure(ctx.settings.secrets, level=logging.WARNING)  # warnings to stderr, not stdout
+    invoice = ledger.issue_invoice(
+        ctx,
+        retainer,
+        kind=kind,
+        amount=amount,
+        due=due,
+        read_decimals=lambda chain, token: read_decimals(make_pool(chain), token),
+    )
     row = queries.invoice(ctx.engine, fmt_id("INV", invoice.id) or "")
     if as_json:
         print_json(row)

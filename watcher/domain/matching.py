@@ -184,11 +184,12 @@ def covered_threshold(price: int, tolerance: Decimal) -> int:
 
 @dataclass(frozen=True, slots=True)
 class Paid:
-    """One allocated, not orphaned transfer as coverage needs it."""
+    """One allocated, not orphaned transfer as coverage needs it; ``paid_at`` is its block's
+    timestamp (the payment's time for every deadline), however late the watcher saw it."""
 
     amount: int
     final: bool
-    detected_at: datetime
+    paid_at: datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +200,7 @@ class Coverage:
     final_amount: int
     late: bool = False
     settled_by_final: bool = field(default=False)
+    covered_at: datetime | None = None  # block time of the payment that completed coverage
 
 
 def coverage(
@@ -214,8 +216,8 @@ def coverage(
     """The status an unsettled invoice should have given its allocated payments.
 
     Covered = the final sum reaches ``price × (1 − tolerance)``; the unique tag is never owed.
-    ``pending`` = enough is allocated but not all of it is final yet. A payment detected after
-    the due date makes it ``paid_late``.
+    ``pending`` = enough is allocated but not all of it is final yet. Coverage completed by a
+    payment mined after the due date (by its block's timestamp) makes it ``paid_late``.
     """
     total = sum(p.amount for p in payments)
     final_total = sum(p.amount for p in payments if p.final)
@@ -223,15 +225,18 @@ def coverage(
     overpaid = max(0, total - amount)
     if payments and total >= need and all(p.final for p in payments):
         # The arrival that completed coverage, in arrival order.
-        running, arrived = 0, payments[0].detected_at
-        for p in sorted(payments, key=lambda p: p.detected_at):
+        running, arrived = 0, payments[0].paid_at
+        for p in sorted(payments, key=lambda p: p.paid_at):
             running += p.amount
-            arrived = p.detected_at
+            arrived = p.paid_at
             if running >= need:
                 break
         late = arrived > due_at
         status = InvoiceStatus.PAID_LATE if late else InvoiceStatus.PAID
-        return Coverage(status, total, overpaid, final_total, late=late, settled_by_final=True)
+        return Coverage(
+            status, total, overpaid, final_total, late=late, settled_by_final=True,
+            covered_at=arrived,
+        )  # fmt: skip
     if payments and total >= need:
         return Coverage(InvoiceStatus.PENDING, total, overpaid, final_total)
     if current == InvoiceStatus.NEEDS_REVIEW:

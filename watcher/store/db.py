@@ -35,8 +35,15 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         ],
     ),
     (
-        4,  # a payment's time is its block's timestamp (NULL for rows stored before)
-        ["ALTER TABLE transfers ADD COLUMN block_time TIMESTAMP"],
+        4,  # deadlines by the chain's clock: block timestamps of payments and of the cursor
+        [
+            "ALTER TABLE transfers ADD COLUMN block_time TIMESTAMP",
+            "ALTER TABLE chain_state ADD COLUMN cursor_time TIMESTAMP",
+            "ALTER TABLE transfers ADD COLUMN attribution VARCHAR",
+            "CREATE TABLE IF NOT EXISTS token_decimals (chain VARCHAR NOT NULL, "
+            "token_address VARCHAR NOT NULL, chain_id INTEGER NOT NULL, decimals INTEGER NOT "
+            "NULL, read_at TIMESTAMP NOT NULL, PRIMARY KEY (chain, token_address))",
+        ],
     ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]

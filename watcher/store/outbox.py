@@ -34,6 +34,7 @@ EVENT_TYPES = frozenset(
         "watcher.recovered",
         "watcher.unexplained_balance",
         "watcher.finality_violation",
+        "watcher.token_decimals_mismatch",
     }
 )
 

@@ -159,6 +159,7 @@ class Transfer(SQLModel, table=True):
     detected_at: datetime = _when(nullable=False)
     finalized_at: datetime | None = _when()
     final_block: int | None = None  # the final block number when it became final
+    attribution: str | None = None  # "balance": internal, attributed by the balance guard
 
 
 class Allocation(SQLModel, table=True):
@@ -249,6 +250,7 @@ class ChainState(SQLModel, table=True):
     chain_id: int
     cursor: int | None = None  # last block fully scanned
     cursor_hash: str | None = None
+    cursor_time: datetime | None = _when()  # the cursor block's timestamp: the chain's clock
     head: int | None = None
     final_block: int | None = None
     last_poll_at: datetime | None = _when()
@@ -257,6 +259,17 @@ class ChainState(SQLModel, table=True):
     last_error: str | None = None  # redacted
     balance: int | None = Field(default=None, sa_column=Column(BaseUnits(), nullable=True))
     degraded: bool = False
+
+
+class TokenDecimals(SQLModel, table=True):
+    """A token's ``decimals()`` as read on chain, once (see ``watcher.token_decimals``)."""
+
+    __tablename__ = "token_decimals"
+    chain: str = Field(primary_key=True)
+    token_address: str = Field(primary_key=True)  # checksummed
+    chain_id: int
+    decimals: int
+    read_at: datetime = _when(nullable=False)
 
 
 class BlockHash(SQLModel, table=True):

@@ -46,7 +46,8 @@ _PAYMENT_COLUMNS = f"""
 
 V_PAYMENTS = f"""
 CREATE VIEW v_payments AS
-SELECT {_PAYMENT_COLUMNS}, t.chain AS chain, t.kind AS kind, t.final_block AS final_block
+SELECT {_PAYMENT_COLUMNS}, t.chain AS chain, t.kind AS kind, t.final_block AS final_block,
+    t.attribution AS attribution
 FROM transfers t
 LEFT JOIN allocations a ON a.transfer_id = t.id AND a.active = 1
 """
@@ -128,7 +129,8 @@ SELECT
     (SELECT count(*) FROM deliveries WHERE status = 'dead') AS outbox_dead,
     s.degraded AS degraded,
     {_ts("s.last_ok_at")} AS last_ok_at,
-    {_ts("d.stopped_at")} AS daemon_stopped_at
+    {_ts("d.stopped_at")} AS daemon_stopped_at,
+    {_ts("s.cursor_time")} AS cursor_time
 FROM chain_state s LEFT JOIN daemon d ON d.id = 1
 """
 
