@@ -7,8 +7,9 @@ What is checked, in order (the first that fails is the mismatch named):
    hash is the canonical block at that number (and its timestamp the recorded ``block_time``);
    the transfer is there with the recorded sender, recipient and raw amount (the token's
    ``Transfer`` log at its index, the transaction's value, or the internal call at its trace
-   position); the block is at or below the node's final block (``finalized``, ``safe`` or N
-   confirmations);
+   position; a balance-attributed internal payment by the balances of the wallet and the
+   contract over its block); the block is at or below the node's final block
+   (``finalized``, ``safe`` or N confirmations);
 3. the token's ``decimals()`` on chain equals the bundle's (18 for the native coin);
 4. the amounts add up: each decimal amount is its base units at those decimals, the paid
    amount is the payments' sum, paid to the invoice's wallet in its asset;
@@ -234,6 +235,9 @@ def _check_transfer(
         found = _erc20(c, at, p, receipt)
     elif kind == "native":
         found = (_checksum(tx.get("from")), _checksum(tx.get("to")), _int(tx.get("value", "0x0")))
+    elif p.get("attribution") == "balance":
+        found = None
+        _balance_attributed(c, pool, at, p, tx)
     else:
         found = _internal(c, pool, at, p)
     if found is None:
@@ -327,6 +331,51 @@ def _internal(
     assert frame is not None
     action = frame["action"]
     return _checksum(action.get("from")), _checksum(action.get("to")), _int(action["value"])
+
+
+def _balance_attributed(
+    c: _Checker, pool: RpcPool, at: str, p: Mapping[str, Any], tx: Mapping[str, Any]
+) -> None:
+    """An internal payment attributed by balance (no traces when it was found): the recorded
+    sender is the contract the transaction called, the only transaction to it in its block;
+    over that block the wallet gained and the contract lost at least the amount."""
+    block, callee, wallet = int(p["block_number"]), _checksum(tx.get("to")), str(p["to"])
+    if not c.check(
+        f"{at}.from",
+        callee is not None and callee == p["from"] and not same(tx.get("from"), wallet),
+        f"the transaction calls {callee}, which paid the wallet",
+        f"the transaction calls {callee}, the bundle says the payment came from {p['from']}",
+    ):
+        return
+    full, w_after, w_before, c_after, c_before = pool.batch(
+        [
+            ("eth_getBlockByNumber", [hex(block), True]),
+            ("eth_getBalance", [wallet, hex(block)]),
+            ("eth_getBalance", [wallet, hex(block - 1)]),
+            ("eth_getBalance", [callee, hex(block)]),
+            ("eth_getBalance", [callee, hex(block - 1)]),
+        ]
+    )
+    txs = full.get("transactions", []) if isinstance(full, dict) else []
+    calls = [t for t in txs if isinstance(t, dict) and same(t.get("to"), callee)]
+    c.check(
+        f"{at}.tx_hash",
+        len(calls) == 1,
+        f"the only transaction to {callee} in block {block}",
+        f"block {block} holds {len(calls)} transactions to {callee}: the payment cannot be "
+        "attributed to one of them",
+    )
+    amount = int(p["amount_base_units"])
+    gained = _int(w_after) - _int(w_before)
+    lost = _int(c_before) + _int(tx.get("value", "0x0")) - _int(c_after)
+    c.check(
+        f"{at}.amount_base_units",
+        gained >= amount and lost >= amount,
+        f"over block {block} the wallet gained {gained} and {callee} paid out {lost} base "
+        f"units: at least {amount} (attributed by balance)",
+        f"over block {block} the wallet gained {gained} and {callee} paid out {lost} base "
+        f"units, less than the {amount} the bundle says",
+    )
 
 
 def _check_decimals(c: _Checker, pool: RpcPool, asset: Mapping[str, Any]) -> None:

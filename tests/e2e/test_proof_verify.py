@@ -25,6 +25,7 @@ from tests.e2e.chain_harness import (
     Chain,
     Workspace,
     build_template,
+    chain_node,
     setup_chain,
     usdc,
 )
@@ -34,13 +35,15 @@ from watcher.proof_schema import proof_schema
 
 pytestmark = pytest.mark.anvil
 
-T2 = "2026-03-03T10:30:00Z"
+T1 = "2026-03-03T10:00:00Z"  # payments are mined (INV-1 and INV-2 are due 2026-03-09T09:00)
+T2 = "2026-03-03T10:30:00Z"  # ... and scanned
 
 
 @pytest.fixture(scope="module")
 def chain() -> Iterator[Chain]:
-    """One Anvil node (automine, finalized = latest - 2) with the tokens and funded payers."""
-    with AnvilNode(slots_in_an_epoch=1) as node:
+    """One Anvil node (automine, finalized = latest - 2) with the tokens and funded payers,
+    its clock starting before T0 (``Chain.at`` puts payments at T1)."""
+    with chain_node() as node:
         yield setup_chain(node)
 
 
@@ -60,6 +63,7 @@ def ws(chain: Chain, template: Workspace, tmp_path: Path) -> Workspace:
 def settle(ws: Workspace, chain: Chain) -> tuple[str, Path]:
     """The expected payer pays INV-1 in full, it becomes final and paid; its proof is saved
     with ``proof INV-1 -o FILE``. The tx hash and the file."""
+    chain.at(T1)
     tx = chain.pay(chain.payer, usdc("1500"))
     chain.finalize()
     ws.scan(now=T2)
@@ -303,6 +307,7 @@ def test_native_and_internal_eth_payments_verify(ws: Workspace, chain: Chain) ->
         invoices.append(ws.json("invoice", "issue", rid))
     top, inner = invoices
     forwarder = deploy(chain.w3, "Forwarder")
+    chain.at(T1)
     native_tx = chain.pay_eth(chain.stranger, int(top["amount_base_units"]))
     internal_tx = forwarder.functions.forward(top["pay_to"]).transact(
         {"from": chain.stranger, "value": int(inner["amount_base_units"])}
@@ -342,3 +347,51 @@ def test_native_and_internal_eth_payments_verify(ws: Workspace, chain: Chain) ->
             assert result.stdout.startswith("verified "), result.stdout
         else:
             assert f"does not verify: {field}:" in one_error_line(result), path
+
+
+def test_balance_attributed_internal_payment_verifies_by_balances(
+    ws: Workspace, chain: Chain
+) -> None:
+    """An internal payment attached on the balance guard's word (no traces) verifies by the
+    wallet's and the contract's balances over its block; a larger amount or another sender
+    is named."""
+    rid = ws.ok("retainer", "add", "--chain", "local", "--asset", "ETH", "--monthly", "1",
+                "--client", "Safe Co").strip()  # fmt: skip
+    ws.ok("retainer", "approve", rid, "--by", "Jane Doe")
+    invoice = ws.json("invoice", "issue", rid)
+    forwarder = deploy(chain.w3, "Forwarder")
+    chain.at(T1)
+    sent = forwarder.functions.forward(invoice["pay_to"]).transact(
+        {"from": chain.payer, "value": int(invoice["amount_base_units"])}
+    )
+    tx = wait_receipt(chain.w3, sent)["transactionHash"].to_0x_hex()
+    chain.finalize()
+    assert ws.scan(now=T2)["unexplained"] == 1  # no traces asked for: only the guard saw it
+    ws.ok("invoice", "attach", invoice["id"], tx, now=T2, quiet=False)
+    ws.scan(now=T2)
+    path = ws.root / "attributed.json"
+    ws.ok("proof", invoice["id"], "-o", str(path))
+    bundle = json.loads(path.read_text())
+    assert bundle["payments"][0]["attribution"] == "balance"
+
+    def variant(name: str, key: str, value: Any) -> str:
+        edited = copy.deepcopy(bundle)
+        edited["payments"][0][key] = value
+        out = ws.root / f"{name}.json"
+        out.write_text(json.dumps(edited))
+        return str(out)
+
+    url = str(chain.node.url)
+    runs = [
+        (str(path), 0, ""),
+        (variant("more", "amount_base_units", "2000000000000000001"), 3, "amount_base_units"),
+        (variant("sender", "from", chain.payer), 3, "payments[0].from"),
+    ]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        results = list(pool.map(lambda run: verify(ws, run[0], "--rpc", url), runs))
+    for (file, code, field), result in zip(runs, results, strict=True):
+        assert result.returncode == code, (file, result.stderr)
+        if code == 0:
+            assert "attributed by balance" in result.stdout
+        else:
+            assert field in one_error_line(result), (file, result.stderr)
