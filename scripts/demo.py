@@ -123,6 +123,15 @@ secret = "${{WEBHOOK_SECRET}}"
         pw("retainer", "approve", rid, "--by", "Jane Doe (Acme CFO)", "--note", "PO-4711")
         pw("invoice", "issue", rid)
         invoice = json.loads(pw("invoice", "show", "INV-1", "--json", show=False))
+        pw(
+            "invoice",
+            "show",
+            "INV-1",
+            "--format",
+            "html",
+            "-o",
+            str(workdir / "invoice-INV-1.html"),
+        )
 
         say(f"The client pays exactly {invoice['amount']} USDC")
         tx = erc20_transfer(w3, usdc, client, consultant, int(invoice["amount_base_units"]))
@@ -155,6 +164,9 @@ secret = "${{WEBHOOK_SECRET}}"
             flush=True,
         )
         pw("proof", "INV-1", "--format", "html", "-o", str(workdir / "proof-INV-1.html"))
+        pw("proof", "INV-1", "-o", str(workdir / "proof-INV-1.json"), show=False)
+        say("Anyone re-checks the proof file against a node, without the database")
+        pw("proof", "verify", str(workdir / "proof-INV-1.json"), "--rpc", str(anvil.url))
 
         say("The consultant's webhook received (signature verified)")
         for r in receiver.accepted():

@@ -92,3 +92,13 @@ def cycles(engine: Engine, *, retainer: str | None = None) -> list[Row]:
         sql += " WHERE retainer_id = :rid"
         params["rid"] = _known_retainer(engine, retainer)
     return _rows(engine, sql + " ORDER BY starts_at, period_index", params)
+
+
+def rows(engine: Engine, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
+    """Rows of a read-only query over the operator views (JSON columns decoded)."""
+    return _rows(engine, sql, params)
+
+
+def known_retainer(engine: Engine, ref: str) -> str:
+    """The id of retainer ``ref`` (``RET-1``); NotFound (exit 2) if there is none."""
+    return _known_retainer(engine, ref)

@@ -23,6 +23,7 @@ from watcher.domain.billing import SETTLED, UNSETTLED, InvoiceKind, InvoiceStatu
 from watcher.domain.money import format_amount
 from watcher.errors import WatcherError
 from watcher.ids import fmt_id
+from watcher.proof_schema import SCHEMA_VERSION
 from watcher.settings import Settings
 from watcher.store.outbox import emit, emit_many, iso
 from watcher.store.tables import (
@@ -666,6 +667,7 @@ class Settlement:
         if invoice.token_address and self.token_decimals is not None:
             decimals_on_chain = self.token_decimals(invoice.chain, invoice.token_address)
         return {
+            "schema": SCHEMA_VERSION,
             "invoice": {
                 "id": fmt_id("INV", invoice.id),
                 "kind": invoice.kind,

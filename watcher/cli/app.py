@@ -10,7 +10,7 @@ from typing import Annotated
 import click
 import typer
 
-from watcher.cli import chain_cmds, ledger_cmds, ops_cmds
+from watcher.cli import chain_cmds, export_cmds, ledger_cmds, ops_cmds, proof_cmds
 from watcher.cli.common import GLOBALS, context, fail, load, print_json
 from watcher.errors import WatcherError
 from watcher.store.db import make_engine, migrate
@@ -26,6 +26,8 @@ config_app = typer.Typer(help="Validate the configuration.", no_args_is_help=Tru
 app.add_typer(config_app, name="config")
 app.add_typer(ledger_cmds.retainer_app, name="retainer")
 app.add_typer(ledger_cmds.invoice_app, name="invoice")
+app.add_typer(proof_cmds.proof_app, name="proof")
+app.add_typer(export_cmds.export_app, name="export")
 chain_cmds.register(app, ledger_cmds.invoice_app)
 ops_cmds.register(app)
 

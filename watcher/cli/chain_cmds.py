@@ -1,4 +1,4 @@
-"""Commands on the chain and the settled state: scan, tick, attach, transfers, cycles, proof."""
+"""Commands on the chain and the settled state: scan, tick, attach, transfers, cycles."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import getpass
 import os
 import sys
 from contextlib import AbstractContextManager
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -25,7 +24,6 @@ from watcher.cli.common import console, context, print_json
 from watcher.errors import BadInput
 from watcher.ledger import Context
 from watcher.logs import configure
-from watcher.proof import load_proof, render_html
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
@@ -241,27 +239,3 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
                 (r["proof_tx_hash"] or "")[:18] + "…",
             )
         console.print(table)
-
-    @app.command()
-    def proof(
-        invoice: Annotated[str, typer.Argument(help="Invoice id, e.g. INV-1.")],
-        fmt: Annotated[str, typer.Option("--format", help="json | html.")] = "json",
-        output: Annotated[
-            Path | None, typer.Option("-o", "--output", help="Write to FILE.")
-        ] = None,
-    ) -> None:
-        """The proof bundle of a paid invoice."""
-        if fmt not in ("json", "html"):
-            raise BadInput(f"--format {fmt!r} must be json or html")
-        bundle = load_proof(context(readonly=True).engine, invoice)
-        if fmt == "json":
-            import json
-
-            text = json.dumps(bundle, indent=2) + "\n"
-        else:
-            text = render_html(bundle)
-        if output is None:
-            sys.stdout.write(text)
-        else:
-            output.write_text(text)
-            typer.echo(f"wrote {output}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 from typing import Annotated, Any
 
 import segno
@@ -235,9 +236,27 @@ def invoice_list(
 @invoice_app.command("show")
 def invoice_show(
     invoice: Annotated[str, typer.Argument(help="Invoice id, e.g. INV-1.")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="text | html (the printable invoice to send).")
+    ] = "text",
+    output: Annotated[Path | None, typer.Option("-o", "--output", help="Write to FILE.")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """One invoice with its payments."""
+    """One invoice with its payments; --format html is the document to send the client."""
+    if fmt not in ("text", "html"):
+        raise BadInput(f"--format {fmt!r} must be text or html")
+    if output is not None and fmt != "html":
+        raise BadInput("-o FILE needs --format html")
+    if as_json and fmt == "html":
+        raise BadInput("--json and --format html exclude each other")
+    if fmt == "html":
+        from watcher.cli.proof_cmds import write_out
+        from watcher.invoice_doc import invoice_document
+        from watcher.render import render_invoice
+
+        doc = invoice_document(context(readonly=True).engine, invoice)
+        write_out(render_invoice(doc), output)
+        return
     row = queries.invoice(context(readonly=True).engine, invoice)
     if as_json:
         print_json(row)

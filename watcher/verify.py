@@ -1,0 +1,405 @@
+"""``proof verify``: re-check a proof bundle against any node, trusting nothing but the chain.
+
+What is checked, in order (the first that fails is the mismatch named):
+
+1. the node is the bundle's chain (``eth_chainId``);
+2. per payment: the receipt exists with status 1, in the recorded block number and hash; that
+   hash is the canonical block at that number (and its timestamp the recorded ``block_time``);
+   the transfer is there with the recorded sender, recipient and raw amount (the token's
+   ``Transfer`` log at its index, the transaction's value, or the internal call at its trace
+   position; a balance-attributed internal payment by the balances of the wallet and the
+   contract over its block); the block is at or below the node's final block
+   (``finalized``, ``safe`` or N confirmations);
+3. the token's ``decimals()`` on chain equals the bundle's (18 for the native coin);
+4. the amounts add up: each decimal amount is its base units at those decimals, the paid
+   amount is the payments' sum, paid to the invoice's wallet in its asset;
+5. the terms hash recomputed from the bundle's terms equals the approval's, and the invoice's.
+
+No database is read: the bundle and the node are all there is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from eth_utils import to_checksum_address
+
+from watcher.chain.online import DECIMALS_SELECTOR
+from watcher.chain.rpc import RpcPool
+from watcher.chain.sources import TRANSFER_TOPIC, decode_amount, same
+from watcher.domain.proof_rules import Check, amount_checks, check, terms_checks
+from watcher.errors import BadInput, Refused, RpcError, WatcherError
+from watcher.proof_schema import SCHEMA_VERSION, validate_bundle
+
+
+@dataclass
+class Verification:
+    """Every check made, in order; ``mismatch`` is the first that failed."""
+
+    invoice: str
+    chain_id: int
+    rpc: str  # redacted
+    finality: str
+    final_block: int | None = None
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def mismatch(self) -> Check | None:
+        return next((c for c in self.checks if not c.ok), None)
+
+    def as_json(self) -> dict[str, Any]:
+        bad = self.mismatch
+        return {
+            "verified": bad is None,
+            "schema": SCHEMA_VERSION,
+            "invoice": self.invoice,
+            "chain_id": self.chain_id,
+            "rpc": self.rpc,
+            "finality": self.finality,
+            "final_block": self.final_block,
+            "mismatch": None if bad is None else {"field": bad.field, "detail": bad.detail},
+            "checks": [{"field": c.field, "ok": c.ok, "detail": c.detail} for c in self.checks],
+        }
+
+
+class ProofMismatch(Refused):
+    """The chain does not vouch for the bundle: exit 3, naming the first field that differs."""
+
+    def __init__(self, verification: Verification) -> None:
+        self.verification = verification
+        bad = verification.mismatch
+        assert bad is not None
+        super().__init__(f"proof {verification.invoice} does not verify: {bad.field}: {bad.detail}")
+
+
+def _int(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return int(value, 16) if value.startswith(("0x", "0X")) else int(value)
+    raise RpcError(f"expected a number in the node's answer, got {value!r}")
+
+
+def _checksum(value: Any) -> str | None:
+    return str(to_checksum_address(value)) if isinstance(value, str) and len(value) == 42 else None
+
+
+def _iso(timestamp: int) -> str:
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class _Checker:
+    def __init__(self, out: Verification) -> None:
+        self.out = out
+
+    def check(self, name: str, ok: bool, good: str, bad: str) -> bool:
+        self.out.checks.append(check(name, ok, good, bad))
+        return ok
+
+
+def final_block_of(pool: RpcPool, finality: str) -> int:
+    """The node's final block under ``finality`` ("finalized", "safe" or N confirmations)."""
+    if finality.isdigit():
+        head = _int(pool.call("eth_blockNumber"))
+        return head - int(finality) + 1
+    block = pool.call("eth_getBlockByNumber", [finality, False])
+    if not isinstance(block, dict):
+        raise WatcherError(f"the node has no {finality!r} block; pass --finality N (confirmations)")
+    return _int(block["number"])
+
+
+def parse_finality(text: str) -> str:
+    """``finalized``, ``safe`` or a positive number of confirmations; BadInput otherwise."""
+    value = text.strip().lower()
+    if value in ("finalized", "safe") or (value.isdigit() and int(value) >= 1):
+        return value
+    raise BadInput(f"--finality {text!r} must be finalized, safe or a number of confirmations >= 1")
+
+
+def verify_bundle(bundle: Any, pool: RpcPool, *, finality: str = "finalized") -> Verification:
+    """Check ``bundle`` against the node behind ``pool``; raise ``ProofMismatch`` on the first
+    difference, ``BadInput`` if it is not a ``proof-v1`` bundle, ``RpcError`` if the node
+    cannot be asked."""
+    if isinstance(bundle, dict):
+        bundle.setdefault("schema", SCHEMA_VERSION)  # bundles frozen before the marker existed
+    validate_bundle(bundle)
+    chain_id = int(bundle["chain"]["chain_id"])
+    out = Verification(
+        invoice=str(bundle["invoice"]["id"]),
+        chain_id=chain_id,
+        rpc=pool.current_url_redacted,
+        finality=finality,
+    )
+    c = _Checker(out)
+    node_chain = _int(pool.call("eth_chainId"))
+    if c.check(
+        "chain.chain_id",
+        node_chain == chain_id,
+        f"node is chain {chain_id}",
+        f"the node is chain {node_chain}, the bundle says {chain_id}",
+    ):
+        out.final_block = final_block_of(pool, finality)
+        for i, payment in enumerate(bundle["payments"]):
+            _check_payment(c, pool, i, payment, out.final_block)
+        _check_decimals(c, pool, bundle["asset"])
+    out.checks += amount_checks(bundle)
+    out.checks += terms_checks(bundle)
+    if out.mismatch is not None:
+        raise ProofMismatch(out)
+    return out
+
+
+def _check_payment(
+    c: _Checker,
+    pool: RpcPool,
+    i: int,
+    p: Mapping[str, Any],
+    final_block: int,
+) -> None:
+    at = f"payments[{i}]"
+    tx_hash = str(p["tx_hash"])
+    tx, receipt, block = pool.batch(
+        [
+            ("eth_getTransactionByHash", [tx_hash]),
+            ("eth_getTransactionReceipt", [tx_hash]),
+            ("eth_getBlockByNumber", [hex(int(p["block_number"])), False]),
+        ]
+    )
+    if not c.check(
+        f"{at}.tx_hash",
+        isinstance(receipt, dict) and isinstance(tx, dict),
+        f"transaction {tx_hash} is on the node",
+        f"transaction {tx_hash} is unknown to the node (another chain history, or reorged away)",
+    ):
+        return
+    if not c.check(
+        f"{at}.tx_hash",
+        _int(receipt.get("status", "0x0")) == 1,
+        "receipt status 1",
+        f"transaction {tx_hash} reverted (receipt status 0)",
+    ):
+        return
+    number = _int(receipt["blockNumber"])
+    c.check(
+        f"{at}.block_number",
+        number == p["block_number"],
+        f"mined in block {number}",
+        f"the transaction is in block {number}, the bundle says {p['block_number']}",
+    )
+    c.check(
+        f"{at}.block_hash",
+        same(receipt.get("blockHash"), p["block_hash"]),
+        f"receipt's block hash {p['block_hash']}",
+        f"the transaction is in block {receipt.get('blockHash')}, the bundle says "
+        f"{p['block_hash']}",
+    )
+    canonical = block.get("hash") if isinstance(block, dict) else None
+    c.check(
+        f"{at}.block_hash",
+        same(canonical, p["block_hash"]),
+        f"canonical block {p['block_number']} is {p['block_hash']}",
+        f"the canonical block {p['block_number']} is {canonical}, the bundle says "
+        f"{p['block_hash']}",
+    )
+    if p.get("block_time") is not None and isinstance(block, dict):
+        stamp = _iso(_int(block["timestamp"]))
+        c.check(
+            f"{at}.block_time",
+            stamp == p["block_time"],
+            f"block time {stamp}",
+            f"block {p['block_number']} has timestamp {stamp}, the bundle says {p['block_time']}",
+        )
+    _check_transfer(c, pool, at, p, tx, receipt)
+    c.check(
+        f"{at}.block_number",
+        int(p["block_number"]) <= final_block,
+        f"block {p['block_number']} is final (final block {final_block})",
+        f"block {p['block_number']} is not final on this node (final block {final_block})",
+    )
+
+
+def _check_transfer(
+    c: _Checker,
+    pool: RpcPool,
+    at: str,
+    p: Mapping[str, Any],
+    tx: Mapping[str, Any],
+    receipt: Mapping[str, Any],
+) -> None:
+    found: tuple[str | None, str | None, int] | None  # from, to, amount
+    kind = p["kind"]
+    if kind == "erc20":
+        found = _erc20(c, at, p, receipt)
+    elif kind == "native":
+        found = (_checksum(tx.get("from")), _checksum(tx.get("to")), _int(tx.get("value", "0x0")))
+    elif p.get("attribution") == "balance":
+        found = None
+        _balance_attributed(c, pool, at, p, tx)
+    else:
+        found = _internal(c, pool, at, p)
+    if found is None:
+        return
+    sender, recipient, amount = found
+    c.check(
+        f"{at}.from",
+        sender == p["from"],
+        f"sent by {sender}",
+        f"the transfer is from {sender}, the bundle says {p['from']}",
+    )
+    c.check(
+        f"{at}.to",
+        recipient == p["to"],
+        f"received by {recipient}",
+        f"the transfer is to {recipient}, the bundle says {p['to']}",
+    )
+    c.check(
+        f"{at}.amount_base_units",
+        str(amount) == p["amount_base_units"],
+        f"{amount} base units",
+        f"the transfer moved {amount} base units, the bundle says {p['amount_base_units']}",
+    )
+
+
+def _erc20(
+    c: _Checker, at: str, p: Mapping[str, Any], receipt: Mapping[str, Any]
+) -> tuple[str | None, str | None, int] | None:
+    index = p["log_index"]
+    log = next((lg for lg in receipt.get("logs") or [] if _int(lg.get("logIndex")) == index), None)
+    topics = [str(t).lower() for t in (log or {}).get("topics") or []]
+    if not c.check(
+        f"{at}.log_index",
+        log is not None and len(topics) == 3 and topics[0] == TRANSFER_TOPIC,
+        f"Transfer log at index {index}",
+        f"the receipt has no Transfer log at index {index}",
+    ):
+        return None
+    assert log is not None
+    if not c.check(
+        f"{at}.token_address",
+        same(log.get("address"), p["token_address"]),
+        f"emitted by token {p['token_address']}",
+        f"log {index} was emitted by {_checksum(log.get('address'))}, the bundle says "
+        f"{p['token_address']}",
+    ):
+        return None
+    amount = decode_amount(log.get("data", "0x")) or 0
+    return _checksum("0x" + topics[1][-40:]), _checksum("0x" + topics[2][-40:]), amount
+
+
+def _internal(
+    c: _Checker, pool: RpcPool, at: str, p: Mapping[str, Any]
+) -> tuple[str | None, str | None, int] | None:
+    """The value call to the wallet at trace position ``log_index`` (its rank among the
+    transaction's value calls to the wallet, in execution order, as the scanner numbers them)."""
+    try:
+        tree = pool.call("trace_transaction", [p["tx_hash"]])
+    except RpcError as exc:
+        raise WatcherError(
+            f"cannot check the internal transfer of {p['tx_hash']}: the node has no "
+            f"trace_transaction ({exc})"
+        ) from exc
+    frames = [
+        t
+        for t in tree or []
+        if isinstance(t, dict)
+        and t.get("type") == "call"
+        and (t.get("action") or {}).get("callType") == "call"
+        and t.get("traceAddress")
+        and same((t.get("action") or {}).get("to"), p["to"])
+        and _int((t.get("action") or {}).get("value", "0x0")) > 0
+    ]
+    frames.sort(key=lambda t: list(t["traceAddress"]))
+    index = p["log_index"]
+    frame = frames[index] if isinstance(index, int) and 0 <= index < len(frames) else None
+    path = list(frame["traceAddress"]) if frame else []
+    prefixes = {tuple(path[:n]) for n in range(len(path) + 1)}
+    failed = frame is not None and any(
+        tuple(t.get("traceAddress") or []) in prefixes and t.get("error")
+        for t in tree
+        if isinstance(t, dict)
+    )
+    if not c.check(
+        f"{at}.log_index",
+        frame is not None and not failed,
+        f"internal call {index} pays the wallet",
+        f"the transaction has no successful internal value call {index} to {p['to']}",
+    ):
+        return None
+    assert frame is not None
+    action = frame["action"]
+    return _checksum(action.get("from")), _checksum(action.get("to")), _int(action["value"])
+
+
+def _balance_attributed(
+    c: _Checker, pool: RpcPool, at: str, p: Mapping[str, Any], tx: Mapping[str, Any]
+) -> None:
+    """An internal payment attributed by balance (no traces when it was found): the recorded
+    sender is the contract the transaction called, the only transaction to it in its block;
+    over that block the wallet gained and the contract lost at least the amount."""
+    block, callee, wallet = int(p["block_number"]), _checksum(tx.get("to")), str(p["to"])
+    if not c.check(
+        f"{at}.from",
+        callee is not None and callee == p["from"] and not same(tx.get("from"), wallet),
+        f"the transaction calls {callee}, which paid the wallet",
+        f"the transaction calls {callee}, the bundle says the payment came from {p['from']}",
+    ):
+        return
+    full, w_after, w_before, c_after, c_before = pool.batch(
+        [
+            ("eth_getBlockByNumber", [hex(block), True]),
+            ("eth_getBalance", [wallet, hex(block)]),
+            ("eth_getBalance", [wallet, hex(block - 1)]),
+            ("eth_getBalance", [callee, hex(block)]),
+            ("eth_getBalance", [callee, hex(block - 1)]),
+        ]
+    )
+    txs = full.get("transactions", []) if isinstance(full, dict) else []
+    calls = [t for t in txs if isinstance(t, dict) and same(t.get("to"), callee)]
+    c.check(
+        f"{at}.tx_hash",
+        len(calls) == 1,
+        f"the only transaction to {callee} in block {block}",
+        f"block {block} holds {len(calls)} transactions to {callee}: the payment cannot be "
+        "attributed to one of them",
+    )
+    amount = int(p["amount_base_units"])
+    gained = _int(w_after) - _int(w_before)
+    lost = _int(c_before) + _int(tx.get("value", "0x0")) - _int(c_after)
+    c.check(
+        f"{at}.amount_base_units",
+        gained >= amount and lost >= amount,
+        f"over block {block} the wallet gained {gained} and {callee} paid out {lost} base "
+        f"units: at least {amount} (attributed by balance)",
+        f"over block {block} the wallet gained {gained} and {callee} paid out {lost} base "
+        f"units, less than the {amount} the bundle says",
+    )
+
+
+def _check_decimals(c: _Checker, pool: RpcPool, asset: Mapping[str, Any]) -> None:
+    token = asset.get("token_address")
+    if token is None:
+        c.check(
+            "asset.decimals",
+            asset["decimals"] == 18,
+            "native coin, 18 decimals",
+            f"the native coin has 18 decimals, not {asset['decimals']}",
+        )
+        return
+    raw = pool.call("eth_call", [{"to": token, "data": DECIMALS_SELECTOR}, "latest"])
+    if not c.check(
+        "asset.decimals",
+        isinstance(raw, str) and len(raw) > 2,
+        f"{token} answers decimals()",
+        f"{token} answers no decimals(): no token contract there on this node",
+    ):
+        return
+    on_chain = _int(raw)
+    c.check(
+        "asset.decimals",
+        on_chain == asset["decimals"],
+        f"{asset['symbol']} decimals() is {on_chain}",
+        f"{asset['symbol']} decimals() is {on_chain} on chain, the bundle says {asset['decimals']}",
+    )
