@@ -45,8 +45,8 @@ from tests.support.anvil import AnvilNode  # noqa: E402
 from tests.support.contracts import deploy, erc20_transfer, send_eth, wait_receipt  # noqa: E402
 from tests.support.receivers import Received, WebhookReceiver  # noqa: E402
 from tests.support.rpcproxy import RpcProxy  # noqa: E402
-from watcher import ledger  # noqa: E402
-from watcher.ledger import Context  # noqa: E402
+from watcher.ledger import invoices as ledger  # noqa: E402
+from watcher.ledger.context import Context  # noqa: E402
 from watcher.settings import load_settings  # noqa: E402
 from watcher.store.db import make_engine, migrate  # noqa: E402
 

@@ -52,16 +52,17 @@ from web3.utils import get_create_address  # noqa: E402
 
 from tests.support.anvil import AnvilNode  # noqa: E402
 from tests.support.contracts import load_artifact  # noqa: E402
-from watcher import ledger, settlement  # noqa: E402
 from watcher.chain import scanner, sources  # noqa: E402
 from watcher.chain.online import make_pool  # noqa: E402
 from watcher.chain.scanner import scan_chain  # noqa: E402
 from watcher.domain import billing  # noqa: E402
-from watcher.ledger import Context  # noqa: E402
+from watcher.ledger import invoices as ledger  # noqa: E402
+from watcher.ledger import settlement  # noqa: E402
+from watcher.ledger.context import Context  # noqa: E402
+from watcher.ledger.settlement import Settlement  # noqa: E402
 from watcher.logs import configure  # noqa: E402
-from watcher.service import Watcher  # noqa: E402
+from watcher.runtime.service import Watcher  # noqa: E402
 from watcher.settings import ChainSettings, load_settings  # noqa: E402
-from watcher.settlement import Settlement  # noqa: E402
 from watcher.store.db import make_engine, migrate, read_session, transaction  # noqa: E402
 from watcher.store.tables import Invoice, OutboxEvent, Transfer  # noqa: E402
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import structlog
 
-from watcher.chain.redact import redact_text
+from watcher.redact import redact_text
 
 
 class _Redact:

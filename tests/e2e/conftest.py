@@ -25,8 +25,9 @@ from typing import Any
 
 import pytest
 
-from watcher import ledger, token_decimals
-from watcher.ledger import Context
+from watcher.ledger import invoices as ledger
+from watcher.ledger import token_decimals
+from watcher.ledger.context import Context
 from watcher.settings import load_settings
 from watcher.store.db import make_engine, migrate, transaction
 
@@ -148,7 +149,7 @@ def _invoice(ctx: Context) -> None:
 def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RET-1 draft USDC 1500 (one payer); RET-2 approved USDC 2000; RET-3 approved ETH 0.5.
 
-    Built in-process with watcher.ledger to keep the suite fast; every one of these steps is
+    Built in-process with watcher.ledger.invoices to keep the suite fast; every one of these steps is
     also run as a real command by a test of its own.
     """
     ws = new_workspace(tmp_path_factory.mktemp("seeded") / "ws")

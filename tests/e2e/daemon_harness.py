@@ -6,7 +6,7 @@ dir (watcher.toml + .env) with its SQLite file, the webhook receivers and every
 ``python -m watcher run`` process; ``close()`` stops all of them, killed or not.
 
 The ledger (one approved retainer and its first-month invoice) is written in-process with
-``watcher.ledger``, the code the ``retainer``/``invoice`` commands call and test end to end
+``watcher.ledger.invoices``, the code the ``retainer``/``invoice`` commands call and test end to end
 elsewhere, to spare three process starts per test. Everything after that is the daemon's work,
 watched from outside: the SQLite file is read through read-only connections as an operator may.
 """
@@ -35,8 +35,8 @@ from tests.support.anvil import AnvilNode
 from tests.support.contracts import deploy, erc20_transfer, wait_receipt
 from tests.support.receivers import Received, WebhookReceiver
 from tests.support.service import DaemonProcess
-from watcher import ledger
-from watcher.ledger import Context
+from watcher.ledger import invoices as ledger
+from watcher.ledger.context import Context
 from watcher.settings import load_settings
 from watcher.store.db import make_engine, migrate
 

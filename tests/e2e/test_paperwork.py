@@ -33,7 +33,7 @@ from tests.e2e.chain_harness import (
     setup_chain,
     usdc,
 )
-from watcher.export import COLUMNS
+from watcher.ledger.export import COLUMNS
 
 pytestmark = pytest.mark.anvil
 

@@ -31,7 +31,7 @@ from tests.e2e.chain_harness import (
 )
 from tests.support.anvil import AnvilNode, free_port
 from tests.support.contracts import deploy, wait_receipt
-from watcher.proof_schema import proof_schema
+from watcher.schemas.proof import proof_schema
 
 pytestmark = pytest.mark.anvil
 

@@ -21,11 +21,11 @@ from sqlmodel import col, select
 
 from tests.support.receivers import WebhookReceiver
 from watcher.errors import Refused
-from watcher.http import render_page
 from watcher.notify.disabled import disabled_channels, enable
 from watcher.notify.outbox import deliver_due
+from watcher.runtime.http import render_page
+from watcher.runtime.status import status_document
 from watcher.settings import Settings, load_settings
-from watcher.status import status_document
 from watcher.store.db import SCHEMA_VERSION, make_engine, migrate, read_session, transaction
 from watcher.store.outbox import emit
 from watcher.store.tables import Delivery, DeliveryAttempt, OutboxEvent

@@ -38,8 +38,11 @@ from structlog.testing import capture_logs
 from tests.support.anvil import AnvilNode, free_port
 from tests.support.rpcproxy import RpcProxy
 from tests.support.service import DaemonProcess
-from watcher import ledger
-from watcher.daemon import (
+from watcher.errors import RpcError
+from watcher.ledger import invoices as ledger
+from watcher.ledger.context import Context
+from watcher.notify.disabled import disable
+from watcher.runtime.daemon import (
     DEGRADED_AFTER,
     Daemon,
     DaemonLocked,
@@ -48,12 +51,9 @@ from watcher.daemon import (
     LeaseLock,
     Outage,
 )
-from watcher.errors import RpcError
-from watcher.http import StatusServer
-from watcher.ledger import Context
-from watcher.notify.disabled import disable
+from watcher.runtime.http import StatusServer
+from watcher.runtime.status import RUNNING_WITHIN, status_document
 from watcher.settings import ChainSettings, Settings, load_settings
-from watcher.status import RUNNING_WITHIN, status_document
 from watcher.store.db import make_engine, migrate, transaction
 from watcher.store.outbox import emit
 from watcher.store.tables import ChainState, Delivery, OutboxEvent

@@ -44,10 +44,17 @@ from tests.support.service import DaemonProcess
 from tests.unit.test_batch_size import BatchLimitProxy
 from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import ScanReport, scan_chain
-from watcher.daemon import Daemon, DaemonLocked, FileLock, LeaseCheck, LeaseLock, command_lock
-from watcher.http import StatusServer
+from watcher.runtime.daemon import (
+    Daemon,
+    DaemonLocked,
+    FileLock,
+    LeaseCheck,
+    LeaseLock,
+    command_lock,
+)
+from watcher.runtime.http import StatusServer
+from watcher.runtime.status import RUNNING_WITHIN, health_problems, status_document
 from watcher.settings import ChainSettings, Settings, StatusSettings
-from watcher.status import RUNNING_WITHIN, health_problems, status_document
 from watcher.store.db import SCHEMA_VERSION, make_engine, migrate, transaction
 from watcher.store.outbox import emit
 from watcher.store.tables import ChainState

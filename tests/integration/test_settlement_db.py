@@ -11,11 +11,11 @@ import pytest
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from watcher import ledger
-from watcher.ledger import Context
-from watcher.renewals import run_renewals
+from watcher.ledger import invoices as ledger
+from watcher.ledger.context import Context
+from watcher.ledger.renewals import run_renewals
+from watcher.ledger.settlement import Settlement
 from watcher.settings import load_settings
-from watcher.settlement import Settlement
 from watcher.store.db import SCHEMA_VERSION, make_engine, migrate, transaction
 from watcher.store.tables import Allocation, Invoice, OutboxEvent, Transfer
 

@@ -6,7 +6,7 @@ import base64
 
 import pytest
 
-from watcher.http_guard import HostCheck, host_name, token_matches
+from watcher.runtime.http_guard import HostCheck, host_name, token_matches
 
 TOKEN = "status-token-0123456789"
 

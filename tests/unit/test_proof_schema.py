@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 from jsonschema import Draft202012Validator
 
+from watcher.chain.verify import parse_finality
 from watcher.domain.billing import Terms
 from watcher.domain.proof_rules import amount_checks, terms_checks, terms_hash
 from watcher.errors import BadInput
-from watcher.proof_schema import proof_schema, validate_bundle
-from watcher.verify import parse_finality
+from watcher.schemas.proof import proof_schema, validate_bundle
 
 WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
 USDC = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from watcher.chain.redact import MARKER, redact_text, redact_url
+from watcher.redact import MARKER, redact_text, redact_url
 
 
 @pytest.mark.parametrize(

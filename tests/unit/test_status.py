@@ -12,10 +12,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from watcher import ledger
-from watcher.ledger import Context
+from watcher.ledger import invoices as ledger
+from watcher.ledger.context import Context
+from watcher.runtime.status import RUNNING_WITHIN, health_problems, status_document
 from watcher.settings import Settings, load_settings
-from watcher.status import RUNNING_WITHIN, health_problems, status_document
 from watcher.store.db import make_engine, migrate, transaction
 from watcher.store.tables import ChainState, Daemon, Delivery, OutboxEvent
 

@@ -14,8 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
-from watcher import ledger, queries
 from watcher.domain.money import format_amount
+from watcher.ledger import invoices as ledger
+from watcher.ledger import queries
 from watcher.settings import ChainSettings, Settings, TokenSettings
 from watcher.store.db import make_engine, migrate, transaction
 from watcher.store.tables import Invoice, Retainer, Transfer

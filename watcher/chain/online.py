@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from watcher.chain.redact import redact_url
 from watcher.chain.rpc import RpcPool
 from watcher.errors import ConfigError, RpcError, WatcherError
+from watcher.redact import redact_url
 from watcher.settings import ChainSettings, Settings
 
 DECIMALS_SELECTOR = "0x313ce567"  # decimals()

@@ -1,7 +1,7 @@
 """Raw JSON-RPC over HTTP for one chain: several URLs, failover, backoff, batching, redaction.
 
 Results stay raw JSON (hex strings, dicts): callers decode. URLs often carry API keys, so only
-their redacted form (``watcher.chain.redact``) ever reaches a log line, an exception message or
+their redacted form (``watcher.redact``) ever reaches a log line, an exception message or
 the status attributes.
 """
 
@@ -25,9 +25,9 @@ from web3.exceptions import ProviderConnectionError
 from web3.providers.base import JSONBaseProvider
 from web3.types import RPCEndpoint, RPCResponse
 
-from watcher.chain.redact import redact_text, redact_url
 from watcher.domain.finality import RangeSizer
 from watcher.errors import BadInput, RangeTooLarge, RpcError
+from watcher.redact import redact_text, redact_url
 
 Call = tuple[str, Sequence[Any]]
 

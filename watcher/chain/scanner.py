@@ -33,7 +33,6 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
 from watcher.chain import confirm, guards, sources
-from watcher.chain.redact import redact_text
 from watcher.chain.rpc import RpcPool
 from watcher.chain.sources import Chunk, Inflow
 from watcher.domain.finality import (
@@ -44,6 +43,7 @@ from watcher.domain.finality import (
     finality_tag,
 )
 from watcher.errors import FinalityViolation, Refused, RpcError, WatcherError
+from watcher.redact import redact_text
 from watcher.settings import ChainSettings
 from watcher.store.db import read_session, transaction
 from watcher.store.outbox import emit
@@ -496,7 +496,7 @@ class _ChainScan:
 
     def _reorg(self, head: int) -> None:
         """The block at the cursor left the chain: rewind to the common ancestor, or refuse
-        (unless the operator acknowledged the violation: then follow it, see ``watcher.halts``)."""
+        (unless the operator acknowledged the violation: then follow it, see ``watcher.ledger.halts``)."""
         chain, old_cursor = self.chain, self.cursor
         with read_session(self.engine) as session:
             hashes = select(BlockHash).where(

@@ -19,10 +19,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from watcher import queries
 from watcher.cli.common import console, context, print_json
 from watcher.errors import BadInput
-from watcher.ledger import Context
+from watcher.ledger import queries
+from watcher.ledger.context import Context
 from watcher.logs import configure
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
@@ -35,7 +35,7 @@ def _scan_report_json(report: object) -> dict[str, object]:
 
 def _locked(ctx: Context, role: str) -> AbstractContextManager[None]:
     """The daemon's single-instance lock, held while a one-off ``tick`` or ``scan`` runs."""
-    from watcher.daemon import command_lock  # APScheduler: only for the commands that scan
+    from watcher.runtime.daemon import command_lock  # APScheduler: only for the commands that scan
 
     return command_lock(ctx.settings, ctx.engine, ctx.now, role)
 
@@ -60,7 +60,7 @@ def chain_resume(
     as they are. Exit 2 for an unknown chain or event, 3 when the event is not that chain's
     violation or the chain is not halted by it.
     """
-    from watcher.halts import resume_chain
+    from watcher.ledger.halts import resume_chain
 
     ctx = context()
     configure(ctx.settings.secrets)  # log lines go to stderr; stdout is the answer
@@ -96,7 +96,7 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         Refused (exit 1, naming the holder's pid) while a daemon, or a `tick` or another
         `scan`, runs on the same database.
         """
-        from watcher.service import Watcher
+        from watcher.runtime.service import Watcher
 
         for value, name in ((from_block, "--from"), (to_block, "--to")):
             if value is not None and value < 0:
@@ -144,7 +144,7 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         Refused (exit 1, naming the holder's pid) while a daemon, or another `tick` or
         `scan`, runs on the same database.
         """
-        from watcher.service import Watcher
+        from watcher.runtime.service import Watcher
 
         ctx = context()
         configure(ctx.settings.secrets)
@@ -177,7 +177,7 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Claim a transfer for an invoice; verified on chain, then waits for finality."""
-        from watcher.attach import attach  # the chain adapter: only this command needs it
+        from watcher.ledger.attach import attach  # the chain adapter: only this command needs it
 
         ctx = context()
         configure(ctx.settings.secrets)  # log lines go to stderr; stdout is the answer

@@ -11,7 +11,7 @@ from typing import Any
 from rich.console import Console
 
 from watcher.errors import WatcherError
-from watcher.ledger import Context
+from watcher.ledger.context import Context
 from watcher.settings import Settings, clock_from_env, config_path_from_env, load_settings
 from watcher.store.db import database_exists, make_engine, require_schema
 

@@ -30,7 +30,7 @@ def export_payments(
     import json
 
     from watcher.cli.proof_cmds import write_out
-    from watcher.export import payment_rows, to_csv
+    from watcher.ledger.export import payment_rows, to_csv
 
     fmt = "json" if as_json else fmt
     if fmt not in ("csv", "json"):

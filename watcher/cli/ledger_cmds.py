@@ -11,11 +11,12 @@ import segno
 import typer
 from rich.table import Table
 
-from watcher import ledger, queries
 from watcher.cli.common import console, context, print_json
 from watcher.domain.billing import InvoiceStatus
 from watcher.errors import BadInput
 from watcher.ids import fmt_id
+from watcher.ledger import invoices as ledger
+from watcher.ledger import queries
 from watcher.logs import configure
 
 retainer_app = typer.Typer(help="Retainers: terms a client approves.", no_args_is_help=True)
@@ -251,8 +252,8 @@ def invoice_show(
         raise BadInput("--json and --format html exclude each other")
     if fmt == "html":
         from watcher.cli.proof_cmds import write_out
-        from watcher.invoice_doc import invoice_document
-        from watcher.render import render_invoice
+        from watcher.ledger.invoice_doc import invoice_document
+        from watcher.templates.render import render_invoice
 
         doc = invoice_document(context(readonly=True).engine, invoice)
         write_out(render_invoice(doc), output)

@@ -11,7 +11,7 @@ from rich.table import Table
 from watcher.cli.common import console, context, print_json
 from watcher.errors import WatcherError
 from watcher.logs import configure
-from watcher.status import health_problems, parse_ts, status_document
+from watcher.runtime.status import health_problems, parse_ts, status_document
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
         On a stop signal no new job starts, the running ones finish, and it exits 0. A second
         daemon on the same database is refused (exit 1).
         """
-        from watcher.daemon import Daemon  # APScheduler: only for the daemon
+        from watcher.runtime.daemon import Daemon  # APScheduler: only for the daemon
 
         ctx = context()
         configure(ctx.settings.secrets)

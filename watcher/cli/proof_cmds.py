@@ -13,8 +13,8 @@ import typer.core
 
 from watcher.cli.common import context, load, print_json
 from watcher.errors import BadInput
-from watcher.proof import load_proof
-from watcher.render import render_proof
+from watcher.ledger.proof import load_proof
+from watcher.templates.render import render_proof
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 _INVOICE_REF = re.compile(r"^INV-[0-9]+$", re.IGNORECASE)
@@ -77,7 +77,7 @@ def proof_verify(
     A proof file needs no database; the node is --rpc or the config's chain of that chain id.
     """
     from watcher.chain.rpc import RpcPool  # the chain adapter: only this command needs it
-    from watcher.verify import ProofMismatch, parse_finality, verify_bundle
+    from watcher.chain.verify import ProofMismatch, parse_finality, verify_bundle
 
     wanted = parse_finality(finality) if finality is not None else None
     bundle = _read_bundle(source)

@@ -2,7 +2,7 @@
 
 The amounts add up (decimal strings are their base units, the payments sum to the paid
 amount, each pays the invoice's wallet in its asset), and the terms hash recomputed from the
-bundle's terms is the approval's. ``watcher.verify`` adds what only a node can confirm.
+bundle's terms is the approval's. ``watcher.chain.verify`` adds what only a node can confirm.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 
 import apprise
 
-from watcher.chain.redact import redact_text
+from watcher.redact import redact_text
 
 #: Loggers whose records may quote an Apprise URL; all of them get the redacting filter.
 LIBRARY_LOGGERS = ("apprise", "urllib3.connectionpool")

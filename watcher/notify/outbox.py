@@ -46,11 +46,11 @@ import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import col, func, select
 
-from watcher.chain.redact import redact_text
 from watcher.errors import NotFound, Refused
 from watcher.notify import backoff, disabled
 from watcher.notify.apprise_channel import AppriseChannel, protect_library_logs
 from watcher.notify.webhook import ChannelGone, WebhookChannel
+from watcher.redact import redact_text
 from watcher.settings import Settings
 from watcher.store.db import read_session, transaction
 from watcher.store.outbox import iso

@@ -293,7 +293,7 @@ class ChainResume(SQLModel, table=True):
 
 
 class TokenDecimals(SQLModel, table=True):
-    """A token's ``decimals()`` as read on chain, once (see ``watcher.token_decimals``)."""
+    """A token's ``decimals()`` as read on chain, once (see ``watcher.ledger.token_decimals``)."""
 
     __tablename__ = "token_decimals"
     chain: str = Field(primary_key=True)

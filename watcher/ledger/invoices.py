@@ -3,37 +3,27 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 
 import structlog
-from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, or_, select
 
-from watcher import token_decimals
 from watcher.domain import billing
 from watcher.domain.addresses import parse_address
 from watcher.domain.billing import InvoiceKind, InvoiceStatus, RetainerStatus, Terms
 from watcher.domain.money import Asset, format_amount, parse_amount
 from watcher.errors import BadInput, NotFound, Refused, WatcherError
 from watcher.ids import fmt_id, parse_id
+from watcher.ledger import token_decimals
+from watcher.ledger.context import Context
+from watcher.ledger.settlement import Settlement
 from watcher.settings import ChainSettings, Settings
-from watcher.settlement import Settlement
 from watcher.store.db import transaction
 from watcher.store.tables import Allocation, Approval, Invoice, Retainer
 
 NATIVE_DECIMALS = 18
 log = structlog.get_logger("watcher.ledger")
-
-
-@dataclass(frozen=True)
-class Context:
-    """What every use case needs: settings, the database, and the (injectable) clock."""
-
-    settings: Settings
-    engine: Engine
-    now: Callable[[], datetime]
 
 
 def asset_for(chain: ChainSettings, symbol: str) -> Asset:
@@ -250,7 +240,7 @@ def issue_in(
     verify_decimals: bool = False,
 ) -> Invoice:
     """Issue an invoice inside ``session``: checks approval and the token's decimals (see
-    ``watcher.token_decimals``; ``verify_decimals`` raises DecimalsUnknown when none were read
+    ``watcher.ledger.token_decimals``; ``verify_decimals`` raises DecimalsUnknown when none were read
     yet), picks the unique amount."""
     chain = settings.chain(retainer.chain)
     approval = session.get(Approval, retainer.approval_id) if retainer.approval_id else None

@@ -32,7 +32,7 @@ from watcher.chain.rpc import RpcPool
 from watcher.chain.sources import TRANSFER_TOPIC, decode_amount, same
 from watcher.domain.proof_rules import Check, amount_checks, check, terms_checks
 from watcher.errors import BadInput, Refused, RpcError, WatcherError
-from watcher.proof_schema import SCHEMA_VERSION, validate_bundle
+from watcher.schemas.proof import SCHEMA_VERSION, validate_bundle
 
 
 @dataclass

@@ -16,7 +16,6 @@ from typing import Any
 from eth_utils import to_checksum_address
 from sqlmodel import select
 
-from watcher import attribution, token_decimals
 from watcher.chain.online import read_decimals
 from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import block_time, transfer_uid
@@ -31,9 +30,11 @@ from watcher.chain.sources import (
 from watcher.domain.addresses import parse_tx_hash
 from watcher.errors import BadInput, Refused, WatcherError
 from watcher.ids import fmt_id
-from watcher.ledger import Context, get_invoice
+from watcher.ledger import attribution, token_decimals
+from watcher.ledger.context import Context
+from watcher.ledger.invoices import get_invoice
+from watcher.ledger.settlement import Settlement
 from watcher.settings import ChainSettings
-from watcher.settlement import Settlement
 from watcher.store.db import read_session, transaction
 from watcher.store.tables import Allocation, Attachment, Invoice, Transfer
 

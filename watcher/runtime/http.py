@@ -10,7 +10,7 @@
 Everything is read through a read-only engine (the operator views), so serving never blocks
 the daemon's writes.
 
-Safe behind a proxy (``watcher.http_guard``): every request's ``Host`` must name the listen
+Safe behind a proxy (``watcher.runtime.http_guard``): every request's ``Host`` must name the listen
 host or one of ``[status] allowed_hosts`` (else 400), and with ``[status] token`` set the page
 and ``/metrics`` need the token (else 401 with a ``WWW-Authenticate`` challenge); ``/healthz``
 stays open for health checkers.
@@ -34,9 +34,9 @@ from prometheus_client.registry import Collector
 from sqlalchemy.engine import Engine
 
 from watcher.errors import WatcherError
-from watcher.http_guard import OPEN_PATHS, HostCheck, token_matches
+from watcher.runtime.http_guard import OPEN_PATHS, HostCheck, token_matches
+from watcher.runtime.status import Row, health_problems, parse_ts, rows, status_document
 from watcher.settings import Settings
-from watcher.status import Row, health_problems, parse_ts, rows, status_document
 
 log = structlog.get_logger("watcher.http")
 

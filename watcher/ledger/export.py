@@ -13,11 +13,11 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from watcher import queries
 from watcher.domain.billing import parse_when
 from watcher.errors import BadInput
+from watcher.ledger import queries
+from watcher.ledger.settlement import explorer_tx_url
 from watcher.settings import Settings
-from watcher.settlement import explorer_tx_url
 from watcher.store.outbox import iso
 
 #: The statement's columns, in order. Stable: later versions only append.

@@ -22,7 +22,7 @@ from watcher.domain.billing import InvoiceKind, InvoiceStatus, RetainerStatus
 from watcher.domain.money import format_amount
 from watcher.errors import WatcherError
 from watcher.ids import fmt_id
-from watcher.ledger import issue_in
+from watcher.ledger.invoices import issue_in
 from watcher.settings import Settings
 from watcher.store.db import transaction
 from watcher.store.outbox import emit, iso

@@ -10,7 +10,7 @@ from sqlmodel import Session
 
 from watcher.errors import NotFound, Refused
 from watcher.ids import fmt_id, parse_id
-from watcher.proof_schema import SCHEMA_VERSION
+from watcher.schemas.proof import SCHEMA_VERSION
 from watcher.store.tables import Invoice, Proof
 
 

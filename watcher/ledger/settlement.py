@@ -16,14 +16,14 @@ from typing import Any, TypeVar
 import structlog
 from sqlmodel import Session, col, or_, select
 
-from watcher import token_decimals
 from watcher.domain import cycles as cycle_rules
 from watcher.domain import matching
 from watcher.domain.billing import SETTLED, UNSETTLED, InvoiceKind, InvoiceStatus, RetainerStatus
 from watcher.domain.money import format_amount
 from watcher.errors import WatcherError
 from watcher.ids import fmt_id
-from watcher.proof_schema import SCHEMA_VERSION
+from watcher.ledger import token_decimals
+from watcher.schemas.proof import SCHEMA_VERSION
 from watcher.settings import Settings
 from watcher.store.outbox import emit, emit_many, iso
 from watcher.store.tables import (

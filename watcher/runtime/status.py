@@ -17,12 +17,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import col, or_, select
 
-from watcher.chain.redact import redact_text
 from watcher.domain import billing
 from watcher.domain.billing import InvoiceStatus, RetainerStatus
 from watcher.domain.money import format_amount
-from watcher.halts import last_resumes
+from watcher.ledger.halts import last_resumes
 from watcher.notify.disabled import disabled_channels
+from watcher.redact import redact_text
 from watcher.settings import Settings
 from watcher.store.db import read_session
 from watcher.store.outbox import iso

@@ -11,11 +11,11 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from watcher import queries
 from watcher.domain.cycles import period_in_run
 from watcher.domain.money import format_amount
 from watcher.ids import parse_id
-from watcher.proof import load_proof
+from watcher.ledger import queries
+from watcher.ledger.proof import load_proof
 from watcher.store.outbox import iso
 from watcher.store.tables import Approval, Cycle, Invoice, Retainer
 

@@ -46,11 +46,11 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from watcher.chain.redact import redact_text
 from watcher.errors import RpcError, WatcherError
-from watcher.ledger import Context
+from watcher.ledger.context import Context
+from watcher.redact import redact_text
+from watcher.runtime.status import HEARTBEAT_SECONDS, RUNNING_WITHIN
 from watcher.settings import ChainSettings, Settings
-from watcher.status import HEARTBEAT_SECONDS, RUNNING_WITHIN
 from watcher.store.db import make_engine, read_session, sqlite_path, transaction
 from watcher.store.outbox import emit, iso
 from watcher.store.tables import ChainState, OutboxEvent
@@ -67,7 +67,7 @@ class DaemonLocked(WatcherError):
 
 
 class Rounds(Protocol):
-    """The work the daemon schedules: ``watcher.service.Watcher``, or a test double."""
+    """The work the daemon schedules: ``watcher.runtime.service.Watcher``, or a test double."""
 
     def scan(self, chain: ChainSettings) -> object:
         """One poll of one chain (scan, settle what became final); raises when it fails."""
@@ -288,7 +288,9 @@ class Daemon:
         self.ctx = ctx
         self.settings = ctx.settings
         if rounds is None:
-            from watcher.service import Watcher  # the chain adapter: only when really running
+            from watcher.runtime.service import (
+                Watcher,  # the chain adapter: only when really running
+            )
 
             rounds = Watcher(ctx)
         self.rounds = rounds
@@ -344,7 +346,7 @@ class Daemon:
             )
 
     def _run(self) -> None:
-        from watcher.http import StatusServer  # the listener is optional
+        from watcher.runtime.http import StatusServer  # the listener is optional
 
         self._claim_row()
         self._load_outages()

@@ -12,16 +12,16 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from watcher import token_decimals
 from watcher.chain.online import make_pool, read_decimals
 from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import ScanReport, scan_chain
 from watcher.errors import WatcherError
-from watcher.ledger import Context
+from watcher.ledger import token_decimals
+from watcher.ledger.context import Context
+from watcher.ledger.renewals import RenewalReport, run_renewals
+from watcher.ledger.settlement import Settlement
 from watcher.notify.outbox import Channel, DeliveryReport, build_channels, deliver_due
-from watcher.renewals import RenewalReport, run_renewals
 from watcher.settings import ChainSettings
-from watcher.settlement import Settlement
 from watcher.store.db import read_session, transaction
 
 log = structlog.get_logger("watcher.service")
@@ -95,7 +95,7 @@ class Watcher:
         progress: Progress | None = None,
     ) -> ScanReport:
         """Scan one chain up to its head (or ``to_block``), settling what became final.
-        Tokens whose decimals were never read are read first (``watcher.token_decimals``)."""
+        Tokens whose decimals were never read are read first (``watcher.ledger.token_decimals``)."""
         self.check_decimals(chain)
         return scan_chain(
             chain,

@@ -1,0 +1,1 @@
+"""Running it: the daemon and its locks, the per-process ``Watcher``, the status server."""

@@ -1,0 +1,1 @@
+"""Versioned JSON Schemas shipped inside the package and their validators."""

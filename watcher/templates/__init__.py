@@ -1,0 +1,1 @@
+"""Jinja2 templates (autoescaped) and the helper that renders them (``render``)."""
