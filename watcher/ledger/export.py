@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from watcher.domain.billing import parse_when
 from watcher.errors import BadInput
 from watcher.ledger import queries
-from watcher.ledger.settlement import explorer_tx_url
+from watcher.ledger.payloads import explorer_tx_url
 from watcher.settings import Settings
 from watcher.store.outbox import iso
 

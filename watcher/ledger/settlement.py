@@ -1,38 +1,33 @@
 """Settlement: inflows become payments of invoices; final payments settle them and open cycles.
 
-Every function here runs inside the caller's transaction (the scanner's, or ``tick``'s), so a
-state change and the events it causes commit together. Running any of it twice changes
-nothing: allocations are keyed by transfer, events by a dedupe key, proofs written once.
+This module matches inflows to invoices (allocations, reviews, unassigned reports); what is
+covered and final is settled by ``watcher.ledger.settle`` and the payloads are built in
+``watcher.ledger.payloads``. Every function here runs inside the caller's transaction (the
+scanner's, or ``tick``'s), so a state change and the events it causes commit together.
+Running any of it twice changes nothing: allocations are keyed by transfer, events by a
+dedupe key, proofs written once.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any, TypeVar
 
 import structlog
 from sqlmodel import Session, col, or_, select
 
-from watcher.domain import cycles as cycle_rules
 from watcher.domain import matching
-from watcher.domain.billing import SETTLED, UNSETTLED, InvoiceKind, InvoiceStatus, RetainerStatus
-from watcher.domain.money import format_amount
-from watcher.errors import WatcherError
+from watcher.domain.billing import SETTLED, UNSETTLED, InvoiceStatus
 from watcher.ids import fmt_id
 from watcher.ledger import token_decimals
-from watcher.schemas.proof import SCHEMA_VERSION
-from watcher.settings import Settings
-from watcher.store.outbox import emit, emit_many, iso
+from watcher.ledger.settle import Settler, active_payments
+from watcher.store.outbox import emit, emit_many
 from watcher.store.tables import (
     Allocation,
-    Approval,
     Attachment,
-    Cycle,
     Invoice,
-    Proof,
     Retainer,
     Review,
     Transfer,
@@ -40,14 +35,6 @@ from watcher.store.tables import (
 
 log = structlog.get_logger("watcher.settlement")
 T = TypeVar("T")
-
-#: Token decimals as read on chain: (chain name, token address) -> decimals, or None if unknown.
-DecimalsReader = Callable[[str, str], int | None]
-
-
-def explorer_tx_url(settings: Settings, chain: str, tx_hash: str) -> str | None:
-    base = next((c.explorer_url for c in settings.chains if c.name == chain), None)
-    return f"{base}/tx/{tx_hash}" if base else None
 
 
 def _inflow(t: Transfer) -> matching.Inflow:
@@ -61,24 +48,6 @@ def _inflow(t: Transfer) -> matching.Inflow:
         to_address=t.to_address,
         asset=t.asset,
         amount=t.amount,
-    )
-
-
-def paid_at(t: Transfer) -> datetime:
-    """A payment's time for every deadline: its block's timestamp (the detection time only for
-    rows stored before schema 4, which have none)."""
-    return t.block_time or t.detected_at
-
-
-def _active_payments(session: Session, invoice_id: int) -> list[Transfer]:
-    return list(
-        session.exec(
-            select(Transfer)
-            .join(Allocation, col(Allocation.transfer_id) == col(Transfer.id))
-            .where(Allocation.invoice_id == invoice_id, Allocation.active)
-            .where(Transfer.status != "orphaned")
-            .order_by(col(Transfer.block_number), col(Transfer.id))
-        ).all()
     )
 
 
@@ -122,13 +91,11 @@ def _active_allocation(session: Session, transfer_id: int) -> Allocation | None:
     ).first()
 
 
-@dataclass
-class Settlement:
-    """The scanner's hooks plus the settlement and renewal rounds, for one configuration."""
+class Settlement(Settler):
+    """The scanner's hooks plus the settlement and renewal rounds, for one configuration.
 
-    settings: Settings
-    now: Callable[[], datetime]
-    token_decimals: DecimalsReader | None = None
+    Here: matching inflows to invoices, allocations and reviews; settling what is covered
+    and final is ``Settler``'s (``watcher.ledger.settle``)."""
 
     # --- scanner hooks (called inside the scanner's transaction) ---------------------------
 
@@ -218,7 +185,7 @@ class Settlement:
             return []
         self._apply(session, waiting, early=True)
         session.flush()
-        mine = {t.id for t in _active_payments(session, invoice.id)}
+        mine = {t.id for t in active_payments(session, invoice.id)}
         early = [t for t in waiting if t.id in mine]
         if early:
             log.info(
@@ -269,35 +236,6 @@ class Settlement:
             )
             session.flush()
             self.refresh(session, allocation.invoice_id)
-
-    def finalized(self, session: Session, transfers: list[Transfer]) -> None:
-        """Final transfers: tell the world, and settle the invoices they complete."""
-        touched: set[int] = set()
-        ids = [t.id for t in transfers if t.id is not None]
-        invoice_of = dict(
-            session.exec(
-                select(Allocation.transfer_id, Allocation.invoice_id).where(
-                    col(Allocation.transfer_id).in_(ids), Allocation.active
-                )
-            ).all()
-        )
-        for transfer in transfers:
-            invoice_id = invoice_of.get(transfer.id or 0)
-            if invoice_id is None:
-                continue
-            self._emit_finalized(session, transfer, invoice_id)
-            touched.add(invoice_id)
-        for invoice_id in sorted(touched):
-            self.refresh(session, invoice_id)
-
-    def _emit_finalized(self, session: Session, transfer: Transfer, invoice_id: int) -> None:
-        emit(
-            session,
-            "payment.finalized",
-            self._transfer_data(transfer, invoice_id=invoice_id),
-            dedupe_key=f"payment.finalized:{transfer.uid}",
-            now=self.now(),
-        )
 
     # --- allocation ----------------------------------------------------------------------
 
@@ -460,325 +398,3 @@ class Settlement:
             session.add(review)
             session.flush()
             self.refresh(session, review.invoice_id)
-
-    # --- invoice state -------------------------------------------------------------------
-
-    def refresh(self, session: Session, invoice_id: int) -> Invoice:
-        """Recompute an invoice from its allocated payments; settle it when covered and final."""
-        invoice = session.get(Invoice, invoice_id)
-        if invoice is None:
-            raise WatcherError(f"invoice {fmt_id('INV', invoice_id)} vanished during settlement")
-        if invoice.status in SETTLED or invoice.status == InvoiceStatus.VOID:
-            return invoice
-        if token_decimals.mismatch(session, self.settings, invoice.chain, invoice.token_address):
-            return invoice  # amounts of that token mean nothing until the config is fixed
-        payments = _active_payments(session, invoice_id)
-        open_reviews = session.exec(
-            select(Review.reason)
-            .where(Review.invoice_id == invoice_id, col(Review.cleared_at).is_(None))
-            .order_by(col(Review.created_at).desc())
-        ).all()
-        invoice.review_reason = open_reviews[0] if open_reviews else None
-        if open_reviews:
-            current = InvoiceStatus.NEEDS_REVIEW
-        elif invoice.status == InvoiceStatus.NEEDS_REVIEW:
-            current = InvoiceStatus.OPEN  # review cleared: the renewal round may expire it
-        else:
-            current = InvoiceStatus(invoice.status)
-        result = matching.coverage(
-            price=invoice.price,
-            amount=invoice.amount,
-            due_at=invoice.due_at,
-            payments=[matching.Paid(t.amount, t.status == "final", paid_at(t)) for t in payments],
-            tolerance=self.settings.billing.underpay_tolerance,
-            current=current,
-            expired=invoice.status == InvoiceStatus.EXPIRED,
-        )
-        invoice.paid_amount = result.paid_amount
-        invoice.overpaid_by = result.overpaid_by
-        previous = invoice.status
-        invoice.status = result.status.value
-        session.add(invoice)
-        if result.status in SETTLED:
-            assert result.covered_at is not None
-            self._settle(session, invoice, payments, late=result.late, paid_at=result.covered_at)
-        elif (
-            result.status == InvoiceStatus.UNDERPAID
-            and payments
-            and all(t.status == "final" for t in payments)
-        ):
-            emit(
-                session,
-                "invoice.underpaid",
-                {
-                    **self._invoice_data(session, invoice),
-                    "missing": format_amount(
-                        matching.covered_threshold(
-                            invoice.price, self.settings.billing.underpay_tolerance
-                        )
-                        - result.paid_amount,
-                        invoice.decimals,
-                    ),
-                },
-                dedupe_key=f"invoice.underpaid:{invoice.id}:{result.paid_amount}",
-                now=self.now(),
-            )
-        if previous != invoice.status:
-            log.info(
-                "invoice.status",
-                invoice=fmt_id("INV", invoice.id),
-                old=previous,
-                new=invoice.status,
-            )
-        session.flush()
-        return invoice
-
-    def _settle(
-        self,
-        session: Session,
-        invoice: Invoice,
-        payments: list[Transfer],
-        *,
-        late: bool,
-        paid_at: datetime,
-    ) -> None:
-        """``paid_at``: the block time of the payment that completed coverage, which is the
-        invoice's ``paid_at`` and month 1's earliest start."""
-        now = self.now()
-        invoice.paid_at = paid_at
-        cycle = None
-        if invoice.kind != InvoiceKind.SPRINT:
-            cycle = self._open_cycle(session, invoice, payments, paid_at)
-            invoice.cycle_id = cycle.id
-        session.add(invoice)
-        session.flush()
-        bundle = self.proof_bundle(session, invoice, payments, cycle)
-        if session.get(Proof, invoice.id) is None:
-            session.add(
-                Proof(
-                    invoice_id=invoice.id or 0,
-                    bundle=json.dumps(bundle, sort_keys=True, separators=(",", ":")),
-                    created_at=now,
-                )
-            )
-        if late:
-            emit(
-                session,
-                "invoice.paid_late",
-                self._invoice_data(session, invoice),
-                dedupe_key=f"invoice.paid_late:{invoice.id}",
-                now=now,
-            )
-        log.info(
-            "invoice.settled",
-            invoice=fmt_id("INV", invoice.id),
-            status=invoice.status,
-            cycle=fmt_id("CYC", cycle.id if cycle else None),
-        )
-
-    def _open_cycle(
-        self, session: Session, invoice: Invoice, payments: list[Transfer], paid_at: datetime
-    ) -> Cycle:
-        existing = session.exec(select(Cycle).where(Cycle.funded_by_invoice == invoice.id)).first()
-        if existing is not None:
-            return existing
-        retainer = session.get(Retainer, invoice.retainer_id)
-        assert retainer is not None
-        last = session.exec(
-            select(Cycle)
-            .where(Cycle.retainer_id == retainer.id)
-            .order_by(col(Cycle.period_index).desc())
-        ).first()
-        previous = None
-        if last is not None:
-            previous = cycle_rules.PreviousCycle(
-                period_index=last.period_index,
-                anchor_at=last.anchor_at,
-                anchor_index=last.anchor_index,
-                ends_at=last.ends_at,
-                lapsed=last.status == "lapsed"
-                or retainer.status == RetainerStatus.LAPSED
-                or cycle_rules.lapsed(last.ends_at, self.settings.billing.grace_days, paid_at),
-            )
-        period = cycle_rules.next_period(
-            period_index=invoice.period_index or 1,
-            previous=previous,
-            retainer_start=retainer.start_at,
-            paid_at=paid_at,
-        )
-        proof_tx = max(payments, key=lambda t: (t.block_number, t.id or 0)).tx_hash
-        cycle = Cycle(
-            retainer_id=retainer.id or 0,
-            period_index=period.period_index,
-            anchor_at=period.anchor_at,
-            anchor_index=period.anchor_index,
-            starts_at=period.starts_at,
-            ends_at=period.ends_at,
-            status="open",
-            funded_by_invoice=invoice.id,
-            proof_tx_hash=proof_tx,
-        )
-        session.add(cycle)
-        retainer.status = RetainerStatus.ACTIVE.value
-        session.add(retainer)
-        session.flush()
-        tx = payments[-1]
-        emit(
-            session,
-            "cycle.opened",
-            {
-                "retainer_id": fmt_id("RET", retainer.id),
-                "client": retainer.client,
-                "cycle_id": fmt_id("CYC", cycle.id),
-                "period_index": cycle.period_index,
-                "starts_at": iso(cycle.starts_at),
-                "ends_at": iso(cycle.ends_at),
-                "invoice_id": fmt_id("INV", invoice.id),
-                "amount": format_amount(invoice.paid_amount, invoice.decimals),
-                "amount_base_units": str(invoice.paid_amount),
-                "asset": invoice.asset,
-                "chain": invoice.chain,
-                "chain_id": invoice.chain_id,
-                "tx_hash": proof_tx,
-                "block_number": tx.block_number,
-                "explorer_tx_url": explorer_tx_url(self.settings, invoice.chain, proof_tx),
-            },
-            dedupe_key=f"cycle.opened:{fmt_id('CYC', cycle.id)}",
-            now=self.now(),
-        )
-        log.info(
-            "cycle.opened",
-            cycle=fmt_id("CYC", cycle.id),
-            retainer=fmt_id("RET", retainer.id),
-            month=cycle.period_index,
-        )
-        return cycle
-
-    # --- proof ---------------------------------------------------------------------------
-
-    def proof_bundle(
-        self, session: Session, invoice: Invoice, payments: Iterable[Transfer], cycle: Cycle | None
-    ) -> dict[str, Any]:
-        retainer = session.get(Retainer, invoice.retainer_id)
-        approval = session.get(Approval, invoice.approval_id) if invoice.approval_id else None
-        assert retainer is not None
-        chain = next((c for c in self.settings.chains if c.name == invoice.chain), None)
-        decimals_on_chain: int | None = invoice.decimals if invoice.token_address is None else None
-        if invoice.token_address and self.token_decimals is not None:
-            decimals_on_chain = self.token_decimals(invoice.chain, invoice.token_address)
-        return {
-            "schema": SCHEMA_VERSION,
-            "invoice": {
-                "id": fmt_id("INV", invoice.id),
-                "kind": invoice.kind,
-                "period_index": invoice.period_index,
-                "status": invoice.status,
-                "price": format_amount(invoice.price, invoice.decimals),
-                "amount": format_amount(invoice.amount, invoice.decimals),
-                "amount_base_units": str(invoice.amount),
-                "paid_amount": format_amount(invoice.paid_amount, invoice.decimals),
-                "paid_amount_base_units": str(invoice.paid_amount),
-                "overpaid_by": format_amount(invoice.overpaid_by, invoice.decimals),
-                "issued_at": iso(invoice.issued_at),
-                "due_at": iso(invoice.due_at),
-                "paid_at": iso(invoice.paid_at),
-                "pay_to": invoice.pay_to,
-            },
-            "retainer": {
-                "id": fmt_id("RET", retainer.id),
-                "client": retainer.client,
-                "scope": retainer.scope,
-                "terms_hash": invoice.terms_hash,
-                "terms": json.loads(approval.terms_json) if approval else None,
-                "approval": None
-                if approval is None
-                else {
-                    "approved_by": approval.approved_by,
-                    "approved_at": iso(approval.approved_at),
-                    "note": approval.note,
-                    "terms_hash": approval.terms_hash,
-                },
-            },
-            "chain": {
-                "name": invoice.chain,
-                "chain_id": invoice.chain_id,
-                "explorer_url": chain.explorer_url if chain else None,
-            },
-            "asset": {
-                "symbol": invoice.asset,
-                "token_address": invoice.token_address,
-                "decimals": invoice.decimals,
-                "decimals_on_chain": decimals_on_chain,
-            },
-            "payments": [
-                {
-                    "chain_id": t.chain_id,
-                    "tx_hash": t.tx_hash,
-                    "log_index": t.log_index,
-                    "kind": t.kind,
-                    "attribution": t.attribution,
-                    "block_number": t.block_number,
-                    "block_hash": t.block_hash,
-                    "block_time": iso(t.block_time),
-                    "final_block": t.final_block,
-                    "from": t.from_address,
-                    "to": t.to_address,
-                    "asset": t.asset,
-                    "token_address": t.token_address,
-                    "amount": format_amount(t.amount, t.decimals),
-                    "amount_base_units": str(t.amount),
-                    "detected_at": iso(t.detected_at),
-                    "finalized_at": iso(t.finalized_at),
-                    "explorer_tx_url": explorer_tx_url(self.settings, t.chain, t.tx_hash),
-                }
-                for t in payments
-            ],
-            "cycle": None
-            if cycle is None
-            else {
-                "id": fmt_id("CYC", cycle.id),
-                "period_index": cycle.period_index,
-                "starts_at": iso(cycle.starts_at),
-                "ends_at": iso(cycle.ends_at),
-            },
-        }
-
-    # --- event payloads ------------------------------------------------------------------
-
-    def _transfer_data(self, t: Transfer, *, invoice_id: int | None = None) -> dict[str, Any]:
-        return {
-            "chain": t.chain,
-            "chain_id": t.chain_id,
-            "tx_hash": t.tx_hash,
-            "log_index": t.log_index,
-            "block_number": t.block_number,
-            "block_hash": t.block_hash,
-            "block_time": iso(t.block_time),
-            "from": t.from_address,
-            "to": t.to_address,
-            "asset": t.asset,
-            "token_address": t.token_address,
-            "amount": format_amount(t.amount, t.decimals),
-            "amount_base_units": str(t.amount),
-            "status": t.status,
-            "invoice_id": fmt_id("INV", invoice_id),
-            "explorer_tx_url": explorer_tx_url(self.settings, t.chain, t.tx_hash),
-        }
-
-    def _invoice_data(self, session: Session, invoice: Invoice) -> dict[str, Any]:
-        retainer = session.get(Retainer, invoice.retainer_id)
-        return {
-            "invoice_id": fmt_id("INV", invoice.id),
-            "retainer_id": fmt_id("RET", invoice.retainer_id),
-            "client": retainer.client if retainer else None,
-            "kind": invoice.kind,
-            "period_index": invoice.period_index,
-            "chain": invoice.chain,
-            "asset": invoice.asset,
-            "price": format_amount(invoice.price, invoice.decimals),
-            "amount": format_amount(invoice.amount, invoice.decimals),
-            "paid_amount": format_amount(invoice.paid_amount, invoice.decimals),
-            "status": invoice.status,
-            "due_at": iso(invoice.due_at),
-            "cycle_id": fmt_id("CYC", invoice.cycle_id),
-        }
