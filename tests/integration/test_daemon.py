@@ -42,16 +42,9 @@ from watcher.errors import RpcError
 from watcher.ledger import invoices as ledger
 from watcher.ledger.context import Context
 from watcher.notify.disabled import disable
-from watcher.runtime.daemon import (
-    DEGRADED_AFTER,
-    Daemon,
-    DaemonLocked,
-    FileLock,
-    Intervals,
-    LeaseLock,
-    Outage,
-)
+from watcher.runtime.daemon import DEGRADED_AFTER, Daemon, Intervals, Outage
 from watcher.runtime.http import StatusServer
+from watcher.runtime.locks import DaemonLocked, FileLock, LeaseLock
 from watcher.runtime.status import RUNNING_WITHIN, status_document
 from watcher.settings import ChainSettings, Settings, load_settings
 from watcher.store.db import make_engine, migrate, transaction

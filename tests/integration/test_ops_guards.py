@@ -44,15 +44,9 @@ from tests.support.service import DaemonProcess
 from tests.unit.test_batch_size import BatchLimitProxy
 from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import ScanReport, scan_chain
-from watcher.runtime.daemon import (
-    Daemon,
-    DaemonLocked,
-    FileLock,
-    LeaseCheck,
-    LeaseLock,
-    command_lock,
-)
+from watcher.runtime.daemon import Daemon
 from watcher.runtime.http import StatusServer
+from watcher.runtime.locks import DaemonLocked, FileLock, LeaseCheck, LeaseLock, command_lock
 from watcher.runtime.status import RUNNING_WITHIN, health_problems, status_document
 from watcher.settings import ChainSettings, Settings, StatusSettings
 from watcher.store.db import SCHEMA_VERSION, make_engine, migrate, transaction

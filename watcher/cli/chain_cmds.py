@@ -35,7 +35,7 @@ def _scan_report_json(report: object) -> dict[str, object]:
 
 def _locked(ctx: Context, role: str) -> AbstractContextManager[None]:
     """The daemon's single-instance lock, held while a one-off ``tick`` or ``scan`` runs."""
-    from watcher.runtime.daemon import command_lock  # APScheduler: only for the commands that scan
+    from watcher.runtime.locks import command_lock  # only for the commands that scan
 
     return command_lock(ctx.settings, ctx.engine, ctx.now, role)
 
