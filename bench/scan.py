@@ -57,7 +57,7 @@ from watcher.chain.online import make_pool  # noqa: E402
 from watcher.chain.scanner import scan_chain  # noqa: E402
 from watcher.domain import billing  # noqa: E402
 from watcher.ledger import invoices as ledger  # noqa: E402
-from watcher.ledger import settlement  # noqa: E402
+from watcher.ledger import settle, settlement  # noqa: E402
 from watcher.ledger.context import Context  # noqa: E402
 from watcher.ledger.settlement import Settlement  # noqa: E402
 from watcher.logs import configure  # noqa: E402
@@ -487,6 +487,7 @@ class Phases:
         (scanner._ChainScan, "_store", "  _store (transfer rows)"),
         (Settlement, "found", "  settlement.found hook"),
         (settlement, "emit", "    outbox.emit (x1 per unassigned transfer)"),
+        (settle, "emit", "    outbox.emit (x1 per unassigned transfer)"),  # the same label
         (scanner._ChainScan, "_finalize", "finality (receipt re-read + DB)"),
         (sources, "read_receipts", "receipts (RPC; in fetch_chunk and in finality)"),
         (Settlement, "finalized", "  settlement.finalized hook"),

@@ -22,99 +22,40 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
-from weakref import WeakKeyDictionary
+from dataclasses import asdict
+from datetime import datetime
 
 import structlog
-from sqlalchemy import ColumnElement, delete, func, insert
+from sqlalchemy import insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
-from watcher.chain import confirm, guards, sources
+from watcher.chain import guards, sources
+from watcher.chain.reorgs import Reorgs
 from watcher.chain.rpc import RpcPool
-from watcher.chain.sources import Chunk, Inflow
-from watcher.domain.finality import (
-    RangeSizer,
-    Rewind,
-    decide_reorg,
-    final_block,
-    finality_tag,
+from watcher.chain.scan_state import (
+    NoHooks,
+    ScanHooks,
+    ScanReport,
+    block_time,
+    block_times,
+    transfer_uid,
 )
-from watcher.errors import FinalityViolation, Refused, RpcError, WatcherError
-from watcher.redact import redact_text
+from watcher.chain.sources import Chunk, Inflow
+from watcher.domain.finality import final_block, finality_tag
+from watcher.errors import RpcError, WatcherError
 from watcher.settings import ChainSettings
-from watcher.store.db import read_session, transaction
+from watcher.store.db import transaction
 from watcher.store.outbox import emit
-from watcher.store.tables import BlockHash, ChainState, Transfer
+from watcher.store.tables import BlockHash, Transfer
 
 log = structlog.get_logger("watcher.chain.scanner")
+
+__all__ = ["ScanHooks", "ScanReport", "scan_chain"]  # the reports and hooks live in scan_state
 
 POSTS_PER_CHUNK = 2  # a chunk's blocks fill this many batches of pool.max_batch entries
 MAX_CHUNK_BLOCKS = 1000
 MAX_REORGS_PER_POLL = 3
-
-# Range widths learned per pool (one pool per chain, living as long as the daemon).
-_SIZERS: WeakKeyDictionary[RpcPool, dict[str, RangeSizer]] = WeakKeyDictionary()
-
-
-class ScanHooks(Protocol):
-    """What settlement does with transfers; every call runs inside the scanner's transaction,
-    so allocations, releases and settlements commit atomically with the cursor and statuses."""
-
-    def found(self, session: Session, transfers: list[Transfer]) -> None:
-        """New (or re-found after a reorg) transfers, status ``seen``."""
-
-    def orphaned(self, session: Session, transfers: list[Transfer]) -> None:
-        """Transfers that left the chain (status ``orphaned`` already set)."""
-
-    def finalized(self, session: Session, transfers: list[Transfer]) -> None:
-        """Transfers whose receipt was re-read at finality (status ``final`` already set)."""
-
-
-class _NoHooks:
-    def found(self, session: Session, transfers: list[Transfer]) -> None:
-        """Nothing to do."""
-
-    def orphaned(self, session: Session, transfers: list[Transfer]) -> None:
-        """Nothing to do."""
-
-    def finalized(self, session: Session, transfers: list[Transfer]) -> None:
-        """Nothing to do."""
-
-
-@dataclass(frozen=True, slots=True)
-class ScanReport:
-    """What one poll of one chain saw and did."""
-
-    chain: str
-    head: int
-    final_block: int
-    cursor_before: int
-    cursor_after: int
-    found: int
-    orphaned: int
-    finalized: int
-    requests: int  # HTTP POSTs sent to the RPC pool during the poll
-    reorgs: int = 0
-    unexplained: int = 0  # watcher.unexplained_balance events raised
-    complete: bool = True  # False: the poll stopped short of its target (the chain moved)
-    lagging: bool = False  # every URL was behind the cursor: nothing was read this poll
-
-
-def block_time(timestamp: int | None) -> datetime | None:
-    """A block's unix timestamp as a UTC datetime (None when the node did not say)."""
-    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC)
-
-
-def block_times(chunk: Chunk) -> dict[int, datetime | None]:
-    """Each block's time in a chunk, by number."""
-    return {b.number: block_time(b.timestamp) for b in chunk.blocks}
-
-
-def transfer_uid(chain_id: int, tx_hash: str, kind: str, log_index: int | None) -> str:
-    return f"{chain_id}:{tx_hash}:{kind}:{'' if log_index is None else log_index}"
 
 
 def scan_chain(
@@ -137,35 +78,13 @@ def scan_chain(
     cannot be read (the cursor stays at the last complete chunk) and ``FinalityViolation``
     when a reorg reaches below a final transfer; both are recorded in ``ChainState``.
     """
-    scan = _ChainScan(chain, pool, engine, now, hooks or _NoHooks(), progress)
+    scan = _ChainScan(chain, pool, engine, now, hooks or NoHooks(), progress)
     return scan.run(from_block, to_block)
 
 
-class _ChainScan:
-    def __init__(
-        self,
-        chain: ChainSettings,
-        pool: RpcPool,
-        engine: Engine,
-        now: Callable[[], datetime],
-        hooks: ScanHooks,
-        progress: Callable[[int, int], None] | None,
-    ) -> None:
-        self.chain, self.pool, self.engine, self.now = chain, pool, engine, now
-        self.hooks, self.progress = hooks, progress
-        self.log = log.bind(chain=chain.name)
-        self.sizers = _SIZERS.setdefault(pool, {})
-        for method in ("eth_getLogs", "trace_filter"):
-            self.sizers.setdefault(method, RangeSizer(max(1, chain.max_log_range)))
-        self.cursor = -1
-        self.cursor_hash: str | None = None
-        self.balance: int | None = None
-        self.final_at_start = -1  # the final block when this poll began
-        self.final_seen = -1  # the highest final block seen so far: never moves backwards
-        self.counts = {"found": 0, "orphaned": 0, "finalized": 0, "reorgs": 0, "unexplained": 0}
-        self.incomplete: str | None = None  # why the poll stopped short of its target
-        self.halted_by: str | None = None  # the violation that halts this chain
-        self.resume_ack: str | None = None  # the violation the operator acknowledged
+class _ChainScan(Reorgs):
+    """One poll: the head, the chunks up to it, the balance guard (reorgs and finality:
+    ``Reorgs``; cursor and chain state: ``ScanState``)."""
 
     # -- the poll ----------------------------------------------------------------------------
 
@@ -243,53 +162,6 @@ class _ChainScan:
             return head, head_hash, final, False
         return head, head_hash, final, True
 
-    def _stored_hash(self, number: int) -> str | None:
-        with read_session(self.engine) as session:
-            row = session.get(BlockHash, (self.chain.name, number))
-            if row is not None:
-                return row.hash
-            child = session.get(BlockHash, (self.chain.name, number + 1))
-            return child.parent_hash if child is not None else None
-
-    def _load_state(self, from_block: int | None) -> None:
-        chain = self.chain
-        with transaction(self.engine) as session:
-            state = session.get(ChainState, chain.name)
-            if state is None:
-                state = ChainState(chain=chain.name, chain_id=chain.chain_id)
-            elif state.chain_id != chain.chain_id:
-                raise Refused(
-                    f"chain {chain.name}: the database holds chain id {state.chain_id}, "
-                    f"the configuration says {chain.chain_id}"
-                )
-            if state.cursor is None:
-                state.cursor = (chain.start_block if from_block is None else from_block) - 1
-            elif from_block is not None and from_block - 1 > state.cursor:
-                raise Refused(
-                    f"chain {chain.name}: --from {from_block} would skip blocks "
-                    f"{state.cursor + 1}..{from_block - 1} (the cursor is at {state.cursor})"
-                )
-            elif from_block is not None and from_block - 1 < state.cursor:
-                row = session.get(BlockHash, (chain.name, from_block - 1))
-                state.cursor, state.cursor_hash = from_block - 1, row.hash if row else None
-                state.balance = state.cursor_time = None
-                self.log.info("scan.rewind", cursor=state.cursor)
-            session.add(state)
-            self.cursor, self.cursor_hash, self.balance = (
-                state.cursor, state.cursor_hash, state.balance
-            )  # fmt: skip
-            self.halted_by, self.resume_ack = state.halted_by, state.resume_ack
-            self.final_seen = state.final_block if state.final_block is not None else -1
-
-    def _refuse_if_halted(self) -> None:
-        """A chain halted by a finality violation is not polled until the operator resumes it."""
-        if self.halted_by is not None:
-            name = self.chain.name
-            raise FinalityViolation(
-                f"chain {name}: halted by finality violation {self.halted_by}; after looking "
-                f"at it: proofwatch chain resume {name} --ack {self.halted_by}"
-            )
-
     def _head(self) -> tuple[int, str, int]:
         """Head number and hash and the final block, in one request."""
         tag = finality_tag(self.chain.finality)
@@ -298,16 +170,6 @@ class _ChainScan:
         head = sources.parse_block(answers[0], -1)
         tag_number = sources.parse_block(answers[1], -1).number if tag else None
         return head.number, head.hash, final_block(self.chain.finality, head.number, tag_number)
-
-    def _waiting(self, final: int) -> list[Transfer]:
-        """Seen transfers at or below the final block: due for the receipt check."""
-        with read_session(self.engine) as session:
-            query = select(Transfer).where(
-                Transfer.chain == self.chain.name,
-                Transfer.status == "seen",
-                Transfer.block_number <= final,
-            )
-            return list(session.exec(query.order_by(col(Transfer.block_number), col(Transfer.id))))
 
     # -- scanning ----------------------------------------------------------------------------
 
@@ -415,26 +277,6 @@ class _ChainScan:
         self.counts["finalized"] += len(final_now)
         self.log.info("scan.chunk", first=chunk.first, last=chunk.last, found=len(found))
 
-    def _drop_hashes(self, session: Session, where: ColumnElement[bool]) -> None:
-        session.execute(delete(BlockHash).where(col(BlockHash.chain) == self.chain.name, where))
-
-    def _move_cursor(
-        self,
-        session: Session,
-        cursor: int,
-        cursor_hash: str | None,
-        balance: int | None,
-        cursor_time: datetime | None = None,
-    ) -> None:
-        """``cursor_time``: the cursor block's timestamp, the chain's clock for deadlines (None
-        after a rewind, until the next chunk: no deadline passes meanwhile)."""
-        state = session.get(ChainState, self.chain.name)
-        assert state is not None
-        state.cursor, state.cursor_hash, state.balance = cursor, cursor_hash, balance
-        state.cursor_time = cursor_time
-        session.add(state)
-        self.cursor, self.cursor_hash, self.balance = cursor, cursor_hash, balance
-
     def _store(
         self, session: Session, inflows: Sequence[Inflow], times: Mapping[int, datetime | None]
     ) -> list[Transfer]:
@@ -492,97 +334,6 @@ class _ChainScan:
             )  # fmt: skip
         return found
 
-    # -- reorgs ------------------------------------------------------------------------------
-
-    def _reorg(self, head: int) -> None:
-        """The block at the cursor left the chain: rewind to the common ancestor, or refuse
-        (unless the operator acknowledged the violation: then follow it, see ``watcher.ledger.halts``)."""
-        chain, old_cursor = self.chain, self.cursor
-        with read_session(self.engine) as session:
-            hashes = select(BlockHash).where(
-                BlockHash.chain == chain.name, BlockHash.number <= self.cursor
-            )
-            rows = list(session.exec(hashes))
-            stored = {b.number: b.hash for b in rows}
-            if rows:  # the lowest block's parent is known too: a reorg may replace every row
-                lowest = min(rows, key=lambda b: b.number)
-                if lowest.number > 0:
-                    stored.setdefault(lowest.number - 1, lowest.parent_hash)
-            floor = session.exec(
-                select(func.max(Transfer.block_number)).where(
-                    Transfer.chain == chain.name, Transfer.status == "final"
-                )
-            ).one()
-        theirs = sources.block_hashes(self.pool, [n for n in stored if n <= head])
-        acked = self.resume_ack is not None  # the operator resumed after this violation
-        decision = decide_reorg(self.cursor, stored, theirs, final_floor=None if acked else floor)
-        if not isinstance(decision, Rewind) and not acked:
-            raise self._violation(decision.reason, decision.ancestor)
-        if isinstance(decision, Rewind):
-            ancestor, ancestor_hash = decision.ancestor, stored.get(decision.ancestor)
-        else:  # deeper than the stored hashes: re-anchor on the node's chain below them
-            ancestor, ancestor_hash = min(stored, default=self.cursor) - 1, None
-        if acked:
-            self.log.warning(
-                "scan.resume_followed", event_id=self.resume_ack, ancestor=ancestor,
-                final_floor=floor,
-            )  # fmt: skip
-        with transaction(self.engine) as session:
-            query = select(Transfer).where(
-                Transfer.chain == chain.name,
-                Transfer.status == "seen",
-                Transfer.block_number > ancestor,
-            )
-            orphans = list(session.exec(query))
-            for transfer in orphans:
-                transfer.status = "orphaned"
-                session.add(transfer)
-            if orphans:
-                self.hooks.orphaned(session, orphans)
-            self._drop_hashes(session, col(BlockHash.number) > ancestor)
-            self._move_cursor(session, ancestor, ancestor_hash, None)
-            if acked:
-                self._use_ack(session)
-        self.log.warning(
-            "scan.reorg", ancestor=ancestor, depth=old_cursor - ancestor,
-            orphaned=len(orphans),
-        )  # fmt: skip
-        for t in orphans:
-            self.log.warning("scan.orphaned", tx=t.tx_hash, kind=t.kind, block=t.block_number)
-        self.counts["orphaned"] += len(orphans)
-        self.counts["reorgs"] += 1
-
-    def _violation(self, reason: str, ancestor: int | None) -> FinalityViolation:
-        """Record and shout about a reorg below final data; the error to raise."""
-        chain = self.chain
-        data = {
-            "chain": chain.name, "chain_id": chain.chain_id, "cursor": self.cursor,
-            "cursor_hash": self.cursor_hash, "ancestor": ancestor, "reason": reason,
-        }  # fmt: skip
-        key = f"watcher.finality_violation:{chain.name}:{self.cursor}:{self.cursor_hash}"
-        with transaction(self.engine) as session:
-            event_id = emit(
-                session, "watcher.finality_violation", data, dedupe_key=key, now=self.now()
-            )
-            state = session.get(ChainState, chain.name)
-            if state is not None:  # halted until `proofwatch chain resume` acknowledges it
-                state.halted_by, state.resume_ack = event_id, None
-                session.add(state)
-        log.error("scan.finality_violation", **data)
-        return FinalityViolation(
-            f"chain {chain.name}: finality violation {event_id}: {reason}; final transfers are "
-            "kept as they are and this chain's scan stops until an operator looks "
-            f"(proofwatch chain resume {chain.name} --ack {event_id})"
-        )
-
-    def _use_ack(self, session: Session) -> None:
-        """The acknowledged violation has been followed (or did not recur): forget the ack."""
-        state = session.get(ChainState, self.chain.name)
-        if state is not None and state.resume_ack is not None:
-            state.resume_ack = None
-            session.add(state)
-        self.resume_ack = None
-
     # -- balance guard -----------------------------------------------------------------------
 
     def _guarded(self, chunk: Chunk) -> tuple[Chunk, list[tuple[str, dict[str, object]]]]:
@@ -637,120 +388,3 @@ class _ChainScan:
             events.append((key, data))
         self.counts["unexplained"] += len(events)
         return again, events
-
-    # -- finality ----------------------------------------------------------------------------
-
-    def _finalize(self, final: int) -> None:
-        """Re-read the receipts of seen transfers at or below the final block (and with
-        ``cross_check`` ask a second URL): mark them final, or leave them seen for the next poll.
-
-        Nothing is orphaned here: only the reorg path, which rewinds the cursor, orphans. A
-        receipt that stays unconfirmed ``unconfirmed_alert_seconds`` raises
-        ``watcher.receipt_unconfirmed``; a second provider that disagrees raises
-        ``watcher.cross_check_mismatch`` at once. Each alert once per transfer and block hash.
-        """
-        waiting = self._waiting(final)
-        if not waiting:
-            return
-        verdicts = confirm.confirm(self.pool, self.chain, waiting)
-        now = self.now()
-        alert_after = timedelta(seconds=self.chain.unconfirmed_alert_seconds)
-        done: list[Transfer] = []
-        with transaction(self.engine) as session:
-            rows = self._load_transfers(session, [t.id for t in waiting if t.id is not None])
-            for t in waiting:
-                row = rows.get(t.id)
-                verdict = verdicts.get(t.id or 0)
-                if row is None or row.status != "seen" or verdict is None:
-                    continue
-                if verdict.final:
-                    row.status, row.finalized_at, row.final_block = "final", now, final
-                    row.unconfirmed_since = None
-                    done.append(row)
-                else:
-                    row.unconfirmed_since = since = row.unconfirmed_since or now
-                    self._unconfirmed(session, row, verdict, since, alert_after)
-                session.add(row)
-            session.flush()
-            if done:
-                self.hooks.finalized(session, done)
-        for row in done:
-            self.log.info("scan.finalized", tx=row.tx_hash, kind=row.kind, block=row.block_number,
-                          log_index=row.log_index, final_block=final)  # fmt: skip
-        self.counts["finalized"] += len(done)
-
-    def _unconfirmed(
-        self,
-        session: Session,
-        row: Transfer,
-        verdict: confirm.Verdict,
-        since: datetime,
-        alert_after: timedelta,
-    ) -> None:
-        """Log a transfer left waiting; alert on a disagreement, or once it waited too long."""
-        self.log.warning("scan.receipt_unconfirmed", tx=row.tx_hash, block=row.block_number,
-                         reason=verdict.reason)  # fmt: skip
-        chain, now = self.chain, self.now()
-        data: dict[str, object] = {
-            "chain": chain.name, "chain_id": chain.chain_id, "tx_hash": row.tx_hash,
-            "kind": row.kind, "log_index": row.log_index, "block_number": row.block_number,
-            "block_hash": row.block_hash, "asset": row.asset, "amount_base_units": str(row.amount),
-            "reason": verdict.reason, "unconfirmed_since": since.isoformat(),
-        }  # fmt: skip
-        kinds = ["watcher.cross_check_mismatch"] if verdict.disagrees else []
-        if now - since >= alert_after:
-            kinds.append("watcher.receipt_unconfirmed")
-        for kind in kinds:
-            key = f"{kind}:{row.uid}:{row.block_hash}"
-            emit(session, kind, data, dedupe_key=key, now=now)
-
-    @staticmethod
-    def _load_transfers(session: Session, ids: list[int]) -> dict[int | None, Transfer]:
-        """Transfers by id, read in a few IN queries rather than one query per row."""
-        rows: dict[int | None, Transfer] = {}
-        for start in range(0, len(ids), 500):
-            query = select(Transfer).where(col(Transfer.id).in_(ids[start : start + 500]))
-            rows.update((t.id, t) for t in session.exec(query))
-        return rows
-
-    # -- chain state -------------------------------------------------------------------------
-
-    def _record_lag(self, head: int) -> None:
-        """A poll that read nothing because every URL is behind the cursor: the node answered
-        (``rpc_ok``), but the chain has not been read, so ``last_ok_at`` stays where it was."""
-        self.log.warning("scan.all_lagging", head=head, cursor=self.cursor)
-        with transaction(self.engine) as session:
-            state = session.get(ChainState, self.chain.name)
-            if state is None:
-                return
-            state.last_poll_at, state.rpc_ok = self.now(), True
-            state.last_error = (
-                f"every RPC URL is behind the cursor (head {head}, cursor {self.cursor})"
-            )
-            session.add(state)
-
-    def _record(self, *, head: int | None, final: int | None, error: WatcherError | None) -> None:
-        """What this poll saw, in ChainState; an error's message is redacted.
-
-        A poll that stopped short of its target (``self.incomplete``) records the head but is
-        not a successful poll: ``last_ok_at`` stays, the reason is the ``last_error``.
-        """
-        now = self.now()
-        with transaction(self.engine) as session:
-            state = session.get(ChainState, self.chain.name)
-            if state is None:
-                return
-            state.last_poll_at = now
-            if error is None:
-                self._use_ack(session)  # a poll got through: the acknowledgement is spent
-            if error is None and self.incomplete is not None:
-                state.head, state.final_block, state.rpc_ok = head, final, True
-                state.last_error = redact_text(self.incomplete, self.chain.rpc_urls)
-            elif error is None:
-                state.head, state.final_block = head, final
-                state.last_ok_at, state.rpc_ok, state.last_error = now, True, None
-            else:
-                state.last_error = redact_text(str(error), self.chain.rpc_urls)
-                state.rpc_ok = not isinstance(error, RpcError)
-                self.log.error("scan.failed", error=state.last_error, kind=type(error).__name__)
-            session.add(state)

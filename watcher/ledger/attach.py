@@ -18,7 +18,7 @@ from sqlmodel import select
 
 from watcher.chain.online import read_decimals
 from watcher.chain.rpc import RpcPool
-from watcher.chain.scanner import block_time, transfer_uid
+from watcher.chain.scan_state import block_time, transfer_uid
 from watcher.chain.sources import (
     TRANSFER_TOPIC,
     address_topic,
