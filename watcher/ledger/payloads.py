@@ -98,12 +98,7 @@ def proof_bundle(
                 "block_hash": t.block_hash,
                 "block_time": iso(t.block_time),
                 "final_block": t.final_block,
-                "from": t.from_address,
-                "to": t.to_address,
-                "asset": t.asset,
-                "token_address": t.token_address,
-                "amount": format_amount(t.amount, t.decimals),
-                "amount_base_units": str(t.amount),
+                **_flow(t),
                 "detected_at": iso(t.detected_at),
                 "finalized_at": iso(t.finalized_at),
                 "explorer_tx_url": explorer_tx_url(settings, t.chain, t.tx_hash),
@@ -133,12 +128,7 @@ def transfer_data(
         "block_number": t.block_number,
         "block_hash": t.block_hash,
         "block_time": iso(t.block_time),
-        "from": t.from_address,
-        "to": t.to_address,
-        "asset": t.asset,
-        "token_address": t.token_address,
-        "amount": format_amount(t.amount, t.decimals),
-        "amount_base_units": str(t.amount),
+        **_flow(t),
         "status": t.status,
         "invoice_id": fmt_id("INV", invoice_id),
         "explorer_tx_url": explorer_tx_url(settings, t.chain, t.tx_hash),
@@ -162,4 +152,16 @@ def invoice_data(session: Session, invoice: Invoice) -> dict[str, Any]:
         "status": invoice.status,
         "due_at": iso(invoice.due_at),
         "cycle_id": fmt_id("CYC", invoice.cycle_id),
+    }
+
+
+def _flow(t: Transfer) -> dict[str, Any]:
+    """Who paid whom how much, in the key order every payload lists them."""
+    return {
+        "from": t.from_address,
+        "to": t.to_address,
+        "asset": t.asset,
+        "token_address": t.token_address,
+        "amount": format_amount(t.amount, t.decimals),
+        "amount_base_units": str(t.amount),
     }
