@@ -149,8 +149,8 @@ def _invoice(ctx: Context) -> None:
 def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """RET-1 draft USDC 1500 (one payer); RET-2 approved USDC 2000; RET-3 approved ETH 0.5.
 
-    Built in-process with watcher.ledger.invoices to keep the suite fast; every one of these steps is
-    also run as a real command by a test of its own.
+    Built in-process with watcher.ledger.invoices to keep the suite fast; every one of these
+    steps is also run as a real command by a test of its own.
     """
     ws = new_workspace(tmp_path_factory.mktemp("seeded") / "ws")
     _build(ws.root, _seed)

@@ -240,8 +240,8 @@ def issue_in(
     verify_decimals: bool = False,
 ) -> Invoice:
     """Issue an invoice inside ``session``: checks approval and the token's decimals (see
-    ``watcher.ledger.token_decimals``; ``verify_decimals`` raises DecimalsUnknown when none were read
-    yet), picks the unique amount."""
+    ``watcher.ledger.token_decimals``; ``verify_decimals`` raises DecimalsUnknown when none
+    were read yet), picks the unique amount."""
     chain = settings.chain(retainer.chain)
     approval = session.get(Approval, retainer.approval_id) if retainer.approval_id else None
     try:
