@@ -182,7 +182,8 @@ def test_renewal_invoice_renders_in_chromium_on_one_page(story: Story, tmp_path:
     assert "<title>Invoice INV-4</title>" in dom
     assert "Acme GmbH" in dom
     assert f"Month 2: {month_1['ends_at']} to " in dom  # month 2 starts where month 1 ends
-    assert f"{invoice['amount']} USDC" in dom and invoice["amount"] == "1500.000001"
+    # INV-1's 1500.000001 is cooling (billing.tag_cooling_days): the renewal gets the next tag
+    assert f"{invoice['amount']} USDC" in dom and invoice["amount"] == "1500.000002"
     assert invoice["amount_base_units"] in dom
     assert "local (chain id 31337)" in dom
     assert invoice["pay_to"] in dom and invoice["token_address"] in dom
