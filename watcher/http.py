@@ -72,9 +72,8 @@ class StatusServer:
         self.engine = engine
         self.settings = settings
         self.now = now
-        self.poll_failures = poll_failures
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(StatusCollector(engine, settings, now, poll_failures))
+        self.registry.register(StatusCollector(self.document, poll_failures))
         self.url = ""
         self.token = settings.status.token
         self.hosts = HostCheck(parse_listen(listen)[0], settings.status.allowed_hosts)
@@ -118,6 +117,10 @@ class StatusServer:
             self._thread = None
 
     # -- the three answers --------------------------------------------------------------------
+
+    def document(self) -> dict[str, Any]:
+        """The status document, read now."""
+        return status_document(self.engine, self.settings, self.now())
 
     def healthz(self) -> tuple[int, dict[str, Any]]:
         now = self.now()

@@ -4,14 +4,12 @@ document at scrape time, registered in the listener's own ``CollectorRegistry``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy.engine import Engine
 
-from watcher.settings import Settings
-from watcher.status import parse_ts, status_document
+from watcher.status import parse_ts
 
 #: Per chain: (consecutive failed polls, failed polls since the daemon started).
 PollFailures = Callable[[], Mapping[str, tuple[int, int]]]
@@ -21,19 +19,13 @@ class StatusCollector(Collector):
     """Gauges read from the database at scrape time."""
 
     def __init__(
-        self,
-        engine: Engine,
-        settings: Settings,
-        now: Callable[[], datetime],
-        poll_failures: PollFailures | None = None,
+        self, document: Callable[[], dict[str, Any]], poll_failures: PollFailures | None = None
     ) -> None:
-        self.engine = engine
-        self.settings = settings
-        self.now = now
+        self.document = document  # the status document, read afresh at each scrape
         self.poll_failures = poll_failures
 
     def collect(self) -> Iterable[Metric]:
-        doc = status_document(self.engine, self.settings, self.now())
+        doc = self.document()
         per_chain = {
             "head": ("proofwatch_chain_head_block", "Latest block the chain's node reported."),
             "final_block": ("proofwatch_chain_final_block", "Latest final block."),

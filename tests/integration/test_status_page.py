@@ -66,23 +66,12 @@ def page(tmp_path: Path) -> Iterator[str]:
             )
             session.add(
                 Transfer(
-                    uid=f"31337:{TX}:native:0",
-                    chain="local",
-                    chain_id=31337,
-                    kind="native",
-                    tx_hash=TX,
-                    log_index=3,
-                    block_number=110,
-                    block_hash="0x" + "cd" * 32,
-                    block_time=T0,
-                    from_address=PAYER,
-                    to_address=WALLET,
-                    asset="ETH",
-                    decimals=18,
-                    amount=10**17,
-                    detected_at=T0,
+                    uid=f"31337:{TX}:native:3", chain="local", chain_id=31337, kind="native",
+                    tx_hash=TX, log_index=3, block_number=110, block_hash="0x" + "cd" * 32,
+                    from_address=PAYER, to_address=WALLET, asset="ETH", decimals=18,
+                    amount=10**17, detected_at=T0,
                 )
-            )
+            )  # fmt: skip
             assert retainer.id is not None and invoice.id is not None
             session.add(
                 Cycle(
