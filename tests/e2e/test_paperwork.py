@@ -16,7 +16,6 @@ import json
 import re
 import subprocess
 import tempfile
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -29,8 +28,6 @@ from tests.e2e.chain_harness import (
     Chain,
     Workspace,
     build_template,
-    chain_node,
-    setup_chain,
     usdc,
 )
 from watcher.export import COLUMNS
@@ -48,13 +45,6 @@ def at(when: str, minutes: int) -> str:
     """``when`` plus ``minutes`` (ISO 8601 UTC)."""
     moment = datetime.fromisoformat(when.replace("Z", "+00:00")) + timedelta(minutes=minutes)
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[Chain]:
-    """One Anvil node with the tokens and funded payers, its clock starting before T0."""
-    with chain_node() as node:
-        yield setup_chain(node)
 
 
 @dataclass
