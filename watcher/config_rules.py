@@ -69,7 +69,7 @@ def _plain(parse: Callable[[Any], Any]) -> Any:
 
 def _matches(pattern: str) -> Callable[[str], str]:
     def check(value: str) -> str:
-        if not re.fullmatch(pattern, value):
+        if not re.fullmatch(pattern, value, re.DOTALL):
             raise ValueError(pattern)
         return value
 

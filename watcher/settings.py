@@ -307,20 +307,19 @@ def default_channel_name(kind: str, url: str) -> str:
 # --- loading -------------------------------------------------------------------------------
 
 
-def _database_url(url: Any) -> str:
-    if not isinstance(url, str) or not url:
-        raise refuse(((), f"{url!r} is not a database URL"))
-    if not url.startswith(("sqlite:", "postgresql")):
-        scheme = url.split(":")[0]
-        raise refuse(((), f"{scheme!r} is not a supported database (sqlite, postgresql)"))
-    return url
-
-
 class _Database(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
     url: Annotated[str, Field(validate_default=True)] = "sqlite:///data/watcher.db"
 
-    _url = field_validator("url", mode="plain")(_database_url)
+    @field_validator("url", mode="plain")
+    @classmethod
+    def _supported(cls, url: Any) -> str:
+        if not isinstance(url, str) or not url:
+            raise refuse(((), f"{url!r} is not a database URL"))
+        if not url.startswith(("sqlite:", "postgresql")):
+            scheme = url.split(":")[0]
+            raise refuse(((), f"{scheme!r} is not a supported database (sqlite, postgresql)"))
+        return url
 
     def resolved(self, config_dir: Path) -> str:
         """A relative ``sqlite:///`` path is relative to the config's directory."""
