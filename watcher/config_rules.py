@@ -36,7 +36,9 @@ def _why(text: str) -> PydanticCustomError:
 _FAILED = object()
 
 
-def says(why: str, *, show: bool = True, whole: bool = False, non_empty: bool = False) -> Any:
+def says(
+    why: str, *, show: bool = True, whole: bool = False, non_empty: bool = False
+) -> WrapValidator:
     """Report any failure of the value itself as ``<value> <why>`` (``<why>`` alone with
     ``show=False``: the value may hold a key). Failures inside a list or table keep their own
     keys unless ``whole``; ``non_empty`` also refuses an empty list."""
@@ -55,7 +57,7 @@ def says(why: str, *, show: bool = True, whole: bool = False, non_empty: bool = 
     return WrapValidator(check)
 
 
-def _plain(parse: Callable[[Any], Any]) -> Any:
+def _plain(parse: Callable[[Any], Any]) -> PlainValidator:
     """A rule written as a function raising ``BadInput``/``ValueError`` with the whole message."""
 
     def check(value: Any) -> Any:
@@ -174,7 +176,7 @@ Hosts = Annotated[tuple[Host, ...], says('must be a list of host names like "sta
 Token = Annotated[str | None, _plain(_token)]
 
 
-def tables(of: str, *, non_empty: bool = False) -> Any:
+def tables(of: str, *, non_empty: bool = False) -> WrapValidator:
     """A list of ``[[of]]`` tables."""
     if non_empty:
         return says(f"at least one [[{of}]] table is required", show=False, non_empty=True)

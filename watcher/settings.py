@@ -89,7 +89,7 @@ __all__ = [
 ]
 
 DEFAULT_CONFIG = Path("config/watcher.toml")
-_TABLE = ConfigDict(extra="forbid")
+_TABLE = ConfigDict(extra="forbid", hide_input_in_errors=True)  # values may be secrets
 _LOADING = "config"  # validation context key: set while a config file is checked
 
 
@@ -212,15 +212,15 @@ class NotifySettings:
         """Every channel's name (configured or derived) must be its own: deliveries bind to it."""
         seen: dict[str, str] = {}
         problems: list[tuple[Where, str]] = []
-        keyed = [(("webhooks", i), h.channel_name) for i, h in enumerate(self.webhooks)]
-        keyed += [(("urls", i), AppriseSettings(u).channel_name) for i, u in enumerate(self.urls)]
-        keyed += [(("apprise", i), a.channel_name) for i, a in enumerate(self.apprise)]
-        for where, name in keyed:
+        keyed = [("webhooks", i, h.channel_name) for i, h in enumerate(self.webhooks)]
+        keyed += [("urls", i, AppriseSettings(u).channel_name) for i, u in enumerate(self.urls)]
+        keyed += [("apprise", i, a.channel_name) for i, a in enumerate(self.apprise)]
+        for field, i, name in keyed:
             if name in seen:
                 why = f"channel name {name!r} is also {seen[name]}'s: give each a `name`"
-                problems.append((where, why))
+                problems.append(((field, i), why))
             else:
-                seen[name] = "notify." + f"{where[0]}[{where[1]}]"
+                seen[name] = f"notify.{field}[{i}]"
         if problems:
             raise refuse(*problems)
         return self
@@ -308,7 +308,7 @@ def default_channel_name(kind: str, url: str) -> str:
 
 
 class _Database(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
     url: Annotated[str, Field(validate_default=True)] = "sqlite:///data/watcher.db"
 
     @field_validator("url", mode="plain")
@@ -332,7 +332,7 @@ class _Database(BaseModel):
 class _ConfigFile(BaseModel):
     """The TOML file's shape: these sections, nothing else."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
     database: _Database = _Database()
     chains: Annotated[tuple[ChainSettings, ...], tables("chains", non_empty=True)] = Field(
         default=(), validate_default=True
