@@ -18,7 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -26,6 +26,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from web3 import Web3
 from web3.contract import Contract
 
@@ -356,3 +357,32 @@ def build_template(chain: Chain, root: Path) -> Workspace:
         issued = ws.json("invoice", "issue", ret)
         assert (issued["status"], issued["amount"]) == ("open", amount), issued
     return ws
+
+
+# --- the Anvil modules' chain: one node per module, a template ledger, a copy per test -------
+
+
+@pytest.fixture(scope="module")
+def chain() -> Iterator[Chain]:
+    """One Anvil node per module (automine, finalized = latest - 2) with the tokens and funded
+    payers, its clock starting at GENESIS so each test mines its blocks at the times it says
+    (``Chain.at``)."""
+    with chain_node() as node:
+        yield setup_chain(node)
+
+
+@pytest.fixture(scope="module")
+def template(
+    chain: Chain, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Workspace:
+    """The ledger every test of a module copies: two approved retainers with their first
+    invoices (``chain_harness.build_template``)."""
+    name = request.module.__name__.rsplit(".", 1)[-1]
+    return build_template(chain, tmp_path_factory.mktemp(name) / "template")
+
+
+@pytest.fixture
+def ws(chain: Chain, template: Workspace, tmp_path: Path) -> Workspace:
+    """The chain back at its snapshot and a private copy of the template ledger."""
+    chain.reset()
+    return template.copy(tmp_path / "ws")

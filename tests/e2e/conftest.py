@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from tests.e2e.chain_harness import chain, template, ws  # noqa: F401  (the Anvil modules' fixtures)
 from watcher.ledger import invoices as ledger
 from watcher.ledger import token_decimals
 from watcher.ledger.context import Context
@@ -152,9 +153,9 @@ def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Built in-process with watcher.ledger.invoices to keep the suite fast; every one of these
     steps is also run as a real command by a test of its own.
     """
-    ws = new_workspace(tmp_path_factory.mktemp("seeded") / "ws")
-    _build(ws.root, _seed)
-    return ws.root
+    seeded = new_workspace(tmp_path_factory.mktemp("seeded") / "ws")
+    _build(seeded.root, _seed)
+    return seeded.root
 
 
 @pytest.fixture(scope="session")
@@ -167,9 +168,9 @@ def invoiced_template(seeded_template: Path, tmp_path_factory: pytest.TempPathFa
     return root
 
 
-def _copy(template: Path, where: Path) -> Workspace:
+def _copy(source: Path, where: Path) -> Workspace:
     root = where / "ws"
-    shutil.copytree(template, root)
+    shutil.copytree(source, root)
     return Workspace(root)
 
 
@@ -237,19 +238,19 @@ def run_all(runs: dict[str, Run], templates: dict[str, Path], tmp: Path) -> dict
     """
 
     def one(name: str, run: Run) -> tuple[str, Outcome]:
-        ws = _copy(templates[run.template], tmp / name)
+        case = _copy(templates[run.template], tmp / name)
         if run.prepare is not None:
-            run.prepare(ws)
+            run.prepare(case)
 
         def fill(text: str) -> str:
-            return text.replace("{root}", str(ws.root))
+            return text.replace("{root}", str(case.root))
 
-        before = ws.dump() if ws.db.exists() else None
-        env = ws.env(**{k: fill(v) for k, v in run.env})
+        before = case.dump() if case.db.exists() else None
+        env = case.env(**{k: fill(v) for k, v in run.env})
         results = [
-            ws.run(*map(fill, args), config=run.config, env=env) for args in (run.args, *run.then)
+            case.run(*map(fill, args), config=run.config, env=env) for args in (run.args, *run.then)
         ]
-        return name, Outcome(ws, results, before, ws.dump() if ws.db.exists() else None)
+        return name, Outcome(case, results, before, case.dump() if case.db.exists() else None)
 
     # The longest chains first, so that they do not end up running alone at the end.
     ordered = sorted(runs.items(), key=lambda item: -len(item[1].then))

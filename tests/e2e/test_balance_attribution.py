@@ -8,24 +8,16 @@ top-level transaction shows it, so the scanner finds no transfer and the balance
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.chain_harness import WALLET, Chain, Workspace, chain_node, setup_chain
+from tests.e2e.chain_harness import WALLET, Chain, Workspace
 from tests.support.contracts import deploy, wait_receipt
 
 pytestmark = pytest.mark.anvil
 
 T1 = "2026-03-03T10:00:00Z"
-
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[Chain]:
-    """One Anvil node (no traces asked for) with the tokens and funded payers."""
-    with chain_node() as node:
-        yield setup_chain(node)
 
 
 @pytest.fixture

@@ -10,17 +10,11 @@ T0 and due 2026-03-09T09:00:00Z.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from tests.e2e.chain_harness import (
     Chain,
     Workspace,
-    build_template,
-    chain_node,
-    setup_chain,
     usdc,
 )
 
@@ -28,26 +22,6 @@ pytestmark = pytest.mark.anvil
 
 MINED = "2026-03-03T08:00:00Z"  # the payment's block
 SEEN = "2026-03-03T10:00:00Z"  # when the watcher scans
-
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[Chain]:
-    """One Anvil node with the tokens and funded payers, its clock starting at GENESIS."""
-    with chain_node() as node:
-        yield setup_chain(node)
-
-
-@pytest.fixture(scope="module")
-def template(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """The ledger every test copies: two approved retainers with their first invoices."""
-    return build_template(chain, tmp_path_factory.mktemp("clock") / "template")
-
-
-@pytest.fixture
-def ws(chain: Chain, template: Workspace, tmp_path: Path) -> Workspace:
-    """The chain back at its snapshot and a private copy of the template ledger."""
-    chain.reset()
-    return template.copy(tmp_path / "ws")
 
 
 def test_block_time_is_stored_and_shown_in_json_views_and_proof(

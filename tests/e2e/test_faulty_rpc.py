@@ -18,9 +18,6 @@ from tests.e2e.chain_harness import (
     T0,
     Chain,
     Workspace,
-    build_template,
-    chain_node,
-    setup_chain,
     usdc,
 )
 from tests.support.rpcproxy import RpcProxy
@@ -29,20 +26,6 @@ pytestmark = pytest.mark.anvil
 
 T1 = "2026-03-03T10:00:00Z"
 KEY = "SECRETKEY123"
-
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[Chain]:
-    """One Anvil node (automine, finalized = latest - 2, its clock before T0) with the tokens
-    and funded payers."""
-    with chain_node() as node:
-        yield setup_chain(node)
-
-
-@pytest.fixture(scope="module")
-def template(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """The ledger every test copies: two approved retainers with their first invoices."""
-    return build_template(chain, tmp_path_factory.mktemp("faulty") / "template")
 
 
 @pytest.fixture

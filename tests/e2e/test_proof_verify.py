@@ -11,7 +11,7 @@ import copy
 import json
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -24,9 +24,6 @@ from tests.e2e.chain_harness import (
     CLI_TIMEOUT,
     Chain,
     Workspace,
-    build_template,
-    chain_node,
-    setup_chain,
     usdc,
 )
 from tests.support.anvil import AnvilNode, free_port
@@ -37,27 +34,6 @@ pytestmark = pytest.mark.anvil
 
 T1 = "2026-03-03T10:00:00Z"  # payments are mined (INV-1 and INV-2 are due 2026-03-09T09:00)
 T2 = "2026-03-03T10:30:00Z"  # ... and scanned
-
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[Chain]:
-    """One Anvil node (automine, finalized = latest - 2) with the tokens and funded payers,
-    its clock starting before T0 (``Chain.at`` puts payments at T1)."""
-    with chain_node() as node:
-        yield setup_chain(node)
-
-
-@pytest.fixture(scope="module")
-def template(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """Two approved USDC retainers with their first invoices (INV-1 1500, INV-2 900)."""
-    return build_template(chain, tmp_path_factory.mktemp("verify") / "template")
-
-
-@pytest.fixture
-def ws(chain: Chain, template: Workspace, tmp_path: Path) -> Workspace:
-    """The chain back at its snapshot and a private copy of the template ledger."""
-    chain.reset()
-    return template.copy(tmp_path / "ws")
 
 
 def settle(ws: Workspace, chain: Chain) -> tuple[str, Path]:

@@ -13,7 +13,6 @@ ones through the ``--json`` commands.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from subprocess import CompletedProcess
@@ -27,9 +26,6 @@ from tests.e2e.chain_harness import (
     WALLET,
     Chain,
     Workspace,
-    build_template,
-    chain_node,
-    setup_chain,
     usdc,
 )
 
@@ -39,27 +35,6 @@ T1 = "2026-03-03T10:00:00Z"  # a payment is mined and seen (INV-1 and INV-2 are 
 T2 = "2026-03-03T10:30:00Z"  # ... and becomes final
 MONTH_1_ENDS = "2026-04-03T10:00:00Z"  # cycle 1 starts at its payment's block time, T1
 RENEWAL_TIME = "2026-03-30T08:00:00Z"  # within renewal_lead_days (5) of cycle 1's end
-
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[Chain]:
-    """One Anvil node (automine, finalized = latest - 2) with the tokens and funded payers,
-    its clock starting at GENESIS so blocks are mined at the times the tests say."""
-    with chain_node() as node:
-        yield setup_chain(node)
-
-
-@pytest.fixture(scope="module")
-def template(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Workspace:
-    """The ledger every test copies: two approved retainers with their first invoices."""
-    return build_template(chain, tmp_path_factory.mktemp("settlement") / "template")
-
-
-@pytest.fixture
-def ws(chain: Chain, template: Workspace, tmp_path: Path) -> Workspace:
-    """The chain back at its snapshot and a private copy of the template ledger."""
-    chain.reset()
-    return template.copy(tmp_path / "ws")
 
 
 def settle_month_1(ws: Workspace, chain: Chain) -> str:

@@ -9,25 +9,17 @@ and no DAI transfer is counted.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.chain_harness import RPC_VAR, Chain, Workspace, chain_node, setup_chain
+from tests.e2e.chain_harness import RPC_VAR, Chain, Workspace
 
 pytestmark = pytest.mark.anvil
 
 T0 = "2026-03-02T09:00:00Z"
 T1 = "2026-03-03T10:00:00Z"
 MISMATCH = "decimals() is 18 on chain, 6 in the config"
-
-
-@pytest.fixture(scope="module")
-def chain() -> Iterator[Chain]:
-    """One Anvil node with the 6-decimal USDC and the 18-decimal DAI and funded payers."""
-    with chain_node() as node:
-        yield setup_chain(node)
 
 
 def _dai_decimals(ws: Workspace, decimals: int) -> None:

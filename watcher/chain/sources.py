@@ -80,7 +80,7 @@ class Chunk:
 # --- decoding helpers -----------------------------------------------------------------------
 
 
-def _int(value: Any) -> int:
+def quantity(value: Any) -> int:
     """A JSON-RPC quantity: 0x hex string or (some nodes, some fields) a plain int."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -186,10 +186,10 @@ def parse_block(raw: Any, number: int) -> Block:
     block = _dict(raw, f"block {number}")
     stamp = block.get("timestamp")
     parsed = Block(
-        _int(block["number"]),
+        quantity(block["number"]),
         _hex(block["hash"]),
         _hex(block["parentHash"]),
-        None if stamp is None else _int(stamp),
+        None if stamp is None else quantity(stamp),
     )
     if number >= 0 and parsed.number != number:
         raise RpcError(f"the node answered block {parsed.number} when asked for {number}")
@@ -286,7 +286,7 @@ def fetch_chunk(
     chunk = Chunk(first, last, blocks)
 
     def in_range(item: Mapping[str, Any], what: str) -> int:
-        number = _int(item["blockNumber"])
+        number = quantity(item["blockNumber"])
         if not same(hashes.get(number), item.get("blockHash")):
             raise ChainMoved(f"{what} in block {number} is from another branch")
         return number
@@ -373,12 +373,12 @@ def _read_transactions(
             if same(tx.get("from"), wallet):
                 if chain.balance_guard:
                     spent.append(tx)
-            elif same(tx.get("to"), wallet) and _int(tx.get("value", "0x0")) > 0:
+            elif same(tx.get("to"), wallet) and quantity(tx.get("value", "0x0")) > 0:
                 native.append(tx)
         for w in raw.get("withdrawals") or []:
             if same(w.get("address"), wallet):
-                number = _int(raw["number"])
-                explained[number] = explained.get(number, 0) + _int(w["amount"]) * GWEI
+                number = quantity(raw["number"])
+                explained[number] = explained.get(number, 0) + quantity(w["amount"]) * GWEI
 
     tx_hashes = {_hex(tx["hash"]) for tx in native + spent}
     tx_hashes |= {_hex(f["transactionHash"]) for f, _, _ in frames}
@@ -390,21 +390,21 @@ def _read_transactions(
         in_range(receipt, f"the receipt of {tx_hash}")
 
     for tx in native:
-        if _int(_get(receipts, tx["hash"])["status"]) == 1:
-            frm, value = str(_address(tx["from"])), _int(tx["value"])
-            at = _int(tx["blockNumber"]), _hex(tx["blockHash"])
+        if quantity(_get(receipts, tx["hash"])["status"]) == 1:
+            frm, value = str(_address(tx["from"])), quantity(tx["value"])
+            at = quantity(tx["blockNumber"]), _hex(tx["blockHash"])
             chunk.inflows.append(Inflow("native", _hex(tx["hash"]), None, *at, frm, value))
     for tx in spent:
-        number = _int(tx["blockNumber"])
+        number = quantity(tx["blockNumber"])
         explained[number] = explained.get(number, 0) - spending(tx, _get(receipts, tx["hash"]))
     for frame, position, needs_tree in frames:
         tx_hash = _hex(frame["transactionHash"])
-        if _int(_get(receipts, tx_hash)["status"]) != 1:
+        if quantity(_get(receipts, tx_hash)["status"]) != 1:
             continue
         if needs_tree and not _ancestors_ok(frame, trees.get(tx_hash) or []):
             continue
-        frm, value = str(_address(frame["action"]["from"])), _int(frame["action"]["value"])
-        at = _int(frame["blockNumber"]), _hex(frame["blockHash"])
+        frm, value = str(_address(frame["action"]["from"])), quantity(frame["action"]["value"])
+        at = quantity(frame["blockNumber"]), _hex(frame["blockHash"])
         chunk.inflows.append(Inflow("internal", tx_hash, position, *at, frm, value))
 
 
@@ -418,7 +418,7 @@ def _balance(answer: Any) -> int | None:
     """A balance answer, or None when the node could not say (state pruned at that block)."""
     if isinstance(answer, RpcError) or answer is None:
         return None
-    return _int(answer)
+    return quantity(answer)
 
 
 def _word(answer: Any) -> int | None:
@@ -432,15 +432,15 @@ def _word(answer: Any) -> int | None:
 def spending(tx: Mapping[str, Any], receipt: Mapping[str, Any]) -> int:
     """Wei a transaction sent by the wallet took from it: the fees, plus the value if it
     succeeded and went elsewhere."""
-    fee = _int(receipt.get("gasUsed", 0)) * _int(
+    fee = quantity(receipt.get("gasUsed", 0)) * quantity(
         receipt.get("effectiveGasPrice") or tx.get("gasPrice") or 0
     )
     if receipt.get("blobGasUsed"):
-        fee += _int(receipt["blobGasUsed"]) * _int(receipt.get("blobGasPrice") or 0)
+        fee += quantity(receipt["blobGasUsed"]) * quantity(receipt.get("blobGasPrice") or 0)
     if receipt.get("l1Fee"):
-        fee += _int(receipt["l1Fee"])  # OP-stack chains charge the L1 data fee on top
-    sent = _int(receipt["status"]) == 1 and not same(tx.get("to"), tx.get("from"))
-    return fee + (_int(tx.get("value", "0x0")) if sent else 0)
+        fee += quantity(receipt["l1Fee"])  # OP-stack chains charge the L1 data fee on top
+    sent = quantity(receipt["status"]) == 1 and not same(tx.get("to"), tx.get("from"))
+    return fee + (quantity(tx.get("value", "0x0")) if sent else 0)
 
 
 def _erc20_inflows(chain: ChainSettings, logs: list[Any], in_range: InRange) -> Iterator[Inflow]:
@@ -459,7 +459,7 @@ def _erc20_inflows(chain: ChainSettings, logs: list[Any], in_range: InRange) -> 
             continue
         at = in_range(item, "a log"), _hex(item["blockHash"])
         frm = str(_address("0x" + topics[1][-40:]))
-        tx_hash, index = _hex(item["transactionHash"]), _int(item["logIndex"])
+        tx_hash, index = _hex(item["transactionHash"]), quantity(item["logIndex"])
         yield Inflow("erc20", tx_hash, index, *at, frm, amount, token)
 
 
@@ -477,7 +477,7 @@ def _filter_frames(
         path = item.get("traceAddress") or []
         if item.get("type") != "call" or action.get("callType") != "call" or not path:
             continue
-        if not same(action.get("to"), wallet) or _int(action.get("value", "0x0")) <= 0:
+        if not same(action.get("to"), wallet) or quantity(action.get("value", "0x0")) <= 0:
             continue
         in_range(item, "a trace")
         per_tx.setdefault(_hex(item["transactionHash"]), []).append(item)
@@ -513,7 +513,7 @@ def _debug_inflows(traces: list[Any], wallet: str, number: int, block_hash: str)
         while stack:  # depth-first, in execution order
             call, depth, ok = stack.pop()
             ok = ok and not call.get("error")
-            value = _int(call.get("value") or "0x0")
+            value = quantity(call.get("value") or "0x0")
             paid = call.get("type") == "CALL" and same(call.get("to"), wallet) and value > 0
             if depth > 0 and paid:
                 if ok:
@@ -564,12 +564,12 @@ def receipt_disagrees(transfer: Transfer, receipt: Mapping[str, Any] | None, wal
         return "transaction not found"
     if not same(receipt.get("blockHash"), transfer.block_hash):
         return f"now in block {receipt.get('blockHash')}"
-    if _int(receipt.get("status", "0x0")) != 1:
+    if quantity(receipt.get("status", "0x0")) != 1:
         return "transaction failed"
     if transfer.kind != "erc20":
         return ""
     log = next(
-        (lg for lg in receipt.get("logs") or [] if _int(lg["logIndex"]) == transfer.log_index),
+        (lg for lg in receipt.get("logs") or [] if quantity(lg["logIndex"]) == transfer.log_index),
         None,
     )
     if log is None:
@@ -607,7 +607,7 @@ def locate_jump(
         points = list(range(lo + step, hi, step))[:LOCATE_FANOUT]
         balances = pool.batch([balance_call(wallet, p) for p in points])
         for point, raw in zip(points, balances, strict=True):
-            if _int(raw) - before > prefix[point]:
+            if quantity(raw) - before > prefix[point]:
                 hi = point
                 break
             lo = point

@@ -29,7 +29,7 @@ from eth_utils import to_checksum_address
 
 from watcher.chain.online import DECIMALS_SELECTOR
 from watcher.chain.rpc import RpcPool
-from watcher.chain.sources import TRANSFER_TOPIC, decode_amount, same
+from watcher.chain.sources import TRANSFER_TOPIC, decode_amount, quantity, same
 from watcher.domain.proof_rules import Check, amount_checks, check, terms_checks
 from watcher.errors import BadInput, Refused, RpcError, WatcherError
 from watcher.schemas.proof import SCHEMA_VERSION, validate_bundle
@@ -75,14 +75,6 @@ class ProofMismatch(Refused):
         super().__init__(f"proof {verification.invoice} does not verify: {bad.field}: {bad.detail}")
 
 
-def _int(value: Any) -> int:
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, str):
-        return int(value, 16) if value.startswith(("0x", "0X")) else int(value)
-    raise RpcError(f"expected a number in the node's answer, got {value!r}")
-
-
 def _checksum(value: Any) -> str | None:
     return str(to_checksum_address(value)) if isinstance(value, str) and len(value) == 42 else None
 
@@ -103,12 +95,12 @@ class _Checker:
 def final_block_of(pool: RpcPool, finality: str) -> int:
     """The node's final block under ``finality`` ("finalized", "safe" or N confirmations)."""
     if finality.isdigit():
-        head = _int(pool.call("eth_blockNumber"))
+        head = quantity(pool.call("eth_blockNumber"))
         return head - int(finality) + 1
     block = pool.call("eth_getBlockByNumber", [finality, False])
     if not isinstance(block, dict):
         raise WatcherError(f"the node has no {finality!r} block; pass --finality N (confirmations)")
-    return _int(block["number"])
+    return quantity(block["number"])
 
 
 def parse_finality(text: str) -> str:
@@ -134,7 +126,7 @@ def verify_bundle(bundle: Any, pool: RpcPool, *, finality: str = "finalized") ->
         finality=finality,
     )
     c = _Checker(out)
-    node_chain = _int(pool.call("eth_chainId"))
+    node_chain = quantity(pool.call("eth_chainId"))
     if c.check(
         "chain.chain_id",
         node_chain == chain_id,
@@ -177,12 +169,12 @@ def _check_payment(
         return
     if not c.check(
         f"{at}.tx_hash",
-        _int(receipt.get("status", "0x0")) == 1,
+        quantity(receipt.get("status", "0x0")) == 1,
         "receipt status 1",
         f"transaction {tx_hash} reverted (receipt status 0)",
     ):
         return
-    number = _int(receipt["blockNumber"])
+    number = quantity(receipt["blockNumber"])
     c.check(
         f"{at}.block_number",
         number == p["block_number"],
@@ -205,7 +197,7 @@ def _check_payment(
         f"{p['block_hash']}",
     )
     if p.get("block_time") is not None and isinstance(block, dict):
-        stamp = _iso(_int(block["timestamp"]))
+        stamp = _iso(quantity(block["timestamp"]))
         c.check(
             f"{at}.block_time",
             stamp == p["block_time"],
@@ -234,7 +226,11 @@ def _check_transfer(
     if kind == "erc20":
         found = _erc20(c, at, p, receipt)
     elif kind == "native":
-        found = (_checksum(tx.get("from")), _checksum(tx.get("to")), _int(tx.get("value", "0x0")))
+        found = (
+            _checksum(tx.get("from")),
+            _checksum(tx.get("to")),
+            quantity(tx.get("value", "0x0")),
+        )
     elif p.get("attribution") == "balance":
         found = None
         _balance_attributed(c, pool, at, p, tx)
@@ -267,7 +263,9 @@ def _erc20(
     c: _Checker, at: str, p: Mapping[str, Any], receipt: Mapping[str, Any]
 ) -> tuple[str | None, str | None, int] | None:
     index = p["log_index"]
-    log = next((lg for lg in receipt.get("logs") or [] if _int(lg.get("logIndex")) == index), None)
+    log = next(
+        (lg for lg in receipt.get("logs") or [] if quantity(lg.get("logIndex")) == index), None
+    )
     topics = [str(t).lower() for t in (log or {}).get("topics") or []]
     if not c.check(
         f"{at}.log_index",
@@ -309,7 +307,7 @@ def _internal(
         and (t.get("action") or {}).get("callType") == "call"
         and t.get("traceAddress")
         and same((t.get("action") or {}).get("to"), p["to"])
-        and _int((t.get("action") or {}).get("value", "0x0")) > 0
+        and quantity((t.get("action") or {}).get("value", "0x0")) > 0
     ]
     frames.sort(key=lambda t: list(t["traceAddress"]))
     index = p["log_index"]
@@ -330,7 +328,7 @@ def _internal(
         return None
     assert frame is not None
     action = frame["action"]
-    return _checksum(action.get("from")), _checksum(action.get("to")), _int(action["value"])
+    return _checksum(action.get("from")), _checksum(action.get("to")), quantity(action["value"])
 
 
 def _balance_attributed(
@@ -366,8 +364,8 @@ def _balance_attributed(
         "attributed to one of them",
     )
     amount = int(p["amount_base_units"])
-    gained = _int(w_after) - _int(w_before)
-    lost = _int(c_before) + _int(tx.get("value", "0x0")) - _int(c_after)
+    gained = quantity(w_after) - quantity(w_before)
+    lost = quantity(c_before) + quantity(tx.get("value", "0x0")) - quantity(c_after)
     c.check(
         f"{at}.amount_base_units",
         gained >= amount and lost >= amount,
@@ -396,7 +394,7 @@ def _check_decimals(c: _Checker, pool: RpcPool, asset: Mapping[str, Any]) -> Non
         f"{token} answers no decimals(): no token contract there on this node",
     ):
         return
-    on_chain = _int(raw)
+    on_chain = quantity(raw)
     c.check(
         "asset.decimals",
         on_chain == asset["decimals"],

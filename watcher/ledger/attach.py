@@ -25,6 +25,7 @@ from watcher.chain.sources import (
     block_call,
     decode_amount,
     parse_block,
+    quantity,
     same,
 )
 from watcher.domain.addresses import parse_tx_hash
@@ -46,10 +47,6 @@ class Found:
     from_address: str
     amount: int
     attribution: str | None = None  # "balance": an internal payment seen only by the guard
-
-
-def _int(value: Any) -> int:
-    return int(value, 16) if isinstance(value, str) else int(value)
 
 
 def _find_on_chain(
@@ -74,18 +71,18 @@ def _find_on_chain(
         ]
         ours = [lg for lg in logs if same(lg.get("address"), invoice.token_address)]
         if log_index is not None:
-            ours = [lg for lg in ours if _int(lg["logIndex"]) == log_index]
+            ours = [lg for lg in ours if quantity(lg["logIndex"]) == log_index]
         if not ours:
             if logs:
                 raise Refused(
                     f"transaction pays the wallet in another token, not {invoice.asset} ({inv})"
                 )
-            if _int(tx.get("value", "0x0")) > 0 and same(tx.get("to"), wallet):
+            if quantity(tx.get("value", "0x0")) > 0 and same(tx.get("to"), wallet):
                 raise Refused(f"transaction pays native coin, not {invoice.asset} ({inv})")
             where = f" at log index {log_index}" if log_index is not None else ""
             raise Refused(f"transaction has no {invoice.asset} transfer to {wallet}{where}")
         if len(ours) > 1:
-            indexes = ", ".join(str(_int(lg["logIndex"])) for lg in ours)
+            indexes = ", ".join(str(quantity(lg["logIndex"])) for lg in ours)
             raise BadInput(
                 f"transaction has several transfers to the wallet: pass --log-index "
                 f"(one of {indexes})"
@@ -95,11 +92,11 @@ def _find_on_chain(
         if amount is None or amount == 0:
             raise Refused("the token transfer moves nothing")
         sender = "0x" + str(lg["topics"][1])[-40:]
-        return Found("erc20", _int(lg["logIndex"]), to_checksum_address(sender), amount)
+        return Found("erc20", quantity(lg["logIndex"]), to_checksum_address(sender), amount)
     # native: a top-level transfer, or an internal one the scanner already found
     internal = [t for t in known if t.kind == "internal"]
-    if same(tx.get("to"), wallet) and _int(tx.get("value", "0x0")) > 0 and log_index is None:
-        return Found("native", None, to_checksum_address(tx["from"]), _int(tx["value"]))
+    if same(tx.get("to"), wallet) and quantity(tx.get("value", "0x0")) > 0 and log_index is None:
+        return Found("native", None, to_checksum_address(tx["from"]), quantity(tx["value"]))
     if internal:
         pick = [t for t in internal if log_index is None or t.log_index == log_index]
         if len(pick) == 1:
@@ -152,12 +149,12 @@ def attach(ctx: Context, invoice_ref: str, tx_ref: str, log_index: int | None = 
         raise Refused(f"transaction {tx_hash} not found on chain {chain.name}")
     if receipt is None:
         raise Refused(f"transaction {tx_hash} is not mined yet")
-    if _int(receipt.get("status", "0x0")) != 1:
+    if quantity(receipt.get("status", "0x0")) != 1:
         raise Refused(f"transaction {tx_hash} reverted (status 0): it moved nothing")
     attribute = None
     if invoice.token_address is None:
         with read_session(ctx.engine) as session:
-            jump = attribution.located_jump(session, chain, _int(receipt["blockNumber"]))
+            jump = attribution.located_jump(session, chain, quantity(receipt["blockNumber"]))
         if jump is not None:
             attribute = partial(attribution.attributed_amount, pool, chain, tx, jump)
     found = _find_on_chain(chain, invoice, tx, receipt, log_index, known, attribute)
@@ -198,7 +195,7 @@ def attach(ctx: Context, invoice_ref: str, tx_ref: str, log_index: int | None = 
                 kind=found.kind,
                 tx_hash=tx_hash,
                 log_index=found.log_index,
-                block_number=_int(receipt["blockNumber"]),
+                block_number=quantity(receipt["blockNumber"]),
                 block_hash=str(receipt["blockHash"]).lower(),
                 block_time=mined_at,
                 from_address=found.from_address,
@@ -228,7 +225,7 @@ def attach(ctx: Context, invoice_ref: str, tx_ref: str, log_index: int | None = 
 
 def _block_time(pool: RpcPool, receipt: Mapping[str, Any]) -> datetime:
     """The timestamp of the receipt's block: the payment's time for every deadline."""
-    number = _int(receipt["blockNumber"])
+    number = quantity(receipt["blockNumber"])
     block = pool.batch([block_call(number)])[0]
     parsed = parse_block(block, number)
     if not same(parsed.hash, receipt.get("blockHash")) or parsed.timestamp is None:

@@ -15,6 +15,7 @@ from watcher.domain.cycles import period_in_run
 from watcher.domain.money import format_amount
 from watcher.ids import parse_id
 from watcher.ledger import queries
+from watcher.ledger.payloads import approval_doc
 from watcher.ledger.proof import load_proof
 from watcher.store.outbox import iso
 from watcher.store.tables import Approval, Cycle, Invoice, Retainer
@@ -43,14 +44,7 @@ def invoice_document(engine: Engine, ref: str) -> dict[str, Any]:
             "client": retainer.client,
             "start_at": iso(retainer.start_at),
         },
-        "approval": None
-        if approval is None
-        else {
-            "approved_by": approval.approved_by,
-            "approved_at": iso(approval.approved_at),
-            "note": approval.note,
-            "terms_hash": approval.terms_hash,
-        },
+        "approval": approval_doc(approval),
         "terms": terms,
         "period": period,
     }

@@ -27,6 +27,18 @@ def explorer_tx_url(settings: Settings, chain: str, tx_hash: str) -> str | None:
     return f"{base}/tx/{tx_hash}" if base else None
 
 
+def approval_doc(approval: Approval | None) -> dict[str, Any] | None:
+    """Who approved the terms and when, as the proof and the invoice document show it."""
+    if approval is None:
+        return None
+    return {
+        "approved_by": approval.approved_by,
+        "approved_at": iso(approval.approved_at),
+        "note": approval.note,
+        "terms_hash": approval.terms_hash,
+    }
+
+
 def proof_bundle(
     settings: Settings,
     session: Session,
@@ -67,14 +79,7 @@ def proof_bundle(
             "scope": retainer.scope,
             "terms_hash": invoice.terms_hash,
             "terms": json.loads(approval.terms_json) if approval else None,
-            "approval": None
-            if approval is None
-            else {
-                "approved_by": approval.approved_by,
-                "approved_at": iso(approval.approved_at),
-                "note": approval.note,
-                "terms_hash": approval.terms_hash,
-            },
+            "approval": approval_doc(approval),
         },
         "chain": {
             "name": invoice.chain,

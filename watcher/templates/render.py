@@ -41,3 +41,8 @@ def render_invoice(doc: dict[str, Any]) -> str:
         .get_template("invoice.html")
         .render(doc=doc, qr_svg=qr_svg(doc["invoice"]["payment_uri"]))
     )
+
+
+def render_status_page(page: dict[str, Any]) -> str:
+    """The status page of ``proofwatch run`` from ``status_page.page_context``."""
+    return _env().get_template("status.html").render(page)
