@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.chain_harness import chain, template, ws  # noqa: F401  (the Anvil modules' fixtures)
+from tests.e2e.daemon_harness import site  # noqa: F401  (the daemon modules' fixture)
 from watcher.ledger import invoices as ledger
 from watcher.ledger import token_decimals
 from watcher.ledger.context import Context

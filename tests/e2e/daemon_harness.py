@@ -23,12 +23,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from web3.contract import Contract
 
 from tests.support.anvil import AnvilNode
@@ -314,3 +315,13 @@ def by_event(requests: Sequence[Received]) -> dict[str, list[Received]]:
 
 def of_type(requests: Sequence[Received], type_: str) -> list[Received]:
     return [r for r in requests if r.json()["type"] == type_]
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> Iterator[Site]:
+    """A node with a demo USDC and a workspace; every daemon, receiver and node stopped after."""
+    site = Site(tmp_path / "site")
+    try:
+        yield site.start()
+    finally:
+        site.close()

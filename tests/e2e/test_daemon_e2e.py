@@ -10,8 +10,6 @@ polls a condition with a deadline; every process is stopped, whether it was kill
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -29,16 +27,6 @@ from tests.support.receivers import Received, free_port
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
 
 RETRY_DEADLINE = 60.0  # first retry ~10-11 s after the failure, then up to a 5 s delivery round
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    """A node with a demo USDC and a workspace; every daemon, receiver and node stopped after."""
-    site = Site(tmp_path / "site")
-    try:
-        yield site.start()
-    finally:
-        site.close()
 
 
 def assert_is_the_stored_event(received: Received, stored: dict[str, str]) -> None:

@@ -5,25 +5,12 @@ violated, and the payment is one final transfer."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from tests.e2e.daemon_harness import Hook, Site, of_type
 from tests.support.rpcproxy import RpcProxy
 
 pytestmark = [pytest.mark.anvil, pytest.mark.slow]
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    """A node with a demo USDC and a workspace; every daemon, receiver and node stopped after."""
-    site = Site(tmp_path / "site")
-    try:
-        yield site.start()
-    finally:
-        site.close()
 
 
 @pytest.mark.parametrize("second_url", [False, True], ids=["one-url", "second-clean-url"])

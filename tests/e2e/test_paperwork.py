@@ -15,7 +15,6 @@ import io
 import json
 import re
 import subprocess
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -30,15 +29,13 @@ from tests.e2e.chain_harness import (
     build_template,
     usdc,
 )
+from tests.support import browser
+from tests.support.browser import needs_chromium
 from watcher.ledger.export import COLUMNS
 
 pytestmark = pytest.mark.anvil
 
-CHROMIUM = Path("/usr/bin/chromium")
 EXPLORER = "https://explorer.example"
-needs_chromium = pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium"
-)
 
 
 def at(when: str, minutes: int) -> str:
@@ -121,26 +118,8 @@ def story(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Story:
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess[str]:
-    """Real headless Chromium with a fresh profile."""
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-        result = subprocess.run(
-            [
-                str(CHROMIUM),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                f"--user-data-dir={profile}",
-                *args,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+    """Real headless Chromium with a fresh profile; it must succeed."""
+    result = browser.chromium(*args)
     assert result.returncode == 0, result.stderr[-2000:]
     return result
 

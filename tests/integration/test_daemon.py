@@ -16,7 +16,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.error
@@ -36,6 +35,7 @@ from sqlmodel import col, select
 from structlog.testing import capture_logs
 
 from tests.support.anvil import AnvilNode, free_port
+from tests.support.browser import chromium, needs_chromium
 from tests.support.rpcproxy import RpcProxy
 from tests.support.service import DaemonProcess
 from watcher.errors import RpcError
@@ -53,7 +53,6 @@ from watcher.store.tables import ChainState, Delivery, OutboxEvent
 from watcher.store.tables import Daemon as DaemonRow
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 PROMTOOL = REPO_ROOT / "tools" / "promtool"  # `make tools` puts it there
 SECRET = "SECRETKEY0123456789"
 STATUS_TOKEN = "status-token-0123456789abcdef"
@@ -749,31 +748,10 @@ def test_without_a_token_the_page_is_open_but_the_host_is_still_checked(two_chai
 
 def chromium_dom(url: str) -> subprocess.CompletedProcess[str]:
     """Headless Chromium's DOM of ``url`` after it loaded, in a fresh profile."""
-    with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
-        return subprocess.run(
-            [
-                str(CHROMIUM),
-                "--headless",
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--disable-sync",
-                "--no-first-run",
-                f"--user-data-dir={profile}",
-                "--dump-dom",
-                url,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=90,
-            check=False,
-        )
+    return chromium("--dump-dom", url, timeout=90)
 
 
-@pytest.mark.skipif(
-    not CHROMIUM.exists(), reason="needs Debian's chromium: apt-get install -y chromium"
-)
+@needs_chromium
 def test_status_page_renders_in_headless_chromium(two_chains: Db) -> None:
     """Real headless Chromium loads the token-guarded status page with the token as its
     password; its DOM shows the client and the invoice, and without the token it does not."""
