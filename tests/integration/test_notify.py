@@ -23,7 +23,7 @@ from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.support.receivers import SmtpServer, WebhookReceiver, free_port, wait_for
 from watcher.errors import NotFound, Refused
-from watcher.notify.apprise_channel import render
+from watcher.notify.messages import render
 from watcher.notify.outbox import Channel, DeliveryReport, deliver_due, retry_dead, wants
 from watcher.notify.webhook import (
     WebhookChannel,
