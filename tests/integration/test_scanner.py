@@ -22,8 +22,8 @@ from tests.support.anvil import AnvilNode, free_port
 from tests.support.contracts import deploy, erc20_transfer, send_eth, wait_receipt
 from tests.support.rpcproxy import RpcProxy
 from watcher.chain.rpc import RpcPool
-from watcher.chain.scanner import ScanReport, scan_chain
 from watcher.errors import FinalityViolation, Refused, RpcError
+from watcher.ledger.scanning import ScanReport, scan_chain
 from watcher.settings import ChainSettings, TokenSettings
 from watcher.store.db import make_engine, migrate, read_session
 from watcher.store.tables import BlockHash, ChainState, OutboxEvent, Transfer
