@@ -11,16 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
-from watcher.chain.findings import (
-    ChunkResult,
-    Findings,
-    Pending,
-    PollRecord,
-    Position,
-    Rewind,
-    Verdict,
-    transfer_uid,
-)
+from watcher.chain import findings as rec
 from watcher.errors import Refused
 
 
@@ -28,7 +19,7 @@ from watcher.errors import Refused
 class Kept:
     """A transfer as the memory ledger holds it."""
 
-    pending: Pending
+    pending: rec.Pending
     status: str = "seen"  # seen | final | orphaned
 
 
@@ -38,13 +29,13 @@ class MemoryLedger:
 
     chain_id: int
     start_block: int = 0
-    position: Position | None = None
+    position: rec.Position | None = None
     hashes: dict[int, tuple[str, str]] = field(default_factory=dict)  # number: (hash, parent)
     transfers: dict[str, Kept] = field(default_factory=dict)
-    findings: list[Findings] = field(default_factory=list)
-    rewinds: list[Rewind] = field(default_factory=list)
-    verdicts: list[tuple[int, list[tuple[Pending, Verdict]]]] = field(default_factory=list)
-    polls: list[PollRecord] = field(default_factory=list)
+    findings: list[rec.Findings] = field(default_factory=list)
+    rewinds: list[rec.Rewind] = field(default_factory=list)
+    verdicts: list[tuple[int, list[tuple[rec.Pending, rec.Verdict]]]] = field(default_factory=list)
+    polls: list[rec.PollRecord] = field(default_factory=list)
     violations: list[tuple[str, Mapping[str, object]]] = field(default_factory=list)
 
     def status(self, tx_hash: str) -> list[str]:
@@ -53,10 +44,10 @@ class MemoryLedger:
 
     # -- the port --------------------------------------------------------------------------
 
-    def load(self, from_block: int | None) -> Position:
+    def load(self, from_block: int | None) -> rec.Position:
         if self.position is None:
             start = self.start_block if from_block is None else from_block
-            self.position = Position(cursor=start - 1, cursor_hash=None, balance=None)
+            self.position = rec.Position(cursor=start - 1, cursor_hash=None, balance=None)
         elif from_block is not None and from_block - 1 > self.position.cursor:
             raise Refused(f"--from {from_block} would skip blocks")
         elif from_block is not None and from_block - 1 < self.position.cursor:
@@ -85,7 +76,7 @@ class MemoryLedger:
         final = [k.pending.block_number for k in self.transfers.values() if k.status == "final"]
         return max(final, default=None)
 
-    def waiting(self, final: int) -> list[Pending]:
+    def waiting(self, final: int) -> list[rec.Pending]:
         due = [
             k.pending
             for k in self.transfers.values()
@@ -93,17 +84,17 @@ class MemoryLedger:
         ]
         return sorted(due, key=lambda p: (p.block_number, p.id))
 
-    def commit_chunk(self, findings: Findings) -> ChunkResult:
+    def commit_chunk(self, findings: rec.Findings) -> rec.ChunkResult:
         self.findings.append(findings)
         found = finalized = 0
         at_once_up_to = -1 if findings.final_at_once is None else findings.final_at_once
         for i in findings.inflows:
-            uid = transfer_uid(self.chain_id, i.tx_hash, i.kind, i.log_index)
+            uid = rec.transfer_uid(self.chain_id, i.tx_hash, i.kind, i.log_index)
             kept = self.transfers.get(uid)
             if kept is not None and kept.status != "orphaned":
                 continue
             token = i.token.address if i.token else None
-            pending = Pending(
+            pending = rec.Pending(
                 id=kept.pending.id if kept else len(self.transfers) + 1, uid=uid, kind=i.kind,
                 tx_hash=i.tx_hash, log_index=i.log_index, block_number=i.block_number,
                 block_hash=i.block_hash, token_address=token, amount=i.amount,
@@ -122,9 +113,9 @@ class MemoryLedger:
             self.position, cursor=findings.last, cursor_hash=findings.cursor_hash,
             balance=findings.balance,
         )  # fmt: skip
-        return ChunkResult(found, finalized)
+        return rec.ChunkResult(found, finalized)
 
-    def commit_rewind(self, rewind: Rewind) -> list[Pending]:
+    def commit_rewind(self, rewind: rec.Rewind) -> list[rec.Pending]:
         self.rewinds.append(rewind)
         orphans = [
             k for k in self.transfers.values()
@@ -140,10 +131,10 @@ class MemoryLedger:
         return [k.pending for k in orphans]
 
     def commit_finality(
-        self, final: int, verdicts: Sequence[tuple[Pending, Verdict]]
-    ) -> list[Pending]:
+        self, final: int, verdicts: Sequence[tuple[rec.Pending, rec.Verdict]]
+    ) -> list[rec.Pending]:
         self.verdicts.append((final, list(verdicts)))
-        done: list[Pending] = []
+        done: list[rec.Pending] = []
         for pending, verdict in verdicts:
             kept = self.transfers.get(pending.uid)
             if kept is not None and kept.status == "seen" and verdict.final:
@@ -151,7 +142,7 @@ class MemoryLedger:
                 done.append(pending)
         return done
 
-    def record_poll(self, record: PollRecord) -> None:
+    def record_poll(self, record: rec.PollRecord) -> None:
         self.polls.append(record)
         if self.position is not None and record.outcome in ("ok", "incomplete"):
             final = self.position.final_seen if record.final is None else record.final

@@ -12,21 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Protocol
 
-from watcher.chain.findings import (
-    ChunkResult,
-    Findings,
-    Pending,
-    PollRecord,
-    Position,
-    Rewind,
-    Verdict,
-)
+from watcher.chain import findings as found
 
 
 class ScanLedger(Protocol):
     """What one chain's scan reads and writes between polls."""
 
-    def load(self, from_block: int | None) -> Position:
+    def load(self, from_block: int | None) -> found.Position:
         """The chain's position at the start of a poll, created at ``start_block - 1`` (or
         ``from_block - 1``) the first time. ``from_block`` below the cursor rewinds it there
         (balance and cursor time forgotten). Raises ``Refused`` when the stored chain id is
@@ -41,25 +33,25 @@ class ScanLedger(Protocol):
     def final_floor(self) -> int | None:
         """The highest block holding a final transfer of this chain (None: none)."""
 
-    def waiting(self, final: int) -> list[Pending]:
+    def waiting(self, final: int) -> list[found.Pending]:
         """Seen transfers at or below ``final``, by block then id: due for the receipt check."""
 
-    def commit_chunk(self, findings: Findings) -> ChunkResult:
+    def commit_chunk(self, findings: found.Findings) -> found.ChunkResult:
         """Store a chunk's inflows (new rows, or orphaned ones found again), block hashes,
         balance, guard events and the new cursor together; found transfers at or below
         ``findings.final_at_once`` become final in the same unit."""
 
-    def commit_rewind(self, rewind: Rewind) -> list[Pending]:
+    def commit_rewind(self, rewind: found.Rewind) -> list[found.Pending]:
         """Orphan the seen transfers above the ancestor, drop the hashes above it and move
         the cursor there, together; returns the orphaned transfers."""
 
     def commit_finality(
-        self, final: int, verdicts: Sequence[tuple[Pending, Verdict]]
-    ) -> list[Pending]:
+        self, final: int, verdicts: Sequence[tuple[found.Pending, found.Verdict]]
+    ) -> list[found.Pending]:
         """Mark final the transfers whose verdict says so (if still seen); the others wait
         (and are alerted on per the chain's settings); returns the ones made final."""
 
-    def record_poll(self, record: PollRecord) -> None:
+    def record_poll(self, record: found.PollRecord) -> None:
         """What the poll saw, in the chain's state; a poll that got through (``ok`` or
         ``incomplete``) uses up the operator's acknowledgement."""
 
