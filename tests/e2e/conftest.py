@@ -25,7 +25,12 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.chain_harness import chain, template, ws  # noqa: F401  (the Anvil modules' fixtures)
+from tests.e2e.chain_harness import (  # noqa: F401  (the Anvil modules' fixtures)
+    chain,
+    module_store,
+    template,
+    ws,
+)
 from tests.e2e.daemon_harness import site  # noqa: F401  (the daemon modules' fixture)
 from watcher.ledger import invoices as ledger
 from watcher.ledger import token_decimals
@@ -275,3 +280,11 @@ def assert_refused(outcome: Outcome, case: Refusal) -> str:
     assert outcome.before is not None
     assert outcome.after == outcome.before, "the database changed"
     return line
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets ``STORES`` (e.g. ``STORES = ("sqlite", "postgresql")``) runs its
+    workspace tests once per store; the others run on SQLite only."""
+    if "module_store" in metafunc.fixturenames:
+        stores = getattr(metafunc.module, "STORES", ("sqlite",))
+        metafunc.parametrize("module_store", stores, indirect=True, scope="module")

@@ -34,6 +34,9 @@ START_TIMEOUT = 30
 STOP_TIMEOUT = 30
 USER = "postgres"
 
+#: The stores a parametrized suite runs on (``db_url`` in tests/conftest.py).
+STORES = ("sqlite", "postgresql")
+
 # Started and not yet stopped (strong references, so the atexit hook can still reach them).
 _live_servers: set[PostgresServer] = set()
 
