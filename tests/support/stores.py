@@ -41,3 +41,41 @@ def dump_rows(url: str, tables: Iterable[str] | None = None) -> list[str]:
             rows = conn.execute(sa.text(f'SELECT * FROM "{name}"')).all()
             lines += sorted(f"{name}: {tuple(row)!r}" for row in rows)
         return lines
+
+
+def dump_schema(url: str) -> list[str]:
+    """Every table with its columns and every view with its definition, one line each (empty
+    for a database without tables)."""
+    with connection(url) as conn:
+        if conn.dialect.name == "postgresql":  # two catalog queries instead of reflection
+            columns = conn.execute(
+                sa.text(
+                    "SELECT table_name, column_name, data_type, is_nullable "
+                    "FROM information_schema.columns c JOIN information_schema.tables t "
+                    "USING (table_schema, table_name) WHERE table_schema = 'public' "
+                    "AND table_type = 'BASE TABLE' ORDER BY table_name, ordinal_position"
+                )
+            ).all()
+            tables: dict[str, list[str]] = {}
+            for table, column, kind, nullable in columns:
+                tables.setdefault(table, []).append(f"{column} {kind} {nullable}")
+            lines = [f"TABLE {name} ({', '.join(cols)})" for name, cols in tables.items()]
+            views = conn.execute(
+                sa.text(
+                    "SELECT viewname, definition FROM pg_views WHERE schemaname = 'public' "
+                    "ORDER BY viewname"
+                )
+            ).all()
+            return lines + [f"CREATE VIEW {name} AS {sql}" for name, sql in views]
+        inspector = sa.inspect(conn)
+        lines = [
+            f"TABLE {name} ("
+            + ", ".join(f"{c['name']} {c['type']}" for c in inspector.get_columns(name))
+            + ")"
+            for name in sorted(inspector.get_table_names())
+        ]
+        lines += [
+            f"CREATE VIEW {name} AS {inspector.get_view_definition(name)}"
+            for name in sorted(inspector.get_view_names())
+        ]
+        return lines
