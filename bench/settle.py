@@ -20,7 +20,9 @@ proofwatch's log lines go to a file in the temporary directory. SQLite is a file
 as ``make_engine`` sets it up); PostgreSQL is
 the test suite's real server (tests/support/postgres.py: Debian's PostgreSQL 15 on a free
 port, a temporary data directory, ``fsync=off``) with a new database per run. Each store runs
-``--repeat`` times (default 3) on a fresh database; the median is printed.
+``--repeat`` times (default 3) on a fresh database, the stores taking turns; the median is
+printed, with the CPU time of proofwatch's process and of the PostgreSQL server's processes
+(from /proc) beside the wall clock: on a shared machine the wall clock follows the load.
 
     .venv/bin/python bench/settle.py [--payments 1000] [--invoices 10000] [--chunk 40] [--repeat 3]
 """
@@ -28,6 +30,7 @@ port, a temporary data directory, ``fsync=off``) with a new database per run. Ea
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import sys
@@ -91,12 +94,35 @@ def settings_for(url: str, root: Path) -> Settings:
 @dataclass
 class Run:
     store: str
-    seconds: float  # the timed settlement, all chunks
+    seconds: float  # the timed settlement, all chunks (wall clock)
     found_seconds: float
     finalized_seconds: float
     setup_seconds: float
+    cpu_seconds: float  # this process's CPU time during the timed part
+    server_cpu_seconds: float  # PostgreSQL's server processes' CPU time then (0 for SQLite)
     counts: dict[str, int]
     problems: list[str]
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(pg: PostgresServer | None) -> float:
+    """CPU seconds (user + system) used so far by the server's processes: the postmaster and
+    its children (the backends serving this bench's connections among them)."""
+    if pg is None or not pg.running:
+        return 0.0
+    postmaster = int((pg.data_dir / "postmaster.pid").read_text().split()[0])
+    total = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        pid, ppid = int(stat.parent.name), int(fields[1])
+        if postmaster in (pid, ppid):
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / _TICKS
 
 
 def _copies(template: dict[str, Any], count: int, make: Any) -> list[dict[str, Any]]:
@@ -241,7 +267,9 @@ def check(ctx: Context, invoices: int, payments: int) -> tuple[dict[str, int], l
     return counts, problems
 
 
-def run_once(store: str, url: str, root: Path, args: argparse.Namespace) -> Run:
+def run_once(
+    store: str, url: str, root: Path, args: argparse.Namespace, pg: PostgresServer | None
+) -> Run:
     engine = make_engine(url)
     try:
         migrate(engine)
@@ -250,9 +278,11 @@ def run_once(store: str, url: str, root: Path, args: argparse.Namespace) -> Run:
         ids = build(ctx, args.invoices, args.payments)
         setup = time.perf_counter() - t0
         assert len(ids) == args.payments, len(ids)
+        cpu0, server0 = time.process_time(), server_cpu(pg)
         total, found, final = settle(ctx, ids, args.chunk)
+        cpu, server = time.process_time() - cpu0, server_cpu(pg) - server0
         counts, problems = check(ctx, args.invoices, args.payments)
-        return Run(store, total, found, final, setup, counts, problems)
+        return Run(store, total, found, final, setup, cpu, server, counts, problems)
     finally:
         engine.dispose()
 
@@ -269,7 +299,10 @@ def main() -> int:
 
     print(f"settlement of {args.payments:,} payments against {args.invoices:,} open invoices")
     print(f"chunks of {args.chunk} payments per transaction, {args.repeat} runs per store")
-    print(f"python {platform.python_version()}, {platform.machine()}, {platform.node()}")
+    print(
+        f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at the start"
+    )
     runs: dict[str, list[Run]] = {"sqlite": [], "postgresql": []}
     with tempfile.TemporaryDirectory(prefix="bench-settle-") as tmp, PostgresServer() as pg:
         # proofwatch's JSON log lines go to a file, as the daemon's go to its log
@@ -290,10 +323,14 @@ def main() -> int:
                     url = f"sqlite:///{root / 'watcher.db'}"
                 else:
                     url = pg.url(pg.create_database())
-                run = run_once(store, url, root, args)
+                run = run_once(store, url, root, args, pg if store == "postgresql" else None)
                 runs[store].append(run)
                 rate = args.payments / run.seconds
-                print(f"  run {n + 1} {store:<10} {run.seconds:7.2f} s  {rate:7.0f} payments/s")
+                print(
+                    f"  run {n + 1} {store:<10} {run.seconds:7.2f} s  {rate:7.0f} payments/s  "
+                    f"(cpu: proofwatch {run.cpu_seconds:.2f} s, server "
+                    f"{run.server_cpu_seconds:.2f} s; load {os.getloadavg()[0]:.1f})"
+                )
 
     def median(store: str, field: str) -> float:
         return statistics.median(getattr(r, field) for r in runs[store])
@@ -304,6 +341,8 @@ def main() -> int:
         ("settlement (median)", "seconds", "s"),
         ("  of which Settlement.found", "found_seconds", "s"),
         ("  of which Settlement.finalized", "finalized_seconds", "s"),
+        ("  CPU of proofwatch's process", "cpu_seconds", "s"),
+        ("  CPU of the PostgreSQL server", "server_cpu_seconds", "s"),
         ("set-up, not timed (median)", "setup_seconds", "s"),
     ]
     for label, field, unit in rows:
