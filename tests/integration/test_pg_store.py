@@ -103,3 +103,18 @@ def test_transfers_of_one_transaction_list_native_first_on_both_stores(engine: E
                 )
             )  # fmt: skip
     assert [p["kind"] for p in queries.payments(engine)] == ["native", "erc20"]
+
+
+def test_postgresql_sessions_run_in_utc_and_keep_the_operators_options(
+    pg_url: str,
+) -> None:
+    """make_engine sets the session time zone to UTC (the stored timestamps are UTC), even over
+    a URL's own ``options``, and keeps the other options of that URL."""
+    url = pg_url + "?options=-c%20search_path%3Dpublic%2Cpg_catalog%20-c%20timezone%3DAsia/Tokyo"
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW timezone")).scalar() == "UTC"
+            assert conn.execute(sa.text("SHOW search_path")).scalar() == "public,pg_catalog"
+    finally:
+        engine.dispose()

@@ -29,6 +29,7 @@ from watcher.store import tables  # noqa: F401  (registers the tables)
 from watcher.store.views import views
 
 BUSY_TIMEOUT_MS = 10_000
+UTC_SESSION = "-c timezone=UTC"  # PostgreSQL sessions: CURRENT_TIMESTAMP and casts in UTC
 
 #: One migration statement: SQL both stores accept, or one text per dialect name
 #: ("sqlite", "postgresql") where they differ.
@@ -143,9 +144,9 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
 
         return engine
     try:
-        return sa.create_engine(
-            url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"}
-        )
+        given = sa.engine.make_url(url).query.get("options")  # the operator's own, kept
+        options = " ".join([*([given] if isinstance(given, str) else given or ()), UTC_SESSION])
+        return sa.create_engine(url, pool_pre_ping=True, connect_args={"options": options})
     except (ArgumentError, ImportError, ValueError):
         raise WatcherError(f"cannot use database {redact_database_url(url)}") from None
 
