@@ -223,11 +223,11 @@ def migrate(engine: Engine) -> tuple[int | None, int]:
                 {"v": str(SCHEMA_VERSION)},
             )
     except OperationalError as exc:
-        raise unreachable(engine, exc, during="init") from None
+        raise database_error(engine, exc, during="init") from None
     return old, SCHEMA_VERSION
 
 
-def unreachable(engine: Engine, exc: OperationalError, during: str = "") -> WatcherError:
+def database_error(engine: Engine, exc: OperationalError, during: str = "") -> WatcherError:
     """One line naming the database (password redacted) and the driver's first line."""
     url = engine.url.render_as_string(hide_password=False)
     reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc).__name__
@@ -243,7 +243,7 @@ def require_schema(engine: Engine) -> None:
         with engine.connect() as conn:
             version = current_version(conn)
     except OperationalError as exc:
-        raise unreachable(engine, exc) from None
+        raise database_error(engine, exc) from None
     if version is None:
         raise WatcherError("database is not initialised: run `proofwatch init`")
     if version != SCHEMA_VERSION:
