@@ -82,7 +82,8 @@ class PostgresServer(Service):
 
     def _run(self, *argv: str, timeout: float = START_TIMEOUT) -> subprocess.CompletedProcess[str]:
         assert self.bin is not None and self.root is not None
-        cmd = [str(self.bin / argv[0]), *argv[1:]]
+        program = self.bin / argv[0]
+        cmd = [str(program) if program.exists() else argv[0], *argv[1:]]
         if _as_root():
             cmd = ["runuser", "-u", USER, "--", *cmd]
         return subprocess.run(
@@ -115,6 +116,11 @@ class PostgresServer(Service):
         try:
             if _as_root():
                 shutil.chown(self.root, USER, USER)
+                if self._run("test", "-w", str(self.root)).returncode != 0:
+                    # $TMPDIR is out of the postgres user's reach (a root-only directory)
+                    shutil.rmtree(self.root)
+                    self.root = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+                    shutil.chown(self.root, USER, USER)
             pwfile = self.root / "pwfile"
             pwfile.write_text(self.password + "\n")
             if _as_root():
