@@ -127,7 +127,7 @@ def outbox_counts(engine: Engine) -> dict[str, int]:
     sql = "SELECT status, count(*) AS n FROM deliveries WHERE status IN ('pending', 'dead') "
     for row in rows(engine, sql + "GROUP BY status"):
         counts[row["status"]] = int(row["n"])
-    for row in rows(engine, "SELECT count(*) AS n FROM outbox WHERE fanned_out = 0"):
+    for row in rows(engine, "SELECT count(*) AS n FROM outbox WHERE NOT fanned_out"):
         counts["pending"] += int(row["n"])
     return counts
 
