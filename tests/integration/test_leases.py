@@ -1,0 +1,195 @@
+"""Chain leases and the daemons' rows, on a real database: one daemon per chain at a time,
+takeover after expiry, a fence that refuses the commit of a daemon that lost its lease, and
+work spread over the live daemons."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import Engine
+from sqlmodel import select
+
+from watcher.runtime.heartbeat import Registry
+from watcher.runtime.leases import ChainLeases, LeaseLost
+from watcher.store.db import fenced, make_engine, migrate, read_session, transaction
+from watcher.store.tables import ChainLease, ChainState
+
+T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+LEASE = timedelta(seconds=30)
+CHAINS = ("alpha", "beta", "gamma", "delta")
+
+
+class Clock:
+    """A wall clock the test moves."""
+
+    def __init__(self) -> None:
+        self.at = T0
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    engine = make_engine(f"sqlite:///{tmp_path / 'watcher.db'}")
+    migrate(engine)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+
+
+def daemon(
+    engine: Engine, clock: Clock, name: str, chains: tuple[str, ...] = CHAINS
+) -> ChainLeases:
+    """A registered daemon ``name`` (its row written) and its leases."""
+    Registry(
+        engine, clock, holder=name, host="h", pid=hash(name) % 10_000, lease=LEASE, shared=True,
+        clock=clock,
+    ).claim()  # fmt: skip
+    return ChainLeases(engine, name, chains, lease=LEASE, clock=clock)
+
+
+def holders(engine: Engine) -> dict[str, str | None]:
+    with read_session(engine) as session:
+        return {row.chain: row.holder for row in session.exec(select(ChainLease))}
+
+
+def write_state(engine: Engine, chain: str, cursor: int) -> None:
+    with transaction(engine) as session:
+        state = session.get(ChainState, chain) or ChainState(chain=chain, chain_id=1)
+        state.cursor = cursor
+        session.add(state)
+
+
+def cursor_of(engine: Engine, chain: str) -> int | None:
+    with read_session(engine) as session:
+        state = session.get(ChainState, chain)
+    return None if state is None else state.cursor
+
+
+def test_a_chain_is_held_by_one_daemon_until_its_lease_expires(engine: Engine) -> None:
+    """The first daemon to poll a chain holds it; another is refused while the lease runs and
+    takes it over once it has expired without renewal."""
+    clock = Clock()
+    first, second = (
+        daemon(engine, clock, "first", ("alpha",)),
+        daemon(engine, clock, "second", ("alpha",)),
+    )
+    assert first.hold("alpha")
+    assert not second.hold("alpha")
+    clock.at = T0 + LEASE - timedelta(seconds=1)
+    assert not second.hold("alpha")
+    assert first.hold("alpha")  # renewed by the poll: another full lease from now
+    clock.at += LEASE
+    assert second.hold("alpha")
+    assert holders(engine) == {"alpha": "second"}
+    assert not first.hold("alpha")
+    assert first.held() == [] and second.held() == ["alpha"]
+
+
+def test_the_heartbeat_renews_every_lease_the_daemon_holds(engine: Engine) -> None:
+    """``renew`` extends the daemon's unexpired leases, so a long poll keeps its chain."""
+    clock = Clock()
+    first, second = (
+        daemon(engine, clock, "first", ("alpha",)),
+        daemon(engine, clock, "second", ("alpha",)),
+    )
+    assert first.hold("alpha")
+    for _ in range(4):
+        clock.at += LEASE / 2
+        assert first.renew() == ["alpha"]
+        assert not second.hold("alpha")
+
+
+def test_a_daemon_that_lost_its_lease_commits_nothing(engine: Engine) -> None:
+    """Inside ``fenced`` by its lease, a daemon whose lease another daemon took over has its
+    transaction rolled back with ``LeaseLost``; the new holder's commits go through."""
+    clock = Clock()
+    first, second = (
+        daemon(engine, clock, "first", ("alpha",)),
+        daemon(engine, clock, "second", ("alpha",)),
+    )
+    assert first.hold("alpha")
+    with fenced(first.fence("alpha")):
+        write_state(engine, "alpha", 100)
+    clock.at += LEASE + timedelta(seconds=1)
+    assert second.hold("alpha")
+    with fenced(first.fence("alpha")), pytest.raises(LeaseLost, match="held by second"):
+        write_state(engine, "alpha", 200)
+    assert cursor_of(engine, "alpha") == 100
+    with fenced(second.fence("alpha")):
+        write_state(engine, "alpha", 150)
+    assert cursor_of(engine, "alpha") == 150
+
+
+def test_an_expired_lease_fences_its_own_holder_too(engine: Engine) -> None:
+    """A daemon paused past its lease (not yet taken over) may not commit either."""
+    clock = Clock()
+    first = daemon(engine, clock, "first", ("alpha",))
+    assert first.hold("alpha")
+    clock.at += LEASE
+    with fenced(first.fence("alpha")), pytest.raises(LeaseLost):
+        write_state(engine, "alpha", 1)
+    assert cursor_of(engine, "alpha") is None
+
+
+def test_chains_are_spread_over_the_live_daemons(engine: Engine) -> None:
+    """A daemon alone takes every chain; when two more start it gives back all but its fair
+    share (4 chains, 3 daemons: 2), which the others take; each chain has one holder."""
+    clock = Clock()
+    first = daemon(engine, clock, "first")
+    assert all(first.hold(c) for c in CHAINS)
+    second, third = daemon(engine, clock, "second"), daemon(engine, clock, "third")
+    for leases in (first, second, third):
+        for chain in CHAINS:
+            leases.hold(chain)
+    held = {d.holder: d.held() for d in (first, second, third)}
+    assert len(held["first"]) == 2
+    assert sorted(c for chains in held.values() for c in chains) == sorted(CHAINS)
+    assert all(len(chains) <= 2 for chains in held.values())
+
+
+def test_a_dead_daemons_chains_go_to_the_survivors(engine: Engine) -> None:
+    """When a daemon stops beating, its chains are taken by the live daemons once its
+    leases have expired, still at most a fair share each."""
+    clock = Clock()
+    names = ("first", "second", "third")
+    registries = {
+        n: Registry(engine, clock, holder=n, host="h", pid=i, lease=LEASE, shared=True, clock=clock)
+        for i, n in enumerate(names)
+    }
+    leases = {n: ChainLeases(engine, n, CHAINS, lease=LEASE, clock=clock) for n in names}
+    for n in names:
+        registries[n].claim()
+    for n in names:
+        for chain in CHAINS:
+            leases[n].hold(chain)
+    victim = max(names, key=lambda n: len(leases[n].held()))
+    assert len(leases[victim].held()) == 2
+    survivors = [n for n in names if n != victim]
+    for _ in range(4):  # the survivors' heartbeats and polls go on; the victim's stopped
+        clock.at += LEASE / 3
+        for n in survivors:
+            registries[n].beat()
+            leases[n].renew()
+            for chain in CHAINS:
+                leases[n].hold(chain)
+    assert sorted(holders(engine)) == sorted(CHAINS)
+    assert victim not in holders(engine).values()
+    assert all(len(leases[n].held()) == 2 for n in survivors)
+
+
+def test_release_all_frees_the_chains_at_once(engine: Engine) -> None:
+    """A daemon that stops cleanly gives its leases back: another takes them without waiting."""
+    clock = Clock()
+    first, second = (
+        daemon(engine, clock, "first", ("alpha",)),
+        daemon(engine, clock, "second", ("alpha",)),
+    )
+    assert first.hold("alpha")
+    first.release_all()
+    assert second.hold("alpha")
