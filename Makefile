@@ -7,7 +7,7 @@ ANVIL_VERSION := 1.7.1
 # promtool (lints /metrics in the tests) from Debian's prometheus package, without the server.
 PROMTOOL := tools/promtool
 
-.PHONY: all venv tools browser test lint typecheck pytest demo bench chaos clean
+.PHONY: all venv tools browser pg test lint typecheck pytest demo bench chaos clean
 
 all: test
 
@@ -41,6 +41,13 @@ tools: $(ANVIL) $(PROMTOOL)
 
 browser: /usr/bin/chromium
 
+# The PostgreSQL store is tested on a real server (Debian's package; tests/support/postgres.py
+# starts it as the postgres user on a free port with a temporary data directory).
+pg:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; }
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null
+
 lint: venv
 	$(BIN)/ruff check watcher tests bench scripts
 	$(BIN)/ruff format --check watcher tests bench scripts
@@ -48,7 +55,7 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv tools browser
+pytest: venv tools browser pg
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest

@@ -2,14 +2,16 @@
 
 Every RPC URL that reaches a log line, an exception message or the status output goes through
 ``redact_url`` first; free text that may quote a URL (``requests``' exception messages do, in
-whole or as ``url: /v2/KEY``) goes through ``redact_text``.
+whole or as ``url: /v2/KEY``) goes through ``redact_text``. A database URL keeps what names
+the database (driver, user, host, port, database) and loses its password:
+``redact_database_url``.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from urllib.parse import quote, unquote, urlsplit
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 MARKER = "<redacted>"
 
@@ -94,3 +96,55 @@ def redact_text(text: str, secrets: Iterable[str]) -> str:
         if piece != MARKER and piece != "/" + MARKER:
             text = text.replace(piece, MARKER)
     return text
+
+
+#: Query parameters of a database URL that carry a secret (libpq's names).
+_DB_SECRET_PARAMS = frozenset({"password", "sslpassword", "passfile"})
+
+
+def redact_database_url(url: str) -> str:
+    """``url`` with its password (in the userinfo or a ``password=`` query parameter) replaced
+    by ``<redacted>``: ``postgresql+psycopg://app:s3cret@db:5432/watcher`` becomes
+    ``postgresql+psycopg://app:<redacted>@db:5432/watcher``. A SQLite URL has no secret and
+    is returned unchanged; a string that does not parse is replaced by the marker as a whole.
+    """
+    if url.startswith("sqlite:"):
+        return url
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return MARKER
+    if not parts.scheme or not (parts.netloc or parts.path):
+        return MARKER
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    user, colon, _password = userinfo.partition(":")
+    netloc = f"{user}{':' + MARKER if colon else ''}{at}{hostport}"
+    pairs = []
+    for pair in parts.query.split("&") if parts.query else []:
+        key, eq, _value = pair.partition("=")
+        pairs.append(
+            f"{key}={MARKER}" if eq and unquote(key).lower() in _DB_SECRET_PARAMS else pair
+        )
+    query = "?" + "&".join(pairs) if pairs else ""
+    fragment = "#" + parts.fragment if parts.fragment else ""
+    return f"{parts.scheme}://{netloc}{parts.path}{query}{fragment}"
+
+
+def database_secrets(url: str) -> list[str]:
+    """The secret pieces of a database URL (its password, raw and unquoted), for
+    ``redact_text``; none for SQLite."""
+    if url.startswith("sqlite:"):
+        return []
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return [url]
+    userinfo, _, _ = parts.netloc.rpartition("@")
+    found = [userinfo.partition(":")[2]]
+    found += [v for k, v in parse_qsl(parts.query) if k.lower() in _DB_SECRET_PARAMS]
+    out: list[str] = []
+    for secret in found:
+        for variant in (secret, unquote(secret)):
+            if variant and variant not in out:
+                out.append(variant)
+    return out

@@ -71,6 +71,7 @@ from watcher.config_secrets import (
 )
 from watcher.errors import BadInput, ConfigError
 from watcher.notify.webhook import standard_key
+from watcher.redact import database_secrets
 
 __all__ = [
     "INTERNAL_MODES",
@@ -328,9 +329,16 @@ class _Database(BaseModel):
     def _supported(cls, url: Any) -> str:
         if not isinstance(url, str) or not url:
             raise refuse(((), f"{url!r} is not a database URL"))
+        scheme = url.split(":")[0]
         if not url.startswith(("sqlite:", "postgresql")):
-            scheme = url.split(":")[0]
             raise refuse(((), f"{scheme!r} is not a supported database (sqlite, postgresql)"))
+        if scheme == "postgresql":  # the one PostgreSQL driver proofwatch ships: psycopg 3
+            return "postgresql+psycopg" + url.removeprefix("postgresql")
+        if scheme.startswith("postgresql") and scheme != "postgresql+psycopg":
+            raise refuse(((), f"{scheme!r} is not a supported driver (use postgresql+psycopg)"))
+        if scheme == "postgresql+psycopg" and not url.startswith(f"{scheme}://"):
+            # not echoed: what follows the scheme may hold the password
+            raise refuse(((), f"{scheme!r} is not a database URL (postgresql+psycopg://...)"))
         return url
 
     def resolved(self, config_dir: Path) -> str:
@@ -397,5 +405,7 @@ def load_settings(path: Path, env_file: Path | None = None) -> Settings:
         notify=config.notify,
         status=config.status,
         daemon=config.daemon,
-        secrets=tuple(s for s in environment.secrets if s),
+        secrets=tuple(
+            s for s in (*environment.secrets, *database_secrets(config.database.url)) if s
+        ),
     )

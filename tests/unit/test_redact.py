@@ -8,7 +8,13 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from watcher.redact import MARKER, redact_text, redact_url
+from watcher.redact import (
+    MARKER,
+    database_secrets,
+    redact_database_url,
+    redact_text,
+    redact_url,
+)
 
 
 @pytest.mark.parametrize(
@@ -119,3 +125,41 @@ def test_key_never_survives_redact_text(
     assume(key not in prefix and key not in f"https://{host}/{MARKER} url: ")
     text = f"{prefix} {url} url: {tail} (key {key}) {url}."
     assert key not in redact_text(text, [url, "http://127.0.0.1:1"])
+
+
+# --- database URLs ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "postgresql+psycopg://app:s3cret-pw@db.internal:5432/watcher",
+            "postgresql+psycopg://app:<redacted>@db.internal:5432/watcher",
+        ),
+        (
+            "postgresql+psycopg://app@db/watcher?sslmode=require&password=s3cret-pw",
+            "postgresql+psycopg://app@db/watcher?sslmode=require&password=<redacted>",
+        ),
+        (
+            "postgresql+psycopg:///watcher?host=/run/postgresql",
+            "postgresql+psycopg:///watcher?host=/run/postgresql",
+        ),
+        ("sqlite:////var/lib/proofwatch/watcher.db", "sqlite:////var/lib/proofwatch/watcher.db"),
+        ("not a url", "<redacted>"),
+    ],
+)
+def test_a_database_url_keeps_what_names_the_database_and_loses_the_password(
+    url: str, shown: str
+) -> None:
+    """redact_database_url hides the password (userinfo or query) and keeps user, host, db."""
+    assert redact_database_url(url) == shown
+
+
+def test_database_secrets_feed_redact_text() -> None:
+    """The password of a database URL, raw or percent-decoded, is blanked in free text."""
+    url = "postgresql+psycopg://app:p%40ss-w0rd-1@db/watcher"
+    secrets = database_secrets(url)
+    text = redact_text("auth failed for p@ss-w0rd-1 and p%40ss-w0rd-1", secrets)
+    assert "ss-w0rd" not in text
+    assert database_secrets("sqlite:///w.db") == []

@@ -341,6 +341,8 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     # (key, bad value, part of the reason)
     ("database.url", "mysql://db/watcher", "'mysql' is not a supported database"),
     ("database.url", "", "is not a database URL"),
+    ("database.url", "postgresql+asyncpg://u:pw@db/w", "'postgresql+asyncpg' is not a supported"),
+    ("database.url", "postgresql+psycopg:db/w", "is not a database URL"),
     ("chains", [], "at least one [[chains]] table is required"),
     ("chains[0].name", "Base Main", "'Base Main' must be lowercase"),
     ("chains[0].chain_id", 0, "0 must be an integer >= 1"),
@@ -635,6 +637,31 @@ def test_absolute_and_memory_sqlite_urls_are_kept(tmp_path: Path) -> None:
     )
     config["database"]["url"] = "sqlite:///:memory:"
     assert load_settings(write(tmp_path, config)).database_url == "sqlite:///:memory:"
+
+
+def test_postgresql_urls_use_psycopg_3(tmp_path: Path) -> None:
+    """postgresql+psycopg:// is kept; a bare postgresql:// URL gets the psycopg 3 driver."""
+    config = base_config()
+    config["database"]["url"] = "postgresql+psycopg://app:pw@db.internal:5432/watcher"
+    assert load_settings(write(tmp_path, config)).database_url == (
+        "postgresql+psycopg://app:pw@db.internal:5432/watcher"
+    )
+    config["database"]["url"] = "postgresql://app@db.internal/watcher"
+    assert load_settings(write(tmp_path, config)).database_url == (
+        "postgresql+psycopg://app@db.internal/watcher"
+    )
+
+
+def test_a_database_password_is_a_secret_and_never_echoed(tmp_path: Path) -> None:
+    """The password of a database URL joins Settings.secrets (so logs redact it), and a refused
+    URL's error does not show it."""
+    config = base_config()
+    config["database"]["url"] = "postgresql+psycopg://app:Db-Pass-123@db/watcher"
+    assert "Db-Pass-123" in load_settings(write(tmp_path, config)).secrets
+    config["database"]["url"] = "postgresql+psycopg:app:Db-Pass-123@db/watcher"
+    error = refused(write(tmp_path, config))
+    assert "database.url" in str(error)
+    assert "Db-Pass-123" not in str(error)
 
 
 # --- secrets: this program is watch-only ----------------------------------------------------

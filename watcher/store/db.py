@@ -3,12 +3,16 @@
 A fresh database is created at the newest schema; an older one is brought forward by the
 ordered ``MIGRATIONS`` (each a list of SQL statements), all in one transaction. Views are
 dropped and recreated every time, so they always match the code.
+
+The same code runs on SQLite (the embedded default) and PostgreSQL (``postgresql+psycopg://``):
+one ordered list of migrations, a statement given per dialect only where the SQL must differ,
+and SQLite's engine setup (pragmas, ``BEGIN IMMEDIATE``) only on SQLite.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
@@ -17,17 +21,22 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlmodel import Session, SQLModel
 
 from watcher.errors import WatcherError
+from watcher.redact import redact_database_url
 from watcher.store import tables  # noqa: F401  (registers the tables)
-from watcher.store.views import VIEWS
+from watcher.store.views import views
 
 BUSY_TIMEOUT_MS = 10_000
 
+#: One migration statement: SQL both stores accept, or one text per dialect name
+#: ("sqlite", "postgresql") where they differ.
+Statement = str | Mapping[str, str]
+
 #: (version, statements). Append only; never edit a released entry.
-MIGRATIONS: list[tuple[int, list[str]]] = [
+MIGRATIONS: list[tuple[int, list[Statement]]] = [
     (1, []),  # the initial schema, created from the table definitions
     (
         2,  # a transfer funds at most one invoice, also under concurrent writers (PostgreSQL)
@@ -57,9 +66,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
             "ALTER TABLE transfers ADD COLUMN block_time TIMESTAMP",
             "ALTER TABLE chain_state ADD COLUMN cursor_time TIMESTAMP",
             "ALTER TABLE transfers ADD COLUMN attribution VARCHAR",
-            "CREATE TABLE IF NOT EXISTS token_decimals (chain VARCHAR NOT NULL, "
-            "token_address VARCHAR NOT NULL, chain_id INTEGER NOT NULL, decimals INTEGER NOT "
-            "NULL, read_at TIMESTAMP NOT NULL, PRIMARY KEY (chain, token_address))",
+            {
+                "sqlite": "CREATE TABLE IF NOT EXISTS token_decimals (chain VARCHAR NOT NULL, "
+                "token_address VARCHAR NOT NULL, chain_id INTEGER NOT NULL, decimals INTEGER NOT "
+                "NULL, read_at TIMESTAMP NOT NULL, PRIMARY KEY (chain, token_address))",
+                "postgresql": "CREATE TABLE IF NOT EXISTS token_decimals (chain VARCHAR NOT NULL, "
+                "token_address VARCHAR NOT NULL, chain_id BIGINT NOT NULL, decimals INTEGER NOT "
+                "NULL, read_at TIMESTAMP NOT NULL, PRIMARY KEY (chain, token_address))",
+            },
         ],
     ),
     (
@@ -67,9 +81,14 @@ MIGRATIONS: list[tuple[int, list[str]]] = [
         [
             "ALTER TABLE chain_state ADD COLUMN halted_by VARCHAR",
             "ALTER TABLE chain_state ADD COLUMN resume_ack VARCHAR",
-            "CREATE TABLE IF NOT EXISTS chain_resumes (id INTEGER NOT NULL PRIMARY KEY, "
-            "chain VARCHAR NOT NULL, event_id VARCHAR NOT NULL, resumed_by VARCHAR NOT NULL, "
-            "resumed_at TIMESTAMP NOT NULL, cursor INTEGER)",
+            {  # PostgreSQL numbers the rows with a sequence; SQLite's INTEGER PRIMARY KEY does
+                "sqlite": "CREATE TABLE IF NOT EXISTS chain_resumes (id INTEGER NOT NULL "
+                "PRIMARY KEY, chain VARCHAR NOT NULL, event_id VARCHAR NOT NULL, resumed_by "
+                "VARCHAR NOT NULL, resumed_at TIMESTAMP NOT NULL, cursor INTEGER)",
+                "postgresql": "CREATE TABLE IF NOT EXISTS chain_resumes (id SERIAL NOT NULL "
+                "PRIMARY KEY, chain VARCHAR NOT NULL, event_id VARCHAR NOT NULL, resumed_by "
+                "VARCHAR NOT NULL, resumed_at TIMESTAMP NOT NULL, cursor BIGINT)",
+            },
             "CREATE INDEX IF NOT EXISTS ix_chain_resumes_chain ON chain_resumes (chain)",
         ],
     ),
@@ -116,7 +135,8 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
 
     Writers take SQLite's write lock at ``BEGIN IMMEDIATE`` so they queue on the busy timeout
     instead of failing on a lock upgrade; a ``readonly`` engine uses plain deferred
-    transactions and never waits for a writer (WAL).
+    transactions and never waits for a writer (WAL). PostgreSQL sessions run in UTC (the
+    timestamps are stored as UTC without a zone, and ``CURRENT_TIMESTAMP`` must agree).
     """
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
@@ -134,7 +154,12 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
             conn.exec_driver_sql(begin)
 
         return engine
-    return sa.create_engine(url, pool_pre_ping=True)
+    try:
+        return sa.create_engine(
+            url, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"}
+        )
+    except (ArgumentError, ImportError, ValueError):
+        raise WatcherError(f"cannot use database {redact_database_url(url)}") from None
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -170,8 +195,16 @@ def _column_exists(conn: sa.Connection, statement: str) -> bool:
     return any(c["name"] == column for c in sa.inspect(conn).get_columns(table))
 
 
+def dialect_sql(statement: Statement, dialect: str) -> str:
+    """The text of ``statement`` for ``dialect``."""
+    if isinstance(statement, str):
+        return statement
+    return statement[dialect]
+
+
 def migrate(engine: Engine) -> tuple[int | None, int]:
     """Create or migrate the schema and recreate the views; returns (old, new) versions."""
+    dialect = engine.dialect.name
     try:
         with engine.begin() as conn:
             old = current_version(conn)
@@ -185,11 +218,13 @@ def migrate(engine: Engine) -> tuple[int | None, int]:
                 for version, statements in MIGRATIONS:
                     if version > old:
                         for statement in statements:
-                            if not _column_exists(conn, statement):
-                                conn.execute(sa.text(statement))
-            for name in VIEWS:
+                            sql = dialect_sql(statement, dialect)
+                            if not _column_exists(conn, sql):
+                                conn.execute(sa.text(sql))
+            operator_views = views(dialect)
+            for name in operator_views:
                 conn.execute(sa.text(f"DROP VIEW IF EXISTS {name}"))
-            for sql in VIEWS.values():
+            for sql in operator_views.values():
                 conn.execute(sa.text(sql))
             conn.execute(
                 sa.text(

@@ -1,7 +1,9 @@
 """SQLModel tables. Operators read the views in ``views.py``; these tables are not the contract.
 
 Amounts are stored as decimal TEXT of base units: wei overflow SQLite's 64-bit INTEGER
-(10 ETH = 10**19 wei). All datetimes are stored and returned as UTC-aware.
+(10 ETH = 10**19 wei). All datetimes are stored as UTC without a zone and returned UTC-aware.
+Chain ids, block numbers and log indexes are 64-bit (``BIGINT``): PostgreSQL's ``INTEGER`` is
+32-bit, SQLite's is 64-bit either way.
 """
 
 from __future__ import annotations
@@ -9,7 +11,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Column, DateTime, Index, String, TypeDecorator, UniqueConstraint, text
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    String,
+    TypeDecorator,
+    UniqueConstraint,
+    text,
+)
 from sqlmodel import Field, SQLModel
 
 
@@ -51,6 +62,13 @@ def _amount(nullable: bool = False) -> Any:
     return Field(sa_column=Column(BaseUnits(), nullable=nullable))
 
 
+def _big(*, nullable: bool = False, **kwargs: Any) -> Any:
+    """A 64-bit integer column (chain ids, block numbers, log indexes)."""
+    if nullable:
+        kwargs.setdefault("default", None)
+    return Field(sa_type=BigInteger, nullable=nullable, **kwargs)
+
+
 def _when(nullable: bool = True) -> Any:
     return Field(default=None, sa_column=Column(UtcDateTime(), nullable=nullable))
 
@@ -66,7 +84,7 @@ class Retainer(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     client: str
     chain: str
-    chain_id: int
+    chain_id: int = _big()
     asset: str
     token_address: str | None = None
     decimals: int
@@ -102,7 +120,7 @@ class Invoice(SQLModel, table=True):
     kind: str
     period_index: int | None = None
     chain: str
-    chain_id: int
+    chain_id: int = _big()
     asset: str
     token_address: str | None = None
     decimals: int
@@ -128,9 +146,9 @@ class Attachment(SQLModel, table=True):
     __tablename__ = "attachments"
     id: int | None = Field(default=None, primary_key=True)
     invoice_id: int = Field(foreign_key="invoices.id", index=True)
-    chain_id: int
+    chain_id: int = _big()
     tx_hash: str
-    log_index: int | None = None
+    log_index: int | None = _big(nullable=True)
     created_at: datetime = _when(nullable=False)
 
 
@@ -142,11 +160,11 @@ class Transfer(SQLModel, table=True):
     id: int | None = Field(default=None, primary_key=True)
     uid: str  # "<chain_id>:<tx_hash>:<kind>:<log_index or trace position>"
     chain: str
-    chain_id: int = Field(index=True)
+    chain_id: int = _big(index=True)
     kind: str  # erc20 | native | internal
     tx_hash: str = Field(index=True)
-    log_index: int | None = None
-    block_number: int = Field(index=True)
+    log_index: int | None = _big(nullable=True)
+    block_number: int = _big(index=True)
     block_hash: str
     block_time: datetime | None = _when()  # the block's timestamp; NULL only in pre-4 rows
     from_address: str
@@ -158,7 +176,7 @@ class Transfer(SQLModel, table=True):
     status: str = "seen"  # seen | final | orphaned
     detected_at: datetime = _when(nullable=False)
     finalized_at: datetime | None = _when()
-    final_block: int | None = None  # the final block number when it became final
+    final_block: int | None = _big(nullable=True)  # the final block number when it became final
     attribution: str | None = None  # "balance": internal, attributed by the balance guard
     # Its block is final but its receipt could not be confirmed (null, disagreeing, or the
     # second provider of cross_check not agreeing yet) since then; retried every poll.
@@ -264,12 +282,12 @@ class ChainState(SQLModel, table=True):
 
     __tablename__ = "chain_state"
     chain: str = Field(primary_key=True)
-    chain_id: int
-    cursor: int | None = None  # last block fully scanned
+    chain_id: int = _big()
+    cursor: int | None = _big(nullable=True)  # last block fully scanned
     cursor_hash: str | None = None
     cursor_time: datetime | None = _when()  # the cursor block's timestamp: the chain's clock
-    head: int | None = None
-    final_block: int | None = None
+    head: int | None = _big(nullable=True)
+    final_block: int | None = _big(nullable=True)
     last_poll_at: datetime | None = _when()
     last_ok_at: datetime | None = _when()
     rpc_ok: bool = True
@@ -289,7 +307,7 @@ class ChainResume(SQLModel, table=True):
     event_id: str
     resumed_by: str
     resumed_at: datetime = _when(nullable=False)
-    cursor: int | None = None  # the chain's cursor when it was resumed
+    cursor: int | None = _big(nullable=True)  # the chain's cursor when it was resumed
 
 
 class TokenDecimals(SQLModel, table=True):
@@ -298,7 +316,7 @@ class TokenDecimals(SQLModel, table=True):
     __tablename__ = "token_decimals"
     chain: str = Field(primary_key=True)
     token_address: str = Field(primary_key=True)  # checksummed
-    chain_id: int
+    chain_id: int = _big()
     decimals: int
     read_at: datetime = _when(nullable=False)
 
@@ -306,7 +324,7 @@ class TokenDecimals(SQLModel, table=True):
 class BlockHash(SQLModel, table=True):
     __tablename__ = "block_hashes"
     chain: str = Field(primary_key=True)
-    number: int = Field(primary_key=True)
+    number: int = _big(primary_key=True)
     hash: str
     parent_hash: str
 
