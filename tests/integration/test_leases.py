@@ -1,12 +1,11 @@
 """Chain leases and the daemons' rows, on a real database: one daemon per chain at a time,
 takeover after expiry, a fence that refuses the commit of a daemon that lost its lease, and
-work spread over the live daemons."""
+work spread over the live daemons; on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -33,8 +32,9 @@ class Clock:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[Engine]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'watcher.db'}")
+def engine(db_url: str) -> Iterator[Engine]:
+    """A migrated database of each store (SQLite file, PostgreSQL database)."""
+    engine = make_engine(db_url)
     migrate(engine)
     try:
         yield engine
