@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -13,6 +14,8 @@ from sqlmodel import select
 
 from watcher.runtime.heartbeat import Registry
 from watcher.runtime.leases import ChainLeases, LeaseLost
+from watcher.runtime.status import status_document
+from watcher.settings import Settings
 from watcher.store.db import fenced, make_engine, migrate, read_session, transaction
 from watcher.store.tables import ChainLease, ChainState
 
@@ -193,3 +196,41 @@ def test_release_all_frees_the_chains_at_once(engine: Engine) -> None:
     assert first.hold("alpha")
     first.release_all()
     assert second.hold("alpha")
+
+
+def test_status_lists_every_daemon_with_the_chains_it_holds(pg_url: str, tmp_path: Path) -> None:
+    """On a shared database ``status`` lists each daemon (host, pid, heartbeat) with the
+    chains it leases now; a stopped daemon is listed as not running, holding none."""
+    engine = make_engine(pg_url)
+    migrate(engine)
+    clock = Clock()
+    clock.at = datetime.now(UTC)  # the status reads lease expiry by the real clock
+    try:
+        names = ("first", "second", "third")
+        registries = [
+            Registry(engine, clock, holder=n, host=f"host-{n}", pid=100 + i, lease=LEASE,
+                     shared=True, clock=clock)
+            for i, n in enumerate(names)
+        ]  # fmt: skip
+        for registry in registries:
+            registry.claim()
+        leases = [ChainLeases(engine, n, CHAINS, lease=LEASE, clock=clock) for n in names]
+        for lease in leases:
+            for chain in CHAINS:
+                lease.hold(chain)
+        leases[2].release_all()
+        registries[2].stopped()
+        settings = Settings(config_path=tmp_path / "w.toml", database_url=pg_url, chains=())
+        listed = {d["host"]: d for d in status_document(engine, settings, clock())["daemons"]}
+        assert set(listed) == {"host-first", "host-second", "host-third"}
+        for i, name in enumerate(names[:2]):
+            entry = listed[f"host-{name}"]
+            assert (entry["pid"], entry["running"]) == (100 + i, True)
+            assert entry["chains"] == leases[i].held() and entry["chains"]
+        assert listed["host-third"]["running"] is False
+        assert listed["host-third"]["chains"] == []
+        assert sorted(listed["host-first"]["chains"] + listed["host-second"]["chains"]) == sorted(
+            CHAINS
+        )
+    finally:
+        engine.dispose()
