@@ -136,6 +136,7 @@ class Daemon:
             else None
         )
         self.health = ChainHealth(ctx.engine, ctx.settings.chains, ctx.now)
+        self._held: set[str] = set()  # chains whose lease this daemon held at its last poll
         self.outages = self.health.outages
         self.started = threading.Event()  # the scheduler is running
         self.http_url: str | None = None
@@ -335,7 +336,11 @@ class Daemon:
             self._poll(chain)
             return
         if not self.leases.hold(chain.name):
+            self._held.discard(chain.name)
             return  # another daemon scans it
+        if chain.name not in self._held:  # (again) ours: its outage as the database knows it
+            self.health.load(chain.name)
+            self._held.add(chain.name)
         try:
             with fenced(self.leases.fence(chain.name)):
                 self._poll(chain)

@@ -65,10 +65,14 @@ class ChainHealth:
         """Per chain: (consecutive failed polls, failed polls since the daemon started)."""
         return {name: (o.failures, o.total_failures) for name, o in self.outages.items()}
 
-    def load(self) -> None:
-        """Resume outages announced before a restart, so their recovery is announced once."""
+    def load(self, *names: str) -> None:
+        """Resume outages announced before a restart (or by the daemon this one took a
+        chain over from), so their recovery is announced once; every chain, or ``names``."""
         with read_session(self.engine) as session:
             for name, outage in self.outages.items():
+                if names and name not in names:
+                    continue
+                outage.reset()
                 state = session.get(ChainState, name)
                 if state is None or not state.degraded:
                     continue
