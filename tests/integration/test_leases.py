@@ -14,8 +14,9 @@ from sqlmodel import select
 
 from watcher.runtime.heartbeat import Registry
 from watcher.runtime.leases import ChainLeases, LeaseLost
+from watcher.runtime.locks import DaemonLocked, LeaseCheck
 from watcher.runtime.status import status_document
-from watcher.settings import Settings
+from watcher.settings import ChainSettings, Settings
 from watcher.store.db import fenced, make_engine, migrate, read_session, transaction
 from watcher.store.tables import ChainLease, ChainState
 
@@ -232,5 +233,53 @@ def test_status_lists_every_daemon_with_the_chains_it_holds(pg_url: str, tmp_pat
         assert sorted(listed["host-first"]["chains"] + listed["host-second"]["chains"]) == sorted(
             CHAINS
         )
+    finally:
+        engine.dispose()
+
+
+def test_tick_refuses_while_any_daemon_is_alive_on_a_shared_database(pg_url: str) -> None:
+    """A one-off ``tick`` or ``scan`` on a shared database is refused, naming pid and host,
+    while any daemon's row is alive; allowed once that daemon has stopped."""
+    engine = make_engine(pg_url)
+    migrate(engine)
+    clock = Clock()
+    clock.at = datetime.now(UTC)  # LeaseCheck judges expiry by the real clock
+    try:
+        registry = Registry(
+            engine, clock, holder="beta/77/x", host="beta", pid=77, lease=LEASE, shared=True,
+            clock=clock,
+        )  # fmt: skip
+        registry.claim()
+        check = LeaseCheck(engine, clock, role="tick")
+        with pytest.raises(DaemonLocked, match=r"pid 77 on beta\) holds the lease .*`tick`"):
+            check.acquire()
+        registry.stopped()
+        check.acquire()
+    finally:
+        engine.dispose()
+
+
+def test_alone_on_sqlite_a_daemon_holds_every_chain_and_forgets_older_rows(
+    tmp_path: Path,
+) -> None:
+    """On SQLite (one daemon, behind its file lock) a starting daemon drops the rows of
+    earlier ones, and ``status`` lists it running with every configured chain."""
+    url = f"sqlite:///{tmp_path / 'watcher.db'}"
+    engine = make_engine(url)
+    migrate(engine)
+    now = datetime.now(UTC)
+    try:
+        for pid in (11, 22):
+            Registry(
+                engine, lambda: now, holder=f"h/{pid}/x", host="h", pid=pid, lease=LEASE,
+                shared=False,
+            ).claim()  # fmt: skip
+        chain = ChainSettings(
+            name="base", chain_id=8453, rpc_urls=("http://127.0.0.1:9",),
+            receiving_address="0xB3e9568A9cbB624403743340358c85CCce130893",
+        )  # fmt: skip
+        settings = Settings(config_path=tmp_path / "w.toml", database_url=url, chains=(chain,))
+        (entry,) = status_document(engine, settings, now)["daemons"]
+        assert (entry["pid"], entry["running"], entry["chains"]) == (22, True, ["base"])
     finally:
         engine.dispose()
