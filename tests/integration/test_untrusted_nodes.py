@@ -16,7 +16,7 @@ from tests.support.anvil import AnvilNode
 from tests.support.contracts import erc20_transfer, send_eth
 from tests.support.rpcproxy import RpcProxy
 from watcher.chain.rpc import RpcPool
-from watcher.chain.scanner import ScanReport, scan_chain
+from watcher.ledger.scanning import ScanReport, scan_chain
 from watcher.settings import ChainSettings, TokenSettings
 from watcher.store.tables import Transfer
 

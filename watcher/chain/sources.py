@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from eth_abi import decode
 from eth_utils import keccak, to_bytes, to_checksum_address
@@ -19,7 +19,6 @@ from watcher.chain.rpc import Call, RpcPool
 from watcher.domain.finality import RangeSizer, chain_links
 from watcher.errors import RangeTooLarge, RpcError, WatcherError
 from watcher.settings import ChainSettings, TokenSettings
-from watcher.store.tables import Transfer
 
 TRANSFER_TOPIC = "0x" + bytes(keccak(text="Transfer(address,address,uint256)")).hex()
 NATIVE_DECIMALS = 18
@@ -558,7 +557,24 @@ def block_hashes(pool: RpcPool, numbers: Sequence[int]) -> dict[int, str | None]
     }
 
 
-def receipt_disagrees(transfer: Transfer, receipt: Mapping[str, Any] | None, wallet: str) -> str:
+class StoredTransfer(Protocol):
+    """What a receipt is checked against: the fields of a transfer as it was stored."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def block_hash(self) -> str: ...
+    @property
+    def log_index(self) -> int | None: ...
+    @property
+    def token_address(self) -> str | None: ...
+    @property
+    def amount(self) -> int: ...
+
+
+def receipt_disagrees(
+    transfer: StoredTransfer, receipt: Mapping[str, Any] | None, wallet: str
+) -> str:
     """Why ``receipt`` does not confirm ``transfer`` as stored ("" when it does)."""
     if receipt is None:
         return "transaction not found"
