@@ -4,14 +4,17 @@ work spread over the live daemons; on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlmodel import select
 
+from tests.support.receivers import wait_for
 from watcher.runtime.heartbeat import Registry
 from watcher.runtime.leases import ChainLeases, LeaseLost
 from watcher.runtime.locks import DaemonLocked, LeaseCheck
@@ -19,6 +22,7 @@ from watcher.runtime.status import status_document
 from watcher.settings import ChainSettings, Settings
 from watcher.store.db import fenced, make_engine, migrate, read_session, transaction
 from watcher.store.tables import ChainLease, ChainState
+from watcher.store.tables import Daemon as DaemonRow
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
@@ -283,3 +287,54 @@ def test_alone_on_sqlite_a_daemon_holds_every_chain_and_forgets_older_rows(
         assert (entry["pid"], entry["running"], entry["chains"]) == (22, True, ["base"])
     finally:
         engine.dispose()
+
+
+def test_daemons_starting_together_on_a_fresh_database_all_start(pg_url: str) -> None:
+    """A daemon that starts while another's first write of the ``daemon`` row is not yet
+    committed waits for it and then starts too, instead of failing on a duplicate key."""
+    engine = make_engine(pg_url)
+    migrate(engine)
+    now = datetime.now(UTC)
+    try:
+        registry = Registry(
+            engine, lambda: now, holder="b/2/x", host="b", pid=2, lease=LEASE, shared=True,
+        )  # fmt: skip
+        errors: list[BaseException] = []
+
+        def claim() -> None:
+            try:
+                registry.claim()
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        with engine.connect() as other:
+            tx = other.begin()
+            other.execute(
+                sa.text(
+                    "INSERT INTO daemon (id, pid, host, started_at, last_heartbeat_at) "
+                    "VALUES (1, 1, 'a', :t, :t)"
+                ),
+                {"t": now.replace(tzinfo=None)},
+            )
+            thread = threading.Thread(target=claim)
+            thread.start()
+            wait_for(lambda: waiting_on_a_lock(engine), what="the claim to wait for the row")
+            tx.commit()
+        thread.join(30)
+        assert errors == []
+        with read_session(engine) as session:
+            row = session.get(DaemonRow, 1)
+        assert row is not None and (row.pid, row.host) == (2, "b")
+    finally:
+        engine.dispose()
+
+
+def waiting_on_a_lock(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        waiting = conn.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database()"
+            )
+        ).scalar()
+    return bool(waiting)

@@ -15,8 +15,9 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import delete
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from watcher.runtime.leases import Clock, wall_clock
 from watcher.store.db import transaction
@@ -55,7 +56,7 @@ class Registry:
                     gone if self.shared else col(DaemonInstance.holder) != self.holder
                 )
             )
-            row = session.get(DaemonRow, 1) or DaemonRow(id=1)
+            row = self._daemon_row(session, now)
             row.pid, row.host, row.started_at = self.pid, self.host, now
             row.last_heartbeat_at, row.stopped_at = now, None
             session.add(row)
@@ -75,11 +76,10 @@ class Registry:
         over if another did (nothing is written then), else None."""
         now = self.now()
         with transaction(self.engine) as session:
-            row = session.get(DaemonRow, 1, with_for_update=True)
-            if not self.shared and row is not None and (row.pid, row.host) != (self.pid, self.host):
+            row = self._daemon_row(session, now)
+            if not self.shared and (row.pid, row.host) != (self.pid, self.host):
                 return row.pid, row.host
-            if row is None or (row.pid, row.host) != (self.pid, self.host):
-                row = row or DaemonRow(id=1)
+            if (row.pid, row.host) != (self.pid, self.host):
                 row.pid, row.host, row.started_at = self.pid, self.host, now
             row.last_heartbeat_at, row.stopped_at = now, None
             session.add(row)
@@ -91,6 +91,24 @@ class Registry:
             mine.stopped_at = None
             session.add(mine)
         return None
+
+    def _daemon_row(self, session: Session, now: datetime) -> DaemonRow:
+        """The ``daemon`` row, locked; created (as this daemon's) if there is none. Daemons
+        starting together on a fresh database all insert it: ``ON CONFLICT DO NOTHING`` makes
+        the later ones wait for the first and then use its row, instead of failing."""
+        dialect = session.get_bind().dialect.name
+        insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        session.execute(
+            insert(DaemonRow)
+            .values(id=1, pid=self.pid, host=self.host, started_at=now, last_heartbeat_at=now)
+            .on_conflict_do_nothing()
+        )
+        return session.exec(
+            select(DaemonRow)
+            .where(DaemonRow.id == 1)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        ).one()
 
     def stopped(self) -> None:
         """Mark this daemon's rows stopped; the ``daemon`` row only while no other daemon is
