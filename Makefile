@@ -7,7 +7,7 @@ ANVIL_VERSION := 1.7.1
 # promtool (lints /metrics in the tests) from Debian's prometheus package, without the server.
 PROMTOOL := tools/promtool
 
-.PHONY: all venv tools browser pg test lint typecheck pytest demo bench chaos clean
+.PHONY: all venv tools browser pg test lint typecheck pytest demo bench bench-settle chaos clean
 
 all: test
 
@@ -65,6 +65,9 @@ demo: venv $(ANVIL)
 
 bench: venv $(ANVIL)
 	$(BIN)/python bench/scan.py
+
+bench-settle: venv pg
+	$(BIN)/python bench/settle.py
 
 chaos: venv tools
 	$(BIN)/python bench/chaos.py $(CHAOS_ARGS)

@@ -13,9 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.postgres import PostgresServer
-
-STORES = ("sqlite", "postgresql")
+from tests.support.postgres import STORES, PostgresServer
 
 
 @pytest.fixture(scope="session")

@@ -6,8 +6,10 @@ the same blocks and the same start block. Finality is deterministic: Anvil autom
 transaction into its own block, and with one-slot epochs ``finalized`` = ``latest - 2``, so a
 payment mined in block B is final once two more blocks are mined, never by waiting.
 
-A workspace is a config dir (watcher.toml + .env) with its SQLite file; ``Workspace.run`` runs
-the real program (``python -m watcher``) in a subprocess with ``WATCHER_NOW`` set.
+A workspace is a config dir (watcher.toml + .env) with its database: a SQLite file beside the
+config, or a PostgreSQL database on the session's test server (a module that sets ``STORES``
+runs on each; a copy of a template is then ``CREATE DATABASE ... TEMPLATE``). ``Workspace.run``
+runs the real program (``python -m watcher``) in a subprocess with ``WATCHER_NOW`` set.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ from web3.contract import Contract
 
 from tests.support.anvil import AnvilNode
 from tests.support.contracts import deploy, erc20_transfer, send_eth, wait_receipt
+from tests.support.postgres import PostgresServer
+from tests.support.stores import dump_rows, read_rows
+
+SQLITE_URL = "sqlite:///data/watcher.db"
 
 WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"  # the consultant's receiving wallet
 ELSEWHERE = "0x00000000000000000000000000000000C0FFEE01"  # somebody else's wallet
@@ -168,10 +174,10 @@ def setup_chain(node: AnvilNode) -> Chain:
     return chain
 
 
-def config_text(chain: Chain, *, tolerance: str = "0") -> str:
+def config_text(chain: Chain, *, tolerance: str = "0", url: str = SQLITE_URL) -> str:
     return f"""\
 [database]
-url = "sqlite:///data/watcher.db"
+url = "{url}"
 
 [[chains]]
 name = "local"
@@ -203,11 +209,16 @@ underpay_tolerance = "{tolerance}"
 
 @dataclass
 class Workspace:
-    """A config dir watching the shared chain; commands run at ``now`` (WATCHER_NOW)."""
+    """A config dir watching the shared chain; commands run at ``now`` (WATCHER_NOW).
+
+    Its database is the SQLite file ``data/watcher.db``, or, with ``pg``, the PostgreSQL
+    database ``dbname`` on that server."""
 
     root: Path
     chain: Chain
     now: str = T0
+    pg: PostgresServer | None = None
+    dbname: str | None = None
 
     @property
     def config(self) -> Path:
@@ -217,15 +228,43 @@ class Workspace:
     def db(self) -> Path:
         return self.root / "data" / "watcher.db"
 
+    @property
+    def store(self) -> str:
+        return "sqlite" if self.pg is None else "postgresql"
+
+    @property
+    def url(self) -> str:
+        """The database URL in the config (a relative SQLite path, or the PostgreSQL URL)."""
+        if self.pg is None:
+            return SQLITE_URL
+        assert self.dbname is not None
+        return self.pg.url(self.dbname)
+
+    @property
+    def engine_url(self) -> str:
+        """The database URL to open from the test process."""
+        return f"sqlite:///{self.db}" if self.pg is None else self.url
+
     def write_config(self, *, tolerance: str = "0") -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.config.write_text(config_text(self.chain, tolerance=tolerance))
+        self.config.write_text(config_text(self.chain, tolerance=tolerance, url=self.url))
         (self.root / ".env").write_text(f"{RPC_VAR}={self.chain.node.url}\n")
 
     def copy(self, where: Path) -> Workspace:
-        """A private copy of this workspace (config and database) at ``where``."""
+        """A private copy of this workspace (config and database) at ``where``; on PostgreSQL
+        a new database made from this one (drop it with ``drop``)."""
         shutil.copytree(self.root, where)
-        return Workspace(where, self.chain, self.now)
+        if self.pg is None:
+            return Workspace(where, self.chain, self.now)
+        copy = Workspace(where, self.chain, self.now, self.pg, self.pg.create_database(
+            template=self.dbname))  # fmt: skip
+        copy.config.write_text(copy.config.read_text().replace(self.url, copy.url))
+        return copy
+
+    def drop(self) -> None:
+        """Drop the PostgreSQL database (nothing for SQLite: the directory goes with tmp_path)."""
+        if self.pg is not None and self.dbname is not None:
+            self.pg.drop_database(self.dbname)
 
     # -- running the program -----------------------------------------------------------------
 
@@ -292,7 +331,10 @@ class Workspace:
     # -- reading the database directly -------------------------------------------------------
 
     def dump(self, tables: Iterable[str] | None = None) -> list[str]:
-        """``iterdump`` of the SQLite file: everything, or only the INSERTs into ``tables``."""
+        """``iterdump`` of the SQLite file: everything, or only the INSERTs into ``tables``
+        (on PostgreSQL: every row of every table, or of ``tables``)."""
+        if self.pg is not None:
+            return dump_rows(self.engine_url, tables)
         conn = sqlite3.connect(self.db)
         try:
             lines = list(conn.iterdump())
@@ -309,12 +351,7 @@ class Workspace:
         sql = f"SELECT * FROM {name}"
         if where:
             sql += " WHERE " + " AND ".join(f"{key} = :{key}" for key in where)
-        conn = sqlite3.connect(self.db)
-        conn.row_factory = sqlite3.Row
-        try:
-            rows = [dict(row) for row in conn.execute(sql, where)]
-        finally:
-            conn.close()
+        rows = read_rows(self.engine_url, sql, where)
         for row in rows:
             if isinstance(row.get("payments"), str):
                 row["payments"] = json.loads(row["payments"])
@@ -327,22 +364,18 @@ class Workspace:
 
     def events(self, type_: str | None = None) -> list[dict[str, Any]]:
         """Outbox events (the full body: id, type, created_at, data), in the order written."""
-        conn = sqlite3.connect(self.db)
-        try:
-            rows = conn.execute("SELECT type, body FROM outbox ORDER BY seq").fetchall()
-        finally:
-            conn.close()
-        return [json.loads(body) for kind, body in rows if type_ is None or kind == type_]
+        rows = read_rows(self.engine_url, "SELECT type, body FROM outbox ORDER BY seq")
+        return [json.loads(r["body"]) for r in rows if type_ is None or r["type"] == type_]
 
     def event_types(self) -> list[str]:
         return [e["type"] for e in self.events()]
 
 
-def build_template(chain: Chain, root: Path) -> Workspace:
+def build_template(chain: Chain, root: Path, pg: PostgresServer | None = None) -> Workspace:
     """Through the CLI at T0: RET-1 (Acme GmbH, 1500 USDC/month, expected payer) and RET-2
     (Globex, 900 USDC/month, its own payer), both approved, each with its first-month invoice
-    (INV-1 asks 1500.000001, INV-2 asks 900.000001)."""
-    ws = Workspace(root, chain)
+    (INV-1 asks 1500.000001, INV-2 asks 900.000001). On ``pg``'s new database, if given."""
+    ws = Workspace(root, chain, pg=pg, dbname=pg.create_database() if pg else None)
     ws.write_config()
     ws.ok("init")
     add = ("retainer", "add", "--chain", "local", "--asset", "USDC")
@@ -371,18 +404,41 @@ def chain() -> Iterator[Chain]:
         yield setup_chain(node)
 
 
+def store_server(request: pytest.FixtureRequest, store: str) -> PostgresServer | None:
+    """The session's PostgreSQL server when ``store`` is "postgresql" (started on first use)."""
+    if store == "sqlite":
+        return None
+    server: PostgresServer = request.getfixturevalue("pg_server")
+    return server
+
+
+@pytest.fixture(scope="module")
+def module_store(request: pytest.FixtureRequest) -> str:
+    """The store a module's workspaces use: "sqlite" unless the module sets ``STORES`` (then
+    each of them in turn, see ``pytest_generate_tests`` in tests/e2e/conftest.py)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
 @pytest.fixture(scope="module")
 def template(
-    chain: Chain, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Workspace:
+    chain: Chain,
+    module_store: str,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Workspace]:
     """The ledger every test of a module copies: two approved retainers with their first
-    invoices (``chain_harness.build_template``)."""
+    invoices (``chain_harness.build_template``), on the module's store."""
     name = request.module.__name__.rsplit(".", 1)[-1]
-    return build_template(chain, tmp_path_factory.mktemp(name) / "template")
+    pg = store_server(request, module_store)
+    built = build_template(chain, tmp_path_factory.mktemp(name) / "template", pg)
+    yield built
+    built.drop()
 
 
 @pytest.fixture
-def ws(chain: Chain, template: Workspace, tmp_path: Path) -> Workspace:
+def ws(chain: Chain, template: Workspace, tmp_path: Path) -> Iterator[Workspace]:
     """The chain back at its snapshot and a private copy of the template ledger."""
     chain.reset()
-    return template.copy(tmp_path / "ws")
+    copy = template.copy(tmp_path / "ws")
+    yield copy
+    copy.drop()

@@ -1,11 +1,13 @@
-"""Run the real `python -m watcher` in a subprocess against a temporary config and SQLite file.
+"""Run the real `python -m watcher` in a subprocess against a temporary config and database.
 
 No chain is needed: the ledger commands never connect, so rpc_urls point at a closed port
 (``invoice issue`` would read a token's decimals on chain once, so the templates store USDC's
 as if it had been read).
-Templates (config only; plus retainers; plus invoices) are built once per session, and every
-case runs on its own copy of one. Each command is a fresh interpreter that spends most of its
-time importing, so independent cases run side by side (``run_all``).
+Templates (config only; plus retainers; plus invoices) are built once per session and store
+(a SQLite file beside the config, or a PostgreSQL database on the session's test server), and
+every case runs on its own copy of one (a file copy, or ``CREATE DATABASE ... TEMPLATE``).
+Each command is a fresh interpreter that spends most of its time importing, so independent
+cases run side by side (``run_all``).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -25,8 +28,15 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.chain_harness import chain, template, ws  # noqa: F401  (the Anvil modules' fixtures)
+from tests.e2e.chain_harness import (  # noqa: F401  (the Anvil modules' fixtures)
+    chain,
+    module_store,
+    template,
+    ws,
+)
 from tests.e2e.daemon_harness import site  # noqa: F401  (the daemon modules' fixture)
+from tests.support.postgres import PostgresServer
+from tests.support.stores import dump_rows, dump_schema
 from watcher.ledger import invoices as ledger
 from watcher.ledger import token_decimals
 from watcher.ledger.context import Context
@@ -60,11 +70,18 @@ due_days = 7
 DOTENV = "BASE_RPC_URL=http://127.0.0.1:9/v2/not-a-real-key\n"
 
 
+SQLITE_URL = "sqlite:///data/watcher.db"
+_COPYING = threading.Lock()
+
+
 @dataclass
 class Workspace:
-    """A config dir (watcher.toml + .env) with its SQLite file under data/."""
+    """A config dir (watcher.toml + .env) with its SQLite file under data/, or with ``pg``
+    the PostgreSQL database ``dbname`` on that server."""
 
     root: Path
+    pg: PostgresServer | None = None
+    dbname: str | None = None
 
     @property
     def config(self) -> Path:
@@ -73,6 +90,36 @@ class Workspace:
     @property
     def db(self) -> Path:
         return self.root / "data" / "watcher.db"
+
+    @property
+    def url(self) -> str:
+        """The database URL the config names."""
+        if self.pg is None:
+            return SQLITE_URL
+        assert self.dbname is not None
+        return self.pg.url(self.dbname)
+
+    def has_database(self) -> bool:
+        """Whether a database was created: the SQLite file exists, or the PostgreSQL
+        database (which the test made empty) has tables."""
+        if self.pg is None:
+            return self.db.exists()
+        return bool(dump_schema(self.url))
+
+    def copy(self, where: Path) -> Workspace:
+        """A private copy at ``where``: the directory, and on PostgreSQL a new database made
+        from this one, named in the copy's config."""
+        shutil.copytree(self.root, where)
+        if self.pg is None:
+            return Workspace(where)
+        with _COPYING:  # one CREATE DATABASE at a time from the same template
+            copy = Workspace(where, self.pg, self.pg.create_database(template=self.dbname))
+        copy.config.write_text(copy.config.read_text().replace(self.url, copy.url))
+        return copy
+
+    def drop(self) -> None:
+        if self.pg is not None and self.dbname is not None:
+            self.pg.drop_database(self.dbname)
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {
@@ -102,7 +149,10 @@ class Workspace:
         )
 
     def dump(self) -> list[str]:
-        """Every row and schema statement of the SQLite file, as `iterdump` prints them."""
+        """Every row and schema statement of the SQLite file, as `iterdump` prints them (on
+        PostgreSQL: every table's columns, every view's definition, every row)."""
+        if self.pg is not None:
+            return dump_schema(self.url) + dump_rows(self.url)
         conn = sqlite3.connect(self.db)
         try:
             return list(conn.iterdump())
@@ -110,11 +160,13 @@ class Workspace:
             conn.close()
 
 
-def new_workspace(root: Path) -> Workspace:
+def new_workspace(root: Path, pg: PostgresServer | None = None) -> Workspace:
+    """A config dir; on ``pg`` with a new, empty database."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "watcher.toml").write_text(CONFIG)
+    made = Workspace(root, pg, pg.create_database() if pg is not None else None)
+    (root / "watcher.toml").write_text(CONFIG.replace(SQLITE_URL, made.url))
     (root / ".env").write_text(DOTENV)
-    return Workspace(root)
+    return made
 
 
 def _build(root: Path, steps: Callable[[Context], None]) -> None:
@@ -147,41 +199,73 @@ def _invoice(ctx: Context) -> None:
     ledger.void_invoice(ctx, "INV-3")
 
 
-@pytest.fixture(scope="session")
-def seeded_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """RET-1 draft USDC 1500 (one payer); RET-2 approved USDC 2000; RET-3 approved ETH 0.5.
+class Templates:
+    """The CLI templates of one store, built on first use: "bare" (config only, no database),
+    "seeded" (RET-1 draft USDC 1500 with one payer; RET-2 approved USDC 2000; RET-3 approved
+    ETH 0.5) and "invoiced" (plus INV-1, RET-2's first month; INV-2, RET-3's first month in
+    ETH; INV-3, a voided RET-2 sprint of 250.5).
 
-    Built in-process with watcher.ledger.invoices to keep the suite fast; every one of these
-    steps is also run as a real command by a test of its own.
+    The ledgers are built in-process with watcher.ledger.invoices to keep the suite fast; every
+    one of these steps is also run as a real command by a test of its own.
     """
-    seeded = new_workspace(tmp_path_factory.mktemp("seeded") / "ws")
-    _build(seeded.root, _seed)
-    return seeded.root
+
+    def __init__(self, where: Path, pg: PostgresServer | None) -> None:
+        self.where = where
+        self.pg = pg
+        self.built: dict[str, Workspace] = {}
+        self.copies: list[Workspace] = []
+
+    def __getitem__(self, name: str) -> Workspace:
+        if name not in self.built:
+            root = self.where / name / "ws"
+            if name == "bare":
+                self.built[name] = new_workspace(root, self.pg)
+            elif name == "seeded":
+                self.built[name] = new_workspace(root, self.pg)
+                _build(root, _seed)
+            elif name == "invoiced":
+                self.built[name] = self["seeded"].copy(root)
+                _build(root, _invoice)
+            else:
+                raise KeyError(name)
+        return self.built[name]
+
+    def copy(self, name: str, where: Path) -> Workspace:
+        """A private copy of template ``name`` (dropped with the templates)."""
+        copy = self[name].copy(where)
+        self.copies.append(copy)
+        return copy
+
+    def drop(self) -> None:
+        for made in [*self.copies, *self.built.values()]:
+            made.drop()
 
 
 @pytest.fixture(scope="session")
-def invoiced_template(seeded_template: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The seeded ledger plus INV-1 (RET-2 first month), INV-2 (RET-3 first month, ETH) and
-    INV-3 (RET-2 sprint 250.5, voided)."""
-    root = tmp_path_factory.mktemp("invoiced") / "ws"
-    shutil.copytree(seeded_template, root)
-    _build(root, _invoice)
-    return root
+def template_sets(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Callable[[str], Templates]]:
+    """``of(store) -> Templates``: one set of CLI templates per store, for the session."""
+    sets: dict[str, Templates] = {}
+
+    def of(store: str) -> Templates:
+        if store not in sets:
+            pg = request.getfixturevalue("pg_server") if store == "postgresql" else None
+            sets[store] = Templates(tmp_path_factory.mktemp(f"cli-{store}"), pg)
+        return sets[store]
+
+    yield of
+    for templates in sets.values():
+        templates.drop()
 
 
-def _copy(source: Path, where: Path) -> Workspace:
-    root = where / "ws"
-    shutil.copytree(source, root)
-    return Workspace(root)
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def templates(
-    seeded_template: Path, invoiced_template: Path, tmp_path_factory: pytest.TempPathFactory
-) -> dict[str, Path]:
-    """Every template by name: "bare" (config only, no database), "seeded", "invoiced"."""
-    bare = new_workspace(tmp_path_factory.mktemp("bare") / "ws")
-    return {"bare": bare.root, "seeded": seeded_template, "invoiced": invoiced_template}
+    template_sets: Callable[[str], Templates],
+    module_store: str,  # noqa: F811  (the fixture imported above)
+) -> Templates:
+    """The CLI templates on the module's store (see ``pytest_generate_tests``)."""
+    return template_sets(module_store)
 
 
 @dataclass(frozen=True)
@@ -231,7 +315,7 @@ class Outcome:
         return json.loads(self.stdout(step))
 
 
-def run_all(runs: dict[str, Run], templates: dict[str, Path], tmp: Path) -> dict[str, Outcome]:
+def run_all(runs: dict[str, Run], templates: Templates, tmp: Path) -> dict[str, Outcome]:
     """Run every case on its own copy of its template, several cases at a time.
 
     Each command is a fresh interpreter that spends most of its time importing, so running
@@ -239,20 +323,23 @@ def run_all(runs: dict[str, Run], templates: dict[str, Path], tmp: Path) -> dict
     """
 
     def one(name: str, run: Run) -> tuple[str, Outcome]:
-        case = _copy(templates[run.template], tmp / name)
+        case = templates.copy(run.template, tmp / name / "ws")
         if run.prepare is not None:
             run.prepare(case)
 
         def fill(text: str) -> str:
             return text.replace("{root}", str(case.root))
 
-        before = case.dump() if case.db.exists() else None
+        before = case.dump() if case.has_database() else None
         env = case.env(**{k: fill(v) for k, v in run.env})
         results = [
             case.run(*map(fill, args), config=run.config, env=env) for args in (run.args, *run.then)
         ]
-        return name, Outcome(case, results, before, case.dump() if case.db.exists() else None)
+        after = case.dump() if case.has_database() else None
+        return name, Outcome(case, results, before, after)
 
+    for name in {run.template for run in runs.values()}:
+        templates[name]  # build them before the threads start
     # The longest chains first, so that they do not end up running alone at the end.
     ordered = sorted(runs.items(), key=lambda item: -len(item[1].then))
     with ThreadPoolExecutor(max_workers=max(2, os.cpu_count() or 2)) as pool:
@@ -275,3 +362,11 @@ def assert_refused(outcome: Outcome, case: Refusal) -> str:
     assert outcome.before is not None
     assert outcome.after == outcome.before, "the database changed"
     return line
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets ``STORES`` (e.g. ``STORES = ("sqlite", "postgresql")``) runs its
+    workspace tests once per store; the others run on SQLite only."""
+    if "module_store" in metafunc.fixturenames:
+        stores = getattr(metafunc.module, "STORES", ("sqlite",))
+        metafunc.parametrize("module_store", stores, indirect=True, scope="module")

@@ -7,7 +7,6 @@ side by side, each case on its own copy of a template, and each test checks its 
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
@@ -19,10 +18,14 @@ from tests.e2e.conftest import (
     Outcome,
     Refusal,
     Run,
+    Templates,
     Workspace,
     assert_refused,
     run_all,
 )
+from tests.support.postgres import STORES as ALL_STORES
+
+STORES = ALL_STORES  # every command here runs on SQLite and on PostgreSQL
 
 INVOICE_FIELDS = {
     "id",
@@ -253,7 +256,7 @@ BY_STATE: dict[str, Refusal] = {
 
 
 @pytest.fixture(scope="module")
-def ran(templates: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+def ran(templates: Templates, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     """Every case above, run once on its own copy of its template."""
     tables = (SCENARIOS, COMMANDS, BAD_INPUT, BAD_CONFIG, BY_STATE)
     runs: dict[str, Run] = {name: run for table in tables for name, run in table.items()}
@@ -265,11 +268,13 @@ def ran(templates: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
 
 
 def test_init_creates_the_database_and_is_safe_to_repeat(ran: dict[str, Outcome]) -> None:
-    """init creates the SQLite file beside the config with the views; running it again is fine."""
+    """init creates the database (the SQLite file beside the config) with the views; running it
+    again is fine."""
     outcome = ran["init-twice"]
     assert "created database at schema version" in outcome.stdout(0)
     assert "is up to date" in outcome.stdout(1)
-    assert outcome.ws.db.is_file()
+    assert outcome.ws.has_database()
+    assert outcome.ws.pg is not None or outcome.ws.db.is_file()
     assert outcome.after is not None
     assert any("CREATE VIEW v_invoices" in line for line in outcome.after)
 
@@ -309,7 +314,7 @@ def test_commands_before_init_ask_for_init(ran: dict[str, Outcome]) -> None:
     assert outcome.result.stderr == (
         "proofwatch: error: database is not initialised: run `proofwatch init`\n"
     )
-    assert not outcome.ws.db.exists()
+    assert not outcome.ws.has_database()
 
 
 # --- retainers ------------------------------------------------------------------------------

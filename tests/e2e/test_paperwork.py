@@ -15,6 +15,7 @@ import io
 import json
 import re
 import subprocess
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,13 +28,16 @@ from tests.e2e.chain_harness import (
     Chain,
     Workspace,
     build_template,
+    store_server,
     usdc,
 )
 from tests.support import browser
 from tests.support.browser import needs_chromium
+from tests.support.postgres import STORES as ALL_STORES
 from watcher.ledger.export import COLUMNS
 
 pytestmark = pytest.mark.anvil
+STORES = ALL_STORES  # the story is told on SQLite, then on PostgreSQL
 
 EXPLORER = "https://explorer.example"
 
@@ -70,10 +74,17 @@ def _pay_and_settle(ws: Workspace, chain: Chain, when: str, sender: str, units: 
 
 
 @pytest.fixture(scope="module")
-def story(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Story:
+def story(
+    chain: Chain,
+    module_store: str,
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Story]:
     """Month 1 paid on time; a sprint paid; month 2 renewed and paid after its due date; month
-    3 renewed and paid on time. The explorer link is configured."""
-    ws = build_template(chain, tmp_path_factory.mktemp("paperwork") / "ws")
+    3 renewed and paid on time. The explorer link is configured. On the module's store."""
+    chain.reset()
+    pg = store_server(request, module_store)
+    ws = build_template(chain, tmp_path_factory.mktemp("paperwork") / "ws", pg)
     ws.config.write_text(
         ws.config.read_text().replace(
             'native_symbol = "ETH"\n', f'native_symbol = "ETH"\nexplorer_url = "{EXPLORER}"\n'
@@ -114,7 +125,8 @@ def story(chain: Chain, tmp_path_factory: pytest.TempPathFactory) -> Story:
     assert month_3["id"] == "INV-5"
     paid["INV-5"] = _pay_and_settle(ws, chain, at(renew_at, 60), chain.payer, usdc("1500"))
     assert ws.status_of("INV-5") == "paid"
-    return Story(ws, renewal_html, sprint_html, paid)
+    yield Story(ws, renewal_html, sprint_html, paid)
+    ws.drop()
 
 
 def chromium(*args: str) -> subprocess.CompletedProcess[str]:

@@ -28,8 +28,10 @@ from tests.e2e.chain_harness import (
     Workspace,
     usdc,
 )
+from tests.support.postgres import STORES as ALL_STORES
 
 pytestmark = pytest.mark.anvil
+STORES = ALL_STORES  # every test here runs on SQLite and on PostgreSQL
 
 T1 = "2026-03-03T10:00:00Z"  # a payment is mined and seen (INV-1 and INV-2 are due 03-09T09:00)
 T2 = "2026-03-03T10:30:00Z"  # ... and becomes final

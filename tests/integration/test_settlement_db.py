@@ -1,13 +1,15 @@
-"""Settlement rules on a real SQLite file, without a chain: review flags and the schema's
-guarantee that a transfer funds at most one invoice."""
+"""Settlement rules on a real database (a SQLite file and a PostgreSQL database: ``db_url``),
+without a chain: review flags, the schema's guarantee that a transfer funds at most one
+invoice, and the migrations."""
 
 from __future__ import annotations
 
-import sqlite3
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
@@ -26,10 +28,10 @@ PAYER = "0x52908400098527886E0F7030069857D2E4169EE7"
 
 
 @pytest.fixture
-def ctx(tmp_path: Path) -> Context:
+def ctx(tmp_path: Path, db_url: str) -> Iterator[Context]:
     (tmp_path / "watcher.toml").write_text(
         f"""[database]
-url = "sqlite:///w.db"
+url = "{db_url}"
 [[chains]]
 name = "base"
 chain_id = 8453
@@ -44,7 +46,8 @@ decimals = 6
     settings = load_settings(tmp_path / "watcher.toml")
     engine = make_engine(settings.database_url)
     migrate(engine)
-    return Context(settings=settings, engine=engine, now=lambda: NOW)
+    yield Context(settings=settings, engine=engine, now=lambda: NOW)
+    engine.dispose()
 
 
 def _two_retainers_sharing_a_payer(ctx: Context) -> tuple[int, int]:
@@ -127,34 +130,40 @@ def test_the_database_refuses_a_second_active_allocation_of_a_transfer(ctx: Cont
             session.flush()
 
 
+def _execute(ctx: Context, *statements: str) -> None:
+    with ctx.engine.begin() as conn:
+        for statement in statements:
+            conn.execute(sa.text(statement))
+
+
 def test_init_migrates_a_version_1_database_to_the_current_schema(ctx: Context) -> None:
-    """A schema-1 file (no unique allocation index, no transfers.block_time or
+    """A schema-1 database (no unique allocation index, no transfers.block_time or
     unconfirmed_since) is brought to the current version by migrate, and migrating again
     changes nothing."""
-    path = ctx.settings.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as conn:
-        for (view,) in conn.execute("SELECT name FROM sqlite_master WHERE type='view'").fetchall():
-            conn.execute(f"DROP VIEW {view}")
-        conn.execute("DROP INDEX uq_allocations_active_transfer")
-        conn.execute("ALTER TABLE transfers DROP COLUMN block_time")
-        conn.execute("ALTER TABLE transfers DROP COLUMN attribution")
-        conn.execute("DROP TABLE token_decimals")
-        conn.execute("ALTER TABLE chain_state DROP COLUMN cursor_time")
-        conn.execute("ALTER TABLE transfers DROP COLUMN unconfirmed_since")
-        conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    views = sa.inspect(ctx.engine).get_view_names()
+    _execute(
+        ctx,
+        *(f"DROP VIEW {view}" for view in views),
+        "DROP INDEX uq_allocations_active_transfer",
+        "ALTER TABLE transfers DROP COLUMN block_time",
+        "ALTER TABLE transfers DROP COLUMN attribution",
+        "DROP TABLE token_decimals",
+        "ALTER TABLE chain_state DROP COLUMN cursor_time",
+        "ALTER TABLE transfers DROP COLUMN unconfirmed_since",
+        "UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+    )
 
     assert migrate(ctx.engine) == (1, SCHEMA_VERSION)
     assert migrate(ctx.engine) == (SCHEMA_VERSION, SCHEMA_VERSION)
-    with sqlite3.connect(path) as conn:
-        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='index'")]
+    inspector = sa.inspect(ctx.engine)
+    names = [i["name"] for i in inspector.get_indexes("allocations")]
     assert "uq_allocations_active_transfer" in names
-    with sqlite3.connect(path) as conn:
-        columns = [r[1] for r in conn.execute("PRAGMA table_info(transfers)")]
+    columns = [c["name"] for c in inspector.get_columns("transfers")]
     assert "block_time" in columns and "unconfirmed_since" in columns
     assert {"block_time", "attribution"} <= set(columns)
-    with sqlite3.connect(path) as conn:
-        columns = [r[1] for r in conn.execute("PRAGMA table_info(chain_state)")]
+    columns = [c["name"] for c in inspector.get_columns("chain_state")]
     assert "cursor_time" in columns
+    assert inspector.has_table("token_decimals")
 
 
 PAYER2 = "0x1aD91ee08f21bE3dE0BA2ba6918E714dA6B45836"
@@ -200,15 +209,12 @@ def test_migration_3_keeps_an_open_review_of_a_schema_2_file(ctx: Context) -> No
     settlement = Settlement(ctx.settings, ctx.now)
     with transaction(ctx.engine) as session:
         settlement.found(session, [_transfer(session, 100_000_000)])
-    path = ctx.settings.database_url.removeprefix("sqlite:///")
-    with sqlite3.connect(path) as conn:
-        conn.execute("DROP TABLE reviews")
-        conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    _execute(ctx, "DROP TABLE reviews", "UPDATE meta SET value = '2' WHERE key = 'schema_version'")
 
     assert migrate(ctx.engine) == (2, SCHEMA_VERSION)
-    with sqlite3.connect(path) as conn:
-        rows = conn.execute("SELECT invoice_id, cleared_at FROM reviews ORDER BY 1").fetchall()
-    assert rows == [(a, None), (a + 1, None)]
+    with ctx.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT invoice_id, cleared_at FROM reviews ORDER BY 1"))
+        assert [tuple(row) for row in rows] == [(a, None), (a + 1, None)]
     with transaction(ctx.engine) as session:
         settlement.refresh(session, a)
     assert _status(ctx, a) == "needs_review"

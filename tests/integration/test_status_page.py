@@ -1,4 +1,5 @@
-"""The HTML status page from ``templates/status.html``, rendered from a real SQLite file.
+"""The HTML status page from ``templates/status.html``, rendered from a real database (a SQLite
+file and a PostgreSQL database).
 
 Stored text reaches every section of the page (chains, the warnings, retainers, invoices,
 cycles, payments); the page must show it escaped, never as markup.
@@ -29,11 +30,11 @@ TX = "0x" + "ab" * 32
 
 
 @pytest.fixture
-def page(tmp_path: Path) -> Iterator[str]:
-    """The page of a database whose stored text carries markup in every section."""
+def page(tmp_path: Path, db_url: str) -> Iterator[str]:
+    """The page of a database (each store) whose stored text carries markup in every section."""
     config = tmp_path / "watcher.toml"
     config.write_text(
-        '[database]\nurl = "sqlite:///watcher.db"\n\n'
+        f'[database]\nurl = "{db_url}"\n\n'
         '[[chains]]\nname = "local"\nchain_id = 31337\nrpc_urls = ["http://127.0.0.1:9"]\n'
         f'receiving_address = "{WALLET}"\nexplorer_url = "https://scan.example/"\n'
     )

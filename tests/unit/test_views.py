@@ -1,4 +1,5 @@
-"""The operator SQL views format amounts exactly like money.format_amount."""
+"""The operator SQL views format amounts exactly like money.format_amount, on SQLite and on
+PostgreSQL (the session's real test server)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,21 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
+from tests.support.postgres import STORES, PostgresServer
 from watcher.domain.money import format_amount
 from watcher.ledger import invoices as ledger
 from watcher.ledger import queries
 from watcher.settings import ChainSettings, Settings, TokenSettings
 from watcher.store.db import make_engine, migrate, transaction
 from watcher.store.tables import Invoice, Retainer, Transfer
-from watcher.store.views import _fmt
+from watcher.store.views import _fmt, _fmt_pg
 
 WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
 NOW = datetime(2026, 1, 31, 10, tzinfo=UTC)
@@ -35,11 +38,20 @@ amounts = st.one_of(
 decimals_0_18 = st.integers(min_value=0, max_value=18)
 
 
-@pytest.fixture(scope="module")
-def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
-    """A real SQLite file created by make_engine + migrate, with one retainer to hang rows on."""
-    path = tmp_path_factory.mktemp("views") / "watcher.db"
-    engine = make_engine(f"sqlite:///{path}")
+@pytest.fixture(scope="module", params=STORES)
+def engine(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Engine]:
+    """A real SQLite file or PostgreSQL database created by make_engine + migrate, with one
+    retainer to hang rows on."""
+    pg: PostgresServer | None = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('views') / 'watcher.db'}"
+    else:
+        pg = request.getfixturevalue("pg_server")
+        name = pg.create_database()
+        url = pg.url(name)
+    engine = make_engine(url)
     migrate(engine)
     with transaction(engine) as session:
         session.add(
@@ -59,6 +71,15 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Engine]:
         )
     yield engine
     engine.dispose()
+    if pg is not None:
+        pg.drop_database(name)
+
+
+@pytest.fixture(scope="module")
+def pg_conn(pg_server: PostgresServer) -> Iterator[psycopg.Connection[tuple[object, ...]]]:
+    """A plain connection to the test server, to evaluate SQL fragments."""
+    with pg_server.connect() as conn:
+        yield conn
 
 
 def test_fmt_expression_matches_known_examples() -> None:
@@ -85,6 +106,17 @@ def test_fmt_expression_equals_format_amount(units: int, decimals: int) -> None:
     sql = f"SELECT {_fmt(':v', ':d')}"
     (got,) = conn.execute(sql, {"v": str(units), "d": decimals}).fetchone()
     assert got == format_amount(units, decimals)
+
+
+@given(units=amounts, decimals=decimals_0_18)
+def test_pg_fmt_expression_equals_format_amount(
+    pg_conn: psycopg.Connection[tuple[object, ...]], units: int, decimals: int
+) -> None:
+    """Evaluated in PostgreSQL, `_fmt_pg` equals format_amount for any base units, 0..18
+    decimals."""
+    sql = f"SELECT {_fmt_pg('%(v)s::text', '%(d)s::int')}"
+    row = pg_conn.execute(sql, {"v": str(units), "d": decimals}).fetchone()
+    assert row == (format_amount(units, decimals),)
 
 
 @given(
@@ -160,7 +192,7 @@ def test_v_payments_amount_equals_format_amount(engine: Engine, units: int, deci
     assert [tuple(r) for r in rows] == [(format_amount(units, decimals), str(units))]
 
 
-def test_wei_above_64_bits_survive_the_ledger_and_the_views(tmp_path: Path) -> None:
+def test_wei_above_64_bits_survive_the_ledger_and_the_views(tmp_path: Path, db_url: str) -> None:
     """A 10 ETH retainer (10**19 wei, over SQLite's INTEGER range) is invoiced and shown exactly."""
     chain = ChainSettings(
         name="base",
@@ -175,7 +207,7 @@ def test_wei_above_64_bits_survive_the_ledger_and_the_views(tmp_path: Path) -> N
     )
     settings = Settings(
         config_path=tmp_path / "watcher.toml",
-        database_url=f"sqlite:///{tmp_path / 'w.db'}",
+        database_url=db_url,
         chains=(chain,),
     )
     engine = make_engine(settings.database_url)

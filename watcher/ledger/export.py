@@ -86,7 +86,7 @@ def payment_rows(
     if retainer is not None:
         params["rid"] = queries.known_retainer(engine, retainer)  # exit 2 if unknown
         sql += " AND i.retainer_id = :rid"
-    sql += " ORDER BY p.block_time, p.block_number, p.tx_hash, p.log_index"
+    sql += " ORDER BY p.block_time, p.block_number, p.tx_hash, p.log_index NULLS FIRST"
     rows = queries.rows(engine, sql, params)
     for row in rows:
         row["amount_base_units"] = str(row["amount_base_units"])

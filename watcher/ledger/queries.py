@@ -82,7 +82,7 @@ def payments(engine: Engine, *, unassigned: bool = False) -> list[Row]:
     sql = "SELECT * FROM v_payments"
     if unassigned:
         sql += " WHERE invoice_id IS NULL AND status != 'orphaned'"
-    return _rows(engine, sql + " ORDER BY block_number, tx_hash, log_index")
+    return _rows(engine, sql + " ORDER BY block_number, tx_hash, log_index NULLS FIRST")
 
 
 def cycles(engine: Engine, *, retainer: str | None = None) -> list[Row]:

@@ -53,7 +53,7 @@ _CYCLES = (
 _PAYMENTS = (
     'SELECT chain, tx_hash, log_index, block_number, "from", amount, asset, status, '
     "invoice_id, detected_at FROM v_payments "
-    "ORDER BY block_number DESC, log_index DESC LIMIT 20"
+    "ORDER BY block_number DESC, log_index DESC NULLS LAST LIMIT 20"
 )
 
 

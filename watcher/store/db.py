@@ -25,7 +25,7 @@ from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
 from sqlmodel import Session, SQLModel
 
 from watcher.errors import WatcherError
-from watcher.redact import redact_database_url
+from watcher.redact import database_secrets, redact_database_url, redact_text
 from watcher.store import tables  # noqa: F401  (registers the tables)
 from watcher.store.views import views
 
@@ -234,14 +234,27 @@ def migrate(engine: Engine) -> tuple[int | None, int]:
                 {"v": str(SCHEMA_VERSION)},
             )
     except OperationalError as exc:
-        raise WatcherError(f"database error during init: {exc.orig}") from exc
+        raise unreachable(engine, exc, during="init") from None
     return old, SCHEMA_VERSION
 
 
+def unreachable(engine: Engine, exc: OperationalError, during: str = "") -> WatcherError:
+    """One line naming the database (password redacted) and the driver's first line."""
+    url = engine.url.render_as_string(hide_password=False)
+    reason = str(exc.orig).strip().splitlines()[0] if str(exc.orig).strip() else type(exc).__name__
+    reason = redact_text(reason, database_secrets(url))
+    what = f"database error during {during} on" if during else "cannot use the database"
+    return WatcherError(f"{what} {redact_database_url(url)}: {reason}")
+
+
 def require_schema(engine: Engine) -> None:
-    """Refuse to work on a database that was never initialised or needs a migration."""
-    with engine.connect() as conn:
-        version = current_version(conn)
+    """Refuse to work on a database that was never initialised or needs a migration; a
+    database that cannot be reached is one error line (exit 1)."""
+    try:
+        with engine.connect() as conn:
+            version = current_version(conn)
+    except OperationalError as exc:
+        raise unreachable(engine, exc) from None
     if version is None:
         raise WatcherError("database is not initialised: run `proofwatch init`")
     if version != SCHEMA_VERSION:
