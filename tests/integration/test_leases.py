@@ -4,6 +4,10 @@ work spread over the live daemons; on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -24,6 +28,7 @@ from watcher.store.db import fenced, make_engine, migrate, read_session, transac
 from watcher.store.tables import ChainLease, ChainState
 from watcher.store.tables import Daemon as DaemonRow
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 LEASE = timedelta(seconds=30)
 CHAINS = ("alpha", "beta", "gamma", "delta")
@@ -338,3 +343,53 @@ def waiting_on_a_lock(engine: Engine) -> bool:
             )
         ).scalar()
     return bool(waiting)
+
+
+def test_the_status_command_prints_a_line_per_daemon(pg_url: str, tmp_path: Path) -> None:
+    """``proofwatch status`` on a shared database prints each daemon's host, pid, state and
+    chains; ``--json`` has them under ``daemons``."""
+    engine = make_engine(pg_url)
+    migrate(engine)
+    clock = Clock()
+    clock.at = datetime.now(UTC)
+    try:
+        for i, name in enumerate(("alpha", "beta")):
+            Registry(
+                engine, clock, holder=name, host=f"{name}-host", pid=300 + i, lease=LEASE,
+                shared=True, clock=clock,
+            ).claim()  # fmt: skip
+        for name in ("alpha", "beta"):
+            leases = ChainLeases(engine, name, ("north", "south"), lease=LEASE, clock=clock)
+            leases.hold("north")
+            leases.hold("south")
+    finally:
+        engine.dispose()
+    (tmp_path / ".env").write_text(f"DATABASE_URL={pg_url}\n")
+    config = tmp_path / "watcher.toml"
+    config.write_text(
+        '[database]\nurl = "${DATABASE_URL}"\n\n'
+        + "".join(
+            f'[[chains]]\nname = "{name}"\nchain_id = 1\nrpc_urls = ["http://127.0.0.1:9"]\n'
+            f'receiving_address = "0xB3e9568A9cbB624403743340358c85CCce130893"\n\n'
+            for name in ("north", "south")
+        )
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
+    env["COLUMNS"] = "200"
+
+    def status(*args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, "-m", "watcher", "status", *args, "--config", str(config)],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    text = status()
+    lines = {line.split()[0]: line.strip() for line in text.splitlines() if "-host pid " in line}
+    assert lines["alpha-host"].startswith("alpha-host pid 300 running (last heartbeat")
+    assert lines["alpha-host"].endswith("): north")  # its share: one of the two chains
+    assert lines["beta-host"].startswith("beta-host pid 301 running (last heartbeat")
+    assert lines["beta-host"].endswith("): south")
+    listed = {d["host"]: d["chains"] for d in json.loads(status("--json"))["daemons"]}
+    assert listed == {"alpha-host": ["north"], "beta-host": ["south"]}
