@@ -84,7 +84,7 @@ class Harness:
         return address
 
     def chain(self, **changes: Any) -> ChainSettings:
-        return chain_settings(self.node.url, self.tokens, **changes)
+        return chain_settings(self.node.url, **{"tokens": tuple(self.tokens), **changes})
 
     def pool(self, chain: ChainSettings) -> RpcPool:
         pool = make_pool(chain)
