@@ -1,7 +1,8 @@
 """Chaos run: a live `proofwatch run` daemon through reorgs, kill -9 and a lagging RPC node.
 
-Run: ``.venv/bin/python bench/chaos.py [--seed N] [--kills 30] [--quick]``. Needs ``make
-tools`` (Anvil). See bench/README.md ("Chaos run").
+Run: ``.venv/bin/python bench/chaos.py [--seed N] [--kills 30] [--quick] [--database
+postgresql --daemons 2]``. Needs ``make tools`` (Anvil; PostgreSQL's server for
+``--database postgresql``). See bench/README.md ("Chaos run").
 
 One Anvil node (blocks only when the driver mines them), a 6-decimal USDC and the Forwarder,
 the fault-injecting RPC proxy in front of it (its lag mode switched on and off at random when
@@ -11,8 +12,11 @@ watching the wallet with an N-confirmation finality policy. The driver, seeded, 
 other blocks; dropped invoice payments are paid again later), payments of every kind (ERC-20,
 native top-level, internal through ``forward`` and ``forwardMany``) and stray inflows, one
 block, and at 30 random steps a kill -9 of the daemon at a random moment within the step,
-restarted at once. Then it stops the chaos, mines until everything is final and delivered, and
-checks the result against the canonical chain: exit 1 when any check fails.
+restarted at once. With ``--database postgresql`` the data lives on a PostgreSQL server the run
+starts (``tests.support.postgres``) and ``--daemons N`` daemons share it: each kill -9 hits
+one of them at random (the chain's lease moves to another within ``lease_seconds``) and the
+killed one is restarted at once. Then it stops the chaos, mines until everything is final and
+delivered, and checks the result against the canonical chain: exit 1 when any check fails.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from tests.e2e.chain_harness import WALLET  # noqa: E402
 from tests.e2e.daemon_harness import SECRET, Hook, Site, by_event, wait_until  # noqa: E402
 from tests.support.anvil import AnvilNode  # noqa: E402
 from tests.support.contracts import deploy, erc20_transfer, send_eth, wait_receipt  # noqa: E402
+from tests.support.postgres import PostgresServer  # noqa: E402
 from tests.support.receivers import Received, WebhookReceiver  # noqa: E402
 from tests.support.rpcproxy import RpcProxy  # noqa: E402
 from watcher.ledger import invoices as ledger  # noqa: E402
@@ -86,10 +91,12 @@ class ChaosSite(Site):
     """``Site`` with a node that mines only when told, the Forwarder, funded senders, the RPC
     proxy in front of the node, and a config with N confirmations and ``trace_filter``."""
 
-    def __init__(self, root: Path, *, confirmations: int) -> None:
+    def __init__(self, root: Path, *, confirmations: int, database_url: str | None = None) -> None:
         super().__init__(root)
         self.node = AnvilNode()  # automine for the set-up, then off: the driver mines
         self.confirmations = confirmations
+        self.database_url = database_url  # None: the SQLite file watcher.db
+        self.engine = make_engine(database_url) if database_url else None
         self.proxy: RpcProxy | None = None
         self.forwarder: Contract | None = None
         self.senders: list[str] = []
@@ -115,6 +122,16 @@ class ChaosSite(Site):
         finally:
             if self.proxy is not None:
                 self.proxy.stop()
+            if self.engine is not None:
+                self.engine.dispose()
+
+    def query(self, sql: str, *params: Any) -> list[dict[str, Any]]:
+        """Read-only SQL on the site's database (SQLite file or PostgreSQL)."""
+        if self.engine is None:
+            return super().query(sql, *params)
+        assert not params, "positional parameters are SQLite's"
+        with self.engine.connect() as conn:
+            return [dict(row) for row in conn.exec_driver_sql(sql).mappings()]
 
     def configure(self, hooks: Sequence[Hook]) -> None:
         assert self.usdc is not None and self.proxy is not None
@@ -122,10 +139,14 @@ class ChaosSite(Site):
         (self.root / ".env").write_text(
             f"E2E_RPC_URL={self.proxy.url}/v2/{RPC_KEY}\n"
             f"E2E_HOOK_URL={hook.url}\nE2E_HOOK_SECRET={hook.secret}\n"
+            f"E2E_DATABASE_URL={self.database_url or 'sqlite:///watcher.db'}\n"
         )
         self.config.write_text(f"""\
 [database]
-url = "sqlite:///watcher.db"
+url = "${{E2E_DATABASE_URL}}"
+
+[daemon]
+lease_seconds = 10
 
 [[chains]]
 name = "local"
@@ -180,7 +201,12 @@ class Driver:
     """Runs the plan's steps against the site; records what it sent, killed and reorganised."""
 
     def __init__(
-        self, site: ChaosSite, plan: Plan, issued: list[tuple[str, int]], step_seconds: float
+        self,
+        site: ChaosSite,
+        plan: Plan,
+        issued: list[tuple[str, int]],
+        step_seconds: float,
+        daemons: int = 1,
     ) -> None:
         self.site, self.plan, self.issued = site, plan, issued
         self.step_seconds = step_seconds
@@ -195,7 +221,12 @@ class Driver:
         self.reorgs: Counter[tuple[int, str]] = Counter()
         self.lag_windows: list[int] = []
         self.lag_supported = site.proxy is not None and hasattr(site.proxy, "lag_blocks")
-        self.daemon = site.start_daemon()
+        self.pool = [site.start_daemon() for _ in range(daemons)]
+
+    @property
+    def daemon(self) -> Any:
+        """The first daemon (the only one on SQLite)."""
+        return self.pool[0]
 
     # -- the chain ---------------------------------------------------------------------------
 
@@ -264,15 +295,17 @@ class Driver:
     # -- the daemon --------------------------------------------------------------------------
 
     def _check_alive(self) -> None:
-        if not self.daemon.alive():
-            self.died.append(self.daemon.log[-2000:])
-            self.daemon = self.site.start_daemon()
+        for i, daemon in enumerate(self.pool):
+            if not daemon.alive():
+                self.died.append(daemon.log[-2000:])
+                self.pool[i] = self.site.start_daemon()
 
     def _kill(self) -> None:
         self._check_alive()
-        assert self.daemon.kill9() == -signal.SIGKILL
+        i = self.rng.randrange(len(self.pool))  # one of the daemons sharing the database
+        assert self.pool[i].kill9() == -signal.SIGKILL
         self.kills += 1
-        self.daemon = self.site.start_daemon()
+        self.pool[i] = self.site.start_daemon()
 
     # -- the run -----------------------------------------------------------------------------
 
@@ -403,7 +436,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--receiver-delay", type=float, default=0.2, help="seconds the webhook takes to answer"
     )
     parser.add_argument("--keep", type=Path, help="keep the workspace and daemon logs here")
+    parser.add_argument(
+        "--database", choices=("sqlite", "postgresql"), default="sqlite",
+        help="postgresql: start a PostgreSQL server for the run (see tests/support/postgres.py)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--daemons", type=int, default=None, help="daemons sharing the database (postgresql: 2)"
+    )
     args = parser.parse_args(argv)
+    daemons = args.daemons or (2 if args.database == "postgresql" else 1)
+    if daemons > 1 and args.database == "sqlite":
+        parser.error("--daemons above 1 needs --database postgresql (SQLite has one daemon)")
     kills = args.kills if args.kills is not None else (5 if args.quick else 30)
     invoices = args.invoices if args.invoices is not None else (8 if args.quick else 24)
     if args.confirmations <= 5:
@@ -416,23 +459,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"proofwatch chaos run  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  ({machine()})\n"
         f"seed {args.seed}: {len(plan.steps)} steps of {args.step_seconds:g} s, {plan.kills} "
-        f"kills, {len(plan.invoices)} invoices, finality = {args.confirmations} confirmations",
+        f"kills, {len(plan.invoices)} invoices, finality = {args.confirmations} confirmations; "
+        f"{args.database}, {daemons} daemon{'s' if daemons > 1 else ''}",
         flush=True,
     )
     root = args.keep or Path(tempfile.mkdtemp(prefix="pw-chaos-"))
-    site = ChaosSite(root / "site", confirmations=args.confirmations)
+    server = PostgresServer().start() if args.database == "postgresql" else None
+    url = server.url(server.create_database()) if server is not None else None
+    site = ChaosSite(root / "site", confirmations=args.confirmations, database_url=url)
     failed: list[Check] = [Check("the run completed", False)]
     try:
         site.start()
         receiver = site.receiver(SlowReceiver(SECRET, delay=args.receiver_delay))
         site.configure([Hook(receiver.url(), SECRET)])
         issued = site.issue_invoices(plan)
-        driver = Driver(site, plan, issued, args.step_seconds)
+        driver = Driver(site, plan, issued, args.step_seconds, daemons=daemons)
         for step in plan.steps:
             driver.run_step(step)
         chaos_seconds = time.monotonic() - started
         settled, settle_seconds = driver.settle(SETTLE_TIMEOUT)
-        exit_code = driver.daemon.terminate()
+        exit_code = max((d.terminate() for d in driver.pool), key=abs)
         groups = {k: v for k, v in by_event(receiver.accepted()).items() if k}
         delivered = Counter({k: len(v) for k, v in groups.items()})
         assert site.usdc is not None
@@ -452,7 +498,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"not within {SETTLE_TIMEOUT:g} s"),
             Check("no daemon exited on its own", not driver.died,
                   driver.died[0][-500:] if driver.died else ""),
-            Check("the last daemon stops on SIGTERM with 0", exit_code == 0, f"exit {exit_code}"),
+            Check("the last daemons stop on SIGTERM with 0", exit_code == 0, f"exit {exit_code}"),
             *checks,
         ]  # fmt: skip
         print("\n".join(report(driver, figures, delivered)))
@@ -468,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1 if failed else 0
     finally:
         site.close()
+        if server is not None:
+            server.stop()
         if failed or args.keep:
             print(f"workspace (config, watcher.db, daemon logs): {site.root}")
         else:

@@ -124,6 +124,9 @@ INTERNAL_MODES: tuple[str, ...] = get_args(InternalMode)
 Count = Annotated[int, Strict(), Ge(0), says("must be an integer >= 0")]
 AtLeastOne = Annotated[int, Strict(), Ge(1), says("must be an integer >= 1")]
 Seconds = Annotated[float, Strict(), Gt(0), says("must be a positive number of seconds")]
+LeaseSeconds = Annotated[
+    float, Strict(), Ge(10), says("must be at least 10 seconds (two daemon heartbeats)")
+]
 Flag = Annotated[bool, Strict(), says("must be true or false")]
 Decimals = Annotated[Count, AfterValidator(_at_most_36)]
 Name = Annotated[

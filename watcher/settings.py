@@ -49,6 +49,7 @@ from watcher.config_rules import (
     HookUrl,
     Hosts,
     Internal,
+    LeaseSeconds,
     Listen,
     Name,
     RpcUrls,
@@ -239,6 +240,16 @@ class StatusSettings:
     allowed_hosts: Hosts = ()  # Host headers accepted besides the listen address
 
 
+@dataclass(frozen=True, slots=True, config=_TABLE)
+class DaemonSettings:
+    """``[daemon]``: how daemons sharing one database (PostgreSQL) hand chains over.
+
+    ``lease_seconds``: a daemon's lease on a chain lasts this long past its last heartbeat, so
+    the chains of a daemon that died are taken over by another within it."""
+
+    lease_seconds: LeaseSeconds = 30.0
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class Settings:
     config_path: Path
@@ -247,6 +258,7 @@ class Settings:
     billing: BillingSettings = dataclasses.field(default_factory=BillingSettings)
     notify: NotifySettings = dataclasses.field(default_factory=NotifySettings)
     status: StatusSettings = dataclasses.field(default_factory=StatusSettings)
+    daemon: DaemonSettings = dataclasses.field(default_factory=DaemonSettings)
     secrets: tuple[str, ...] = ()  # every interpolated value, for redaction
 
     def chain(self, name: str) -> ChainSettings:
@@ -348,6 +360,7 @@ class _ConfigFile(BaseModel):
     billing: BillingSettings = BillingSettings()
     notify: NotifySettings = NotifySettings()
     status: StatusSettings = StatusSettings()
+    daemon: DaemonSettings = DaemonSettings()
 
     @model_validator(mode="after")
     def _unique_chain_names(self) -> Self:
@@ -391,6 +404,7 @@ def load_settings(path: Path, env_file: Path | None = None) -> Settings:
         billing=config.billing,
         notify=config.notify,
         status=config.status,
+        daemon=config.daemon,
         secrets=tuple(
             s for s in (*environment.secrets, *database_secrets(config.database.url)) if s
         ),

@@ -3,7 +3,10 @@
 ``WebhookReceiver`` is a ``ThreadingHTTPServer`` on 127.0.0.1 that records every request
 (headers, raw body, whether its ``Proofwatch-Signature`` verifies with the shared secret and,
 for a ``whsec_`` secret, whether the ``standardwebhooks`` library accepts it) before
-answering, so a request is recorded by the time the sender has its answer. It can answer errors
+answering, so a request is recorded by the time the sender has its answer. It counts the
+requests of one event in flight at once (``max_in_flight``: 1 unless two senders delivered
+the same event at the same time), and may take ``latency`` seconds to answer, like a real
+receiver over a network. It can answer errors
 for a while, refuse one event, or be stopped (connection refused) and restarted on its port.
 
 ``SmtpServer`` wraps ``aiosmtpd.controller.Controller`` on a free port and collects messages,
@@ -92,8 +95,12 @@ class WebhookReceiver(Service):
         port: int | None = None,
         ok_status: int = 200,
         tolerance: timedelta = timedelta(minutes=5),
+        latency: float = 0.0,
     ) -> None:
         self.secret = secret
+        self.latency = latency
+        self._in_flight: dict[str, int] = {}
+        self._max_in_flight: dict[str, int] = {}
         self.port = port or free_port()
         self.ok_status = ok_status
         self.tolerance = tolerance
@@ -171,6 +178,21 @@ class WebhookReceiver(Service):
         """The requests answered with a 2xx, in arrival order."""
         return [r for r in self.requests if 200 <= r.status < 300]
 
+    def max_in_flight(self) -> dict[str, int]:
+        """Per event id: the most requests of it the receiver was handling at one time."""
+        with self._lock:
+            return dict(self._max_in_flight)
+
+    def _enter(self, event_id: str) -> None:
+        with self._lock:
+            self._in_flight[event_id] = self._in_flight.get(event_id, 0) + 1
+            most = max(self._max_in_flight.get(event_id, 0), self._in_flight[event_id])
+            self._max_in_flight[event_id] = most
+
+    def _leave(self, event_id: str) -> None:
+        with self._lock:
+            self._in_flight[event_id] -= 1
+
     def standard_verdict(self, headers: dict[str, str], body: bytes) -> bool | None:
         """Whether ``standardwebhooks`` verifies the request, as a receiver's code would."""
         if self.secret is None or not self.secret.startswith("whsec_"):
@@ -218,7 +240,14 @@ def _handler_for(receiver: WebhookReceiver) -> type[BaseHTTPRequestHandler]:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length)
             headers = {k: v for k, v in self.headers.items()}
-            status, valid = receiver._answer(headers, body)
+            event_id = headers.get(EVENT_ID_HEADER, "")
+            receiver._enter(event_id)
+            try:
+                if receiver.latency:
+                    time.sleep(receiver.latency)  # a slow receiver, not a test waiting
+                status, valid = receiver._answer(headers, body)
+            finally:
+                receiver._leave(event_id)
             receiver._record(
                 Received(
                     method=self.command,

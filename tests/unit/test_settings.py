@@ -21,6 +21,7 @@ from watcher.settings import (
     AppriseSettings,
     BillingSettings,
     ChainSettings,
+    DaemonSettings,
     NotifySettings,
     StatusSettings,
     TokenSettings,
@@ -105,6 +106,7 @@ def base_config() -> dict[str, Any]:
             "token": "${STATUS_TOKEN}",
             "allowed_hosts": ["status.example.com"],
         },
+        "daemon": {"lease_seconds": 30},
     }
 
 
@@ -219,6 +221,7 @@ def test_valid_config_loads_into_frozen_settings(tmp_path: Path) -> None:
     assert settings.status == StatusSettings(
         "127.0.0.1:9464", 300.0, DOTENV["STATUS_TOKEN"], ("status.example.com",)
     )
+    assert settings.daemon == DaemonSettings(30.0)
     assert set(settings.secrets) == set(DOTENV.values())
     with pytest.raises(dataclasses.FrozenInstanceError):
         settings.database_url = "sqlite://"  # type: ignore[misc]
@@ -252,6 +255,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
     assert settings.billing.tag_cooling_days == 180
     assert settings.notify.webhooks == ()
     assert settings.status.listen is None
+    assert settings.daemon.lease_seconds == 30.0
     assert settings.database_url == f"sqlite:///{tmp_path.resolve() / 'data' / 'watcher.db'}"
 
 
@@ -398,6 +402,8 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("status.allowed_hosts", "status.example.com", "must be a list of host names"),
     ("status.allowed_hosts[0]", "https://status.example.com", "is not a host name"),
     ("status.allowed_hosts[0]", "status.example.com:443", "is not a host name (no port"),
+    ("daemon.lease_seconds", 5, "5 must be at least 10 seconds (two daemon heartbeats)"),
+    ("daemon.lease_seconds", "30", "'30' must be at least 10 seconds"),
 ]
 
 
@@ -498,7 +504,8 @@ def test_every_example_key_has_a_bad_value_test() -> None:
 
     example = keys(tomllib.loads(EXAMPLE.read_text()), "")
     tested = {re.sub(r"\[[1-9]\]", "[0]", k) for k, _, _ in BAD_VALUES}
-    assert example - {"database", "billing", "notify", "status"} <= tested, example - tested
+    sections = {"database", "billing", "notify", "status", "daemon"}
+    assert example - sections <= tested, example - tested
 
 
 def test_every_settings_field_is_in_the_example() -> None:

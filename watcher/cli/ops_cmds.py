@@ -122,6 +122,13 @@ def _print_status(document: dict[str, Any], problems: list[str]) -> None:
         state = "[red]not running[/]"
     beat = _ago(daemon["last_heartbeat_at"], document["generated_at"])
     console.print(f"daemon   {state}  (last heartbeat {beat})")
+    for d in document.get("daemons", []):  # every daemon on the database and its chains
+        mark = "[green]running[/]" if d["running"] else "[red]not running[/]"
+        held = ", ".join(d["chains"]) or "no chain"
+        beat = _ago(d["last_heartbeat_at"], document["generated_at"])
+        console.print(
+            f"  {escape(d['host'])} pid {d['pid']} {mark} (last heartbeat {beat}): {escape(held)}"
+        )
     table = Table("chain", "id", "head", "final", "cursor", "lag", "rpc", "last ok")
     errors = []
     for c in document["chains"]:

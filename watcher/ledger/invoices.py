@@ -241,7 +241,12 @@ def issue_in(
 ) -> Invoice:
     """Issue an invoice inside ``session``: checks approval and the token's decimals (see
     ``watcher.ledger.token_decimals``; ``verify_decimals`` raises DecimalsUnknown when none
-    were read yet), picks the unique amount."""
+    were read yet), picks the unique amount.
+
+    Issuing is serialised per retainer: the retainer's row is locked first (``FOR UPDATE`` on
+    PostgreSQL; a SQLite writer holds the database), so of two racing ``invoice issue`` (or a
+    renewal round beside one) the second waits, then sees the first's invoice and is refused."""
+    session.exec(select(Retainer.id).where(Retainer.id == retainer.id).with_for_update()).first()
     chain = settings.chain(retainer.chain)
     approval = session.get(Approval, retainer.approval_id) if retainer.approval_id else None
     try:

@@ -1,5 +1,11 @@
 """The time-driven round: close ended months, issue renewals, expire invoices, lapse retainers.
 
+One round at a time: on PostgreSQL, where several daemons share the database, a round runs
+only while it holds one advisory lock (``pg_try_advisory_xact_lock`` in a transaction of its
+own that lasts the round, released when it ends or its connection drops); a daemon that finds
+it taken skips its round (``RenewalReport.skipped``). On SQLite the file lock already keeps a
+single daemon.
+
 Runs inside one transaction per retainer, with the injected clock, so rehearsals with
 ``WATCHER_NOW`` behave exactly like the calendar would. Renewals are issued by that clock;
 expiry and lapses also wait for the chain's clock: a deadline has passed only once the
@@ -10,9 +16,12 @@ finality) never lapses its retainer.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
@@ -38,19 +47,43 @@ class RenewalReport:
     expired: list[str] = field(default_factory=list)
     closed: list[str] = field(default_factory=list)
     blocked: list[str] = field(default_factory=list)
+    skipped: bool = False  # another daemon's round held the lock: this one did nothing
+
+
+#: The advisory lock key of the renewal round (PostgreSQL): "proofwatch renewals".
+ROUND_LOCK = 0x70776174_72656E77
+
+
+@contextmanager
+def round_lock(engine: Engine) -> Iterator[bool]:
+    """Whether this round may run: on PostgreSQL, True while it holds the round's advisory
+    lock (held by an open transaction on a connection of its own until the block ends),
+    False when another round holds it; on SQLite always True."""
+    if engine.dialect.name != "postgresql":
+        yield True
+        return
+    with engine.connect() as conn, conn.begin():
+        held = conn.execute(sa.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": ROUND_LOCK})
+        yield bool(held.scalar())
 
 
 def run_renewals(engine: Engine, settings: Settings, now: datetime) -> RenewalReport:
+    """One round over every retainer (see the module docstring)."""
     report = RenewalReport()
-    with transaction(engine) as session:
-        ids = [r.id for r in session.exec(select(Retainer)).all()]
-    for retainer_id in ids:
+    with round_lock(engine) as mine:
+        if not mine:
+            log.debug("renewals.skipped", reason="another daemon's round holds the lock")
+            report.skipped = True
+            return report
         with transaction(engine) as session:
-            retainer = session.get(Retainer, retainer_id)
-            if retainer is not None:
-                state = session.get(ChainState, retainer.chain)
-                clock = _Clock(now, state.cursor_time if state is not None else None)
-                _one(session, settings, retainer, clock, report)
+            ids = [r.id for r in session.exec(select(Retainer)).all()]
+        for retainer_id in ids:
+            with transaction(engine) as session:
+                retainer = session.get(Retainer, retainer_id)
+                if retainer is not None:
+                    state = session.get(ChainState, retainer.chain)
+                    clock = _Clock(now, state.cursor_time if state is not None else None)
+                    _one(session, settings, retainer, clock, report)
     return report
 
 

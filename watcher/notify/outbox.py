@@ -5,9 +5,12 @@ One run of ``deliver_due``:
 1. **Fan-out.** Each event not yet fanned out gets one ``Delivery`` row per configured channel
    whose event filter matches, due at once; all in one transaction with ``fanned_out = True``.
    Channels configured later receive later events only.
-2. **Delivery.** Due pending deliveries are attempted in event order. Each attempt happens
-   outside any transaction; its result (a ``DeliveryAttempt`` and the updated ``Delivery``) is
-   committed in its own transaction right after. A crash between the two repeats that one
+2. **Delivery.** Due pending deliveries are attempted in event order. On SQLite each attempt
+   happens outside any transaction; its result (a ``DeliveryAttempt`` and the updated
+   ``Delivery``) is committed in its own transaction right after. On PostgreSQL each delivery
+   is claimed with ``FOR UPDATE SKIP LOCKED`` and its result committed in the claiming
+   transaction, so daemons sharing the database never send one delivery at once
+   (``watcher.notify.outbox_claims``). A crash between send and commit repeats that one
    delivery, with the same event id and body: delivery is at least once, never lost.
 
 Channels are independent. Every delivery has its own retry schedule (``backoff``), so a
@@ -37,30 +40,44 @@ one) resumes them. Deliveries queued before channels had names are bound to ``we
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
 import structlog
 from sqlalchemy.engine import Engine
-from sqlmodel import col, func, select
+from sqlmodel import select
 
 from watcher.errors import NotFound, Refused
-from watcher.notify import backoff, disabled
+from watcher.notify import disabled
 from watcher.notify.apprise_channel import AppriseChannel, protect_library_logs
-from watcher.notify.webhook import ChannelGone, WebhookChannel
-from watcher.redact import redact_text
+from watcher.notify.outbox_claims import (
+    DEAD,
+    DELIVERED,
+    PENDING,
+    attempt,
+    claim_and_send,
+    claims_rows,
+    count_held,
+    count_unconfigured,
+    due,
+    fan_out,
+    record,
+    record_gone,
+    wants,
+)
+from watcher.notify.webhook import WebhookChannel
 from watcher.settings import Settings
-from watcher.store.db import read_session, transaction
-from watcher.store.outbox import iso
-from watcher.store.tables import Delivery, DeliveryAttempt, OutboxEvent
+from watcher.store.db import transaction
+from watcher.store.tables import Delivery, OutboxEvent
 
 log = structlog.get_logger("watcher.notify")
 
-PENDING, DELIVERED, DEAD = "pending", "delivered", "dead"
-_ANNOUNCED_UNCONFIGURED: set[str] = set()  # channels logged as not configured, this process
-DETAIL_LIMIT = 200
+__all__ = [
+    "Channel", "DeliveryReport", "build_channels", "deliver_due", "normalise_event_id",
+    "retry_dead", "wants",
+]  # fmt: skip
 
 
 class Channel(Protocol):
@@ -98,16 +115,6 @@ class DeliveryReport:
     held: int = 0  # due, but their channel is disabled: left pending
 
 
-def wants(patterns: Iterable[str], event_type: str) -> bool:
-    """Whether an event filter (``"cycle.opened"``, ``"watcher.*"``, ``"*"``) selects a type."""
-    for pattern in patterns:
-        if pattern in ("*", event_type):
-            return True
-        if pattern.endswith(".*") and event_type.startswith(pattern[:-1]):
-            return True
-    return False
-
-
 def build_channels(settings: Settings) -> list[Channel]:
     """The configured channels, each under its stable name: webhooks, then Apprise URLs."""
     notify = settings.notify
@@ -138,208 +145,6 @@ def _secrets(settings: Settings) -> tuple[str, ...]:
     return tuple(s for s in (*settings.secrets, *urls, *hooks) if s)
 
 
-# --- fan-out ---------------------------------------------------------------------------------
-
-
-def fan_out(
-    engine: Engine, channels: Sequence[Channel], now: datetime, limit: int
-) -> tuple[int, int]:
-    """Create the deliveries of up to ``limit`` new events; (events, deliveries) created."""
-    created = 0
-    with transaction(engine) as session:
-        events = session.exec(
-            select(OutboxEvent)
-            .where(OutboxEvent.fanned_out == False)  # noqa: E712
-            .order_by(col(OutboxEvent.seq))
-            .limit(limit)
-        ).all()
-        for event in events:
-            existing = set(
-                session.exec(select(Delivery.channel).where(Delivery.event_id == event.id)).all()
-            )
-            for channel in channels:
-                if channel.name in existing or not wants(channel.events, event.type):
-                    continue
-                session.add(Delivery(event_id=event.id, channel=channel.name, next_attempt_at=now))
-                created += 1
-            event.fanned_out = True
-            session.add(event)
-    return len(events), created
-
-
-# --- delivery --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Due:
-    seq: int
-    delivery_id: int
-    event_id: str
-    event_type: str
-    created_at: datetime
-    channel: str
-    body: str
-
-
-def _due(engine: Engine, now: datetime, channels: Iterable[str], limit: int) -> list[_Due]:
-    """Up to ``limit`` due deliveries per channel, merged in event order.
-
-    Per channel, so that a backlog on one channel never crowds another out of a run.
-    """
-    found: list[_Due] = []
-    with read_session(engine) as session:
-        for channel in channels:
-            rows = session.exec(
-                select(Delivery, OutboxEvent)
-                .join(OutboxEvent, col(OutboxEvent.id) == col(Delivery.event_id))
-                .where(
-                    Delivery.channel == channel,
-                    Delivery.status == PENDING,
-                    col(Delivery.next_attempt_at) <= now,
-                )
-                .order_by(col(OutboxEvent.seq))
-                .limit(limit)
-            ).all()
-            found += [
-                _Due(e.seq or 0, d.id or 0, e.id, e.type, e.created_at, d.channel, e.body)
-                for d, e in rows
-            ]
-    return sorted(found, key=lambda due: (due.seq, due.channel))
-
-
-def _count_unconfigured(engine: Engine, now: datetime, channels: Iterable[str]) -> int:
-    """Due pending deliveries whose channel is not configured (any more); a log line per such
-    channel, naming it and how many wait for it, once per process (the daemon runs this every
-    few seconds)."""
-    with read_session(engine) as session:
-        rows = session.exec(
-            select(Delivery.channel, func.count())
-            .where(
-                Delivery.status == PENDING,
-                col(Delivery.next_attempt_at) <= now,
-                col(Delivery.channel).not_in(list(channels)),
-            )
-            .group_by(col(Delivery.channel))
-            .order_by(col(Delivery.channel))
-        ).all()
-    for channel, count in rows:
-        if channel in _ANNOUNCED_UNCONFIGURED:
-            continue
-        _ANNOUNCED_UNCONFIGURED.add(channel)
-        log.warning(
-            "notify.channel_not_configured",
-            channel=channel,
-            pending=count,
-            hint="deliveries stay bound to this channel name and are never sent to another "
-            "URL: configure a channel with this name to deliver them",
-        )
-    return sum(count for _, count in rows)
-
-
-def _count_held(engine: Engine, now: datetime, channels: Iterable[str]) -> int:
-    with read_session(engine) as session:
-        return session.exec(
-            select(func.count())
-            .select_from(Delivery)
-            .where(
-                Delivery.status == PENDING,
-                col(Delivery.next_attempt_at) <= now,
-                col(Delivery.channel).in_(list(channels)),
-            )
-        ).one()
-
-
-def _attempt(channel: Channel, due: _Due, secrets: Sequence[str]) -> tuple[bool, str, bool]:
-    """One send, never raising: (delivered, detail, gone); the detail is redacted and short."""
-    gone = False
-    try:
-        ok, detail = channel.send(due.event_id, due.body)
-    except ChannelGone as exc:
-        ok, detail, gone = False, exc.detail, True
-    except Exception as exc:  # a channel bug must not stop the other deliveries
-        ok, detail = False, f"channel error ({type(exc).__name__})"
-    return ok, redact_text(detail, secrets)[:DETAIL_LIMIT], gone
-
-
-@dataclass(frozen=True, slots=True)
-class _Result:
-    status: str
-    attempts: int
-    retry_at: datetime | None
-
-
-def _record(
-    engine: Engine,
-    due: _Due,
-    ok: bool,
-    detail: str,
-    at: datetime,
-    rand: Callable[[], float],
-) -> _Result | None:
-    """Commit one attempt's result; None if the delivery left ``pending`` meanwhile."""
-    with transaction(engine) as session:
-        delivery = session.get(Delivery, due.delivery_id)
-        if delivery is None or delivery.status != PENDING:
-            return None
-        session.add(DeliveryAttempt(delivery_id=due.delivery_id, at=at, ok=ok, detail=detail))
-        delivery.attempts += 1
-        retry_at: datetime | None = None
-        if ok:
-            delivery.status = DELIVERED
-            delivery.delivered_at = at
-            delivery.last_error = None
-        else:
-            delivery.last_error = detail
-            retry_at = backoff.next_attempt(
-                failures=delivery.attempts, failed_at=at, created_at=due.created_at, rand=rand
-            )
-            if retry_at is None:
-                delivery.status = DEAD
-            else:
-                delivery.next_attempt_at = retry_at
-        session.add(delivery)
-        result = _Result(delivery.status, delivery.attempts, retry_at)
-    fields = {"event_id": due.event_id, "type": due.event_type, "channel": due.channel}
-    if ok:
-        log.info("notify.delivered", **fields, attempts=result.attempts)
-    elif result.status == DEAD:
-        log.error("notify.dead", **fields, attempts=result.attempts, reason=detail)
-    else:
-        log.warning(
-            "notify.failed",
-            **fields,
-            attempts=result.attempts,
-            reason=detail,
-            retry_at=iso(retry_at),
-        )
-    return result
-
-
-def _record_gone(engine: Engine, due: _Due, detail: str, at: datetime) -> bool:
-    """Commit a 410 answer: the attempt, the channel disabled and its event, in one transaction.
-
-    The delivery stays pending (its backoff untouched) for when the channel is enabled again.
-    Returns False if the delivery left ``pending`` meanwhile.
-    """
-    with transaction(engine) as session:
-        delivery = session.get(Delivery, due.delivery_id)
-        if delivery is None or delivery.status != PENDING:
-            return False
-        session.add(DeliveryAttempt(delivery_id=due.delivery_id, at=at, ok=False, detail=detail))
-        delivery.attempts += 1
-        delivery.last_error = f"{detail}: channel disabled"
-        session.add(delivery)
-        disabled.disable(session, due.channel, reason=detail, event_id=due.event_id, now=at)
-    log.error(
-        "notify.channel_disabled",
-        event_id=due.event_id,
-        type=due.event_type,
-        channel=due.channel,
-        reason=detail,
-    )
-    return True
-
-
 def deliver_due(
     engine: Engine,
     settings: Settings,
@@ -362,37 +167,94 @@ def deliver_due(
     secrets = _secrets(settings)
     protect_library_logs(secrets)  # urllib3 logs webhook paths, which may hold tokens
     events, created = fan_out(engine, chans, now(), max_events)
-    counts = {DELIVERED: 0, PENDING: 0, DEAD: 0}
-    deferred = gone = 0
-    failed_this_run: set[str] = set()
     off = disabled.disabled_names(engine)
-    for due in _due(engine, now(), [n for n in by_name if n not in off], max_events):
-        if due.channel in off:  # it answered 410 earlier in this run
-            continue
-        if due.channel in failed_this_run:
-            deferred += 1
-            continue
-        ok, detail, is_gone = _attempt(by_name[due.channel], due, secrets)
-        if is_gone:
-            gone += _record_gone(engine, due, detail, now())
-            off.add(due.channel)
-            continue
-        result = _record(engine, due, ok, detail, now(), rand)
-        if result is not None:
-            counts[result.status] += 1
-        if not ok:
-            failed_this_run.add(due.channel)
+    run = _Run(engine, by_name, off, secrets, now, rand, max_events)
+    if claims_rows(engine):
+        run.claimed()
+    else:
+        run.listed()
     return DeliveryReport(
         events_fanned_out=events,
         deliveries_created=created,
-        delivered=counts[DELIVERED],
-        failed=counts[PENDING],
-        dead=counts[DEAD],
-        deferred=deferred,
-        unconfigured=_count_unconfigured(engine, now(), by_name),
-        gone=gone,
-        held=_count_held(engine, now(), off & set(by_name)) if off else 0,
+        delivered=run.counts[DELIVERED],
+        failed=run.counts[PENDING],
+        dead=run.counts[DEAD],
+        deferred=run.deferred,
+        unconfigured=count_unconfigured(engine, now(), by_name),
+        gone=run.gone,
+        held=count_held(engine, now(), off & set(by_name)) if off else 0,
     )
+
+
+class _Run:
+    """One run's attempts and counts: a channel that failed is left for the next run, one
+    that answered 410 is disabled, and each channel gets at most ``limit`` attempts."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        channels: dict[str, Channel],
+        off: set[str],
+        secrets: Sequence[str],
+        now: Callable[[], datetime],
+        rand: Callable[[], float],
+        limit: int,
+    ) -> None:
+        self.engine, self.channels, self.off, self.secrets = engine, channels, off, secrets
+        self.now, self.rand, self.limit = now, rand, limit
+        self.counts = {DELIVERED: 0, PENDING: 0, DEAD: 0}
+        self.deferred = self.gone = 0
+        self.failed: set[str] = set()  # channels that failed earlier in this run
+        self.tried: dict[str, int] = {}
+
+    def listed(self) -> None:
+        """SQLite: list the due deliveries, send each outside a transaction, then record it."""
+        for item in due(self.engine, self.now(), [n for n in self.channels if n not in self.off],
+                        self.limit):  # fmt: skip
+            if item.channel in self.off:  # it answered 410 earlier in this run
+                continue
+            if item.channel in self.failed:
+                self.deferred += 1
+                continue
+            ok, detail, is_gone = attempt(self.channels[item.channel], item, self.secrets)
+            if is_gone:
+                self.gone += record_gone(self.engine, item, detail, self.now())
+                self.off.add(item.channel)
+                continue
+            result = record(self.engine, item, ok, detail, self.now(), self.rand)
+            if result is not None:
+                self.counts[result.status] += 1
+            if not ok:
+                self.failed.add(item.channel)
+
+    def claimed(self) -> None:
+        """PostgreSQL: claim, send and record one delivery at a time until none is left for
+        the channels still open in this run; a failed channel's other due deliveries count
+        as deferred."""
+        while True:
+            open_ = {
+                name: channel
+                for name, channel in self.channels.items()
+                if name not in self.off
+                and name not in self.failed
+                and self.tried.get(name, 0) < self.limit
+            }
+            if not open_:
+                break
+            sent = claim_and_send(self.engine, open_, self.now, self.secrets, self.rand)
+            if sent is None:
+                break
+            name = sent.due.channel
+            self.tried[name] = self.tried.get(name, 0) + 1
+            if sent.gone:
+                self.gone += 1
+                self.off.add(name)
+            elif sent.result is not None:
+                self.counts[sent.result.status] += 1
+                if not sent.ok:
+                    self.failed.add(name)
+        if self.failed:
+            self.deferred = len(due(self.engine, self.now(), sorted(self.failed), self.limit))
 
 
 # --- the operator's retry --------------------------------------------------------------------

@@ -13,8 +13,13 @@ whose poll fails ``DEGRADED_AFTER_FAILURES`` times in a row (or keeps failing fo
 ``DEGRADED_AFTER``) is announced once with ``watcher.degraded`` and once more with
 ``watcher.recovered`` when a poll succeeds again; the other chains keep their own schedule.
 
-Single instance: ``watcher.runtime.locks`` (a ``flock`` beside SQLite, a lease on the
-``daemon`` row elsewhere). Stopping (SIGTERM, SIGINT or ``request_stop()``): no new job
+Alone or shared: on SQLite ``watcher.runtime.locks`` refuses a second daemon (a ``flock``
+beside the file). On a shared database (PostgreSQL) several daemons run side by side: each
+poll of a chain first holds that chain's lease (``watcher.runtime.leases``), and every
+transaction of the poll is fenced by it, so a chain is scanned by one daemon at a time and one
+that lost its lease commits nothing. Delivery and renewals claim their own work (see
+``watcher.notify`` and ``watcher.ledger.renewals``). Every daemon has its row
+(``watcher.runtime.heartbeat``). Stopping (SIGTERM, SIGINT or ``request_stop()``): no new job
 starts, running jobs finish, the scheduler shuts down, the ``daemon`` row is marked stopped.
 The signal handler only writes a byte to a pipe (no lock, no logging); a stopper thread does
 the rest.
@@ -41,23 +46,21 @@ from apscheduler.events import EVENT_JOB_MAX_INSTANCES, EVENT_SCHEDULER_STARTED
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.base import STATE_STOPPED, SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
-from sqlmodel import Session, col, select
 
 from watcher.errors import RpcError, WatcherError
 from watcher.ledger.context import Context
 from watcher.redact import redact_text
+from watcher.runtime.heartbeat import Registry
+from watcher.runtime.leases import ChainLeases, Clock, LeaseLost, new_holder, wall_clock
 from watcher.runtime.locks import DaemonLocked, InstanceLock, make_lock
+from watcher.runtime.outages import DEGRADED_AFTER, DEGRADED_AFTER_FAILURES, ChainHealth, Outage
 from watcher.runtime.status import HEARTBEAT_SECONDS
 from watcher.settings import ChainSettings
-from watcher.store.db import make_engine, read_session, transaction
-from watcher.store.outbox import emit, iso
-from watcher.store.tables import ChainState, OutboxEvent
-from watcher.store.tables import Daemon as DaemonRow
+from watcher.store.db import fenced, make_engine, sqlite_path
 
 log = structlog.get_logger("watcher.daemon")
 
-DEGRADED_AFTER_FAILURES = 3
-DEGRADED_AFTER = timedelta(seconds=60)
+__all__ = ["DEGRADED_AFTER", "DEGRADED_AFTER_FAILURES", "Daemon", "Intervals", "Outage", "Rounds"]
 
 
 class Rounds(Protocol):
@@ -71,33 +74,6 @@ class Rounds(Protocol):
 
     def deliver(self) -> object:
         """Deliver the due outbox events to their channels."""
-
-
-# --- outages ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Outage:
-    """A chain's consecutive failed polls, and whether that outage has been announced."""
-
-    failures: int = 0
-    since: datetime | None = None  # when the first failed poll of this outage began
-    announced: bool = False  # watcher.degraded written
-    total_failures: int = 0  # failed polls over the life of the process (for /metrics)
-
-    def failed(self, now: datetime, began: datetime | None = None) -> bool:
-        """Count a failed poll (that ``began`` then and ended ``now``); True when the outage is
-        due to be announced and has not been yet."""
-        if self.since is None:
-            self.since = began or now
-        self.failures += 1
-        self.total_failures += 1
-        long = now - self.since >= DEGRADED_AFTER
-        return not self.announced and (self.failures >= DEGRADED_AFTER_FAILURES or long)
-
-    def reset(self) -> None:
-        """A poll succeeded (and any announced outage was announced as over)."""
-        self.failures, self.since, self.announced = 0, None, False
 
 
 # --- the daemon ------------------------------------------------------------------------------
@@ -125,9 +101,13 @@ class Daemon:
         lock: InstanceLock | None = None,
         listen: str | None = None,
         install_signals: bool | None = None,
+        shared: bool | None = None,
+        clock: Clock = wall_clock,
     ) -> None:
         """``rounds`` defaults to a ``Watcher``; ``listen`` to ``[status] listen``; signal
-        handlers are installed only when ``start()`` runs in the main thread (unless told)."""
+        handlers are installed only when ``start()`` runs in the main thread (unless told).
+        ``shared`` (default: the database is not SQLite) makes the daemon share the database
+        with others through chain leases, which expire by ``clock``."""
         self.ctx = ctx
         self.settings = ctx.settings
         if rounds is None:
@@ -142,7 +122,22 @@ class Daemon:
         self.listen = listen if listen is not None else ctx.settings.status.listen
         self.install_signals = install_signals
         self.pid, self.host = os.getpid(), socket.gethostname()
-        self.outages = {chain.name: Outage() for chain in ctx.settings.chains}
+        self.holder = new_holder(self.host, self.pid)
+        self.shared = sqlite_path(ctx.settings.database_url) is None if shared is None else shared
+        lease = timedelta(seconds=ctx.settings.daemon.lease_seconds)
+        self.registry = Registry(
+            ctx.engine, ctx.now, holder=self.holder, host=self.host, pid=self.pid,
+            lease=lease, shared=self.shared, clock=clock,
+        )  # fmt: skip
+        names = [c.name for c in ctx.settings.chains]
+        self.leases = (
+            ChainLeases(ctx.engine, self.holder, names, lease=lease, clock=clock)
+            if self.shared
+            else None
+        )
+        self.health = ChainHealth(ctx.engine, ctx.settings.chains, ctx.now)
+        self._held: set[str] = set()  # chains whose lease this daemon held at its last poll
+        self.outages = self.health.outages
         self.started = threading.Event()  # the scheduler is running
         self.http_url: str | None = None
         self._stop = threading.Event()  # set by the stopper: jobs starting now do nothing
@@ -191,8 +186,8 @@ class Daemon:
     def _run(self) -> None:
         from watcher.runtime.http import StatusServer  # the listener is optional
 
-        self._claim_row()
-        self._load_outages()
+        self.registry.claim()
+        self.health.load()
         scheduler = self._scheduler()
         stopper = threading.Thread(
             target=self._stopper, args=(scheduler,), name="proofwatch-stopper", daemon=True
@@ -216,6 +211,8 @@ class Daemon:
                 host=self.host,
                 chains=[c.name for c in self.settings.chains],
                 listen=self.http_url,
+                shared=self.shared,
+                holder=self.holder,
             )
             scheduler.start()  # blocks until the stopper has shut it down
         finally:
@@ -226,7 +223,9 @@ class Daemon:
             if server is not None:
                 server.stop()
             reader.dispose()
-            self._mark_stopped()
+            if self.leases is not None:
+                self.leases.release_all()
+            self.registry.stopped()
             log.info("daemon.stopped", pid=self.pid, reason=self._stop_reason)
 
     @contextlib.contextmanager
@@ -313,66 +312,49 @@ class Daemon:
             text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         return redact_text(text, self._secrets)[:500]
 
-    # -- the daemon row -----------------------------------------------------------------------
-
-    def _claim_row(self) -> None:
-        now = self.ctx.now()
-        with transaction(self.ctx.engine) as session:
-            row = session.get(DaemonRow, 1) or DaemonRow(id=1)
-            row.pid, row.host, row.started_at = self.pid, self.host, now
-            row.last_heartbeat_at, row.stopped_at = now, None
-            session.add(row)
+    # -- the daemon's rows --------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
-        now = self.ctx.now()
-        with transaction(self.ctx.engine) as session:
-            row = session.get(DaemonRow, 1, with_for_update=True)
-            if row is not None and (row.pid, row.host) != (self.pid, self.host):
-                self._lost_to = (row.pid, row.host)
-            else:
-                row = row or DaemonRow(id=1, pid=self.pid, host=self.host, started_at=now)
-                row.last_heartbeat_at, row.stopped_at = now, None
-                session.add(row)
-        if self._lost_to is not None:
-            log.error("daemon.lock_lost", holder_pid=self._lost_to[0], holder=self._lost_to[1])
+        lost_to = self.registry.beat()
+        if self.leases is not None:
+            self.leases.renew()
+        if lost_to is not None:
+            self._lost_to = lost_to
+            log.error("daemon.lock_lost", holder_pid=lost_to[0], holder=lost_to[1])
             self.request_stop("lock lost")
-
-    def _mark_stopped(self) -> None:
-        with transaction(self.ctx.engine) as session:
-            row = session.get(DaemonRow, 1)
-            if row is not None and (row.pid, row.host) == (self.pid, self.host):
-                row.stopped_at = self.ctx.now()
-                session.add(row)
 
     # -- chains -------------------------------------------------------------------------------
 
     def poll_failures(self) -> dict[str, tuple[int, int]]:
         """Per chain: (consecutive failed polls, failed polls since the daemon started)."""
-        return {name: (o.failures, o.total_failures) for name, o in self.outages.items()}
-
-    def _load_outages(self) -> None:
-        """Resume outages announced before a restart, so their recovery is announced once."""
-        with read_session(self.ctx.engine) as session:
-            for name, outage in self.outages.items():
-                state = session.get(ChainState, name)
-                if state is None or not state.degraded:
-                    continue
-                prefix = f"watcher.degraded:{name}:"
-                key = session.exec(
-                    select(OutboxEvent.dedupe_key)
-                    .where(col(OutboxEvent.dedupe_key).startswith(prefix, autoescape=True))
-                    .order_by(col(OutboxEvent.seq).desc())
-                ).first()
-                since = datetime.fromisoformat(key.removeprefix(prefix)) if key else None
-                outage.since = since or state.last_ok_at or self.ctx.now()
-                outage.announced = True
+        return self.health.poll_failures()
 
     def _scan(self, chain: ChainSettings) -> None:
+        """One poll of a chain: on a shared database only while this daemon holds its lease,
+        every transaction of the poll fenced by it."""
+        if self.leases is None:
+            self._poll(chain)
+            return
+        if not self.leases.hold(chain.name):
+            self._held.discard(chain.name)
+            return  # another daemon scans it
+        if chain.name not in self._held:  # (again) ours: its outage as the database knows it
+            self.health.load(chain.name)
+            self._held.add(chain.name)
+        try:
+            with fenced(self.leases.fence(chain.name)):
+                self._poll(chain)
+        except LeaseLost as exc:
+            log.warning("chain.lease_lost", chain=chain.name, error=str(exc))
+
+    def _poll(self, chain: ChainSettings) -> None:
         outage = self.outages[chain.name]
         began = self.ctx.now()
         try:
             report = self.rounds.scan(chain)
         except Exception as exc:
+            if _lost_lease(exc):
+                raise LeaseLost(str(exc)) from exc
             error = self._error_text(exc)
             if not isinstance(exc, WatcherError):  # the scanner records only its own errors
                 log.error(
@@ -382,81 +364,30 @@ class Daemon:
                     traceback=redact_text(traceback.format_exc(), self._secrets),
                 )
             if outage.failed(self.ctx.now(), began):
-                self._degrade(chain, outage, error, rpc=isinstance(exc, RpcError))
+                self.health.degrade(chain, error, rpc=isinstance(exc, RpcError))
             elif not isinstance(exc, WatcherError):
-                self._record_error(chain, error)
+                self.health.record_error(chain, error)
             return
         if getattr(report, "complete", True) is False:
             # It stopped short of the head (the chain moved while it read): not a good poll.
             # The scanner recorded why; repeated, it is an outage like any other.
             if outage.failed(self.ctx.now(), began):
-                with read_session(self.ctx.engine) as session:
-                    state = session.get(ChainState, chain.name)
-                why = state.last_error if state is not None else None
-                self._degrade(chain, outage, why or "the poll stopped short of the head", rpc=False)
+                why = self.health.last_error(chain)
+                self.health.degrade(chain, why or "the poll stopped short of the head", rpc=False)
             return
         if outage.announced:
-            self._recover(chain, outage)
+            self.health.recover(chain)
         outage.reset()
 
-    def _state(self, session: Session, chain: ChainSettings) -> ChainState:
-        state = session.get(ChainState, chain.name)
-        return state or ChainState(chain=chain.name, chain_id=chain.chain_id)
 
-    def _record_error(self, chain: ChainSettings, error: str) -> None:
-        with transaction(self.ctx.engine) as session:
-            state = self._state(session, chain)
-            state.last_poll_at, state.last_error = self.ctx.now(), error
-            session.add(state)
-
-    def _degrade(self, chain: ChainSettings, outage: Outage, error: str, *, rpc: bool) -> None:
-        now = self.ctx.now()
-        assert outage.since is not None
-        data = {
-            "chain": chain.name,
-            "chain_id": chain.chain_id,
-            "since": iso(outage.since),
-            "failures": outage.failures,
-            "error": error,
-        }
-        with transaction(self.ctx.engine) as session:
-            state = self._state(session, chain)
-            state.degraded, state.last_poll_at, state.last_error = True, now, error
-            if rpc:
-                state.rpc_ok = False
-            session.add(state)
-            emit(
-                session,
-                "watcher.degraded",
-                data,
-                dedupe_key=f"watcher.degraded:{chain.name}:{outage.since.isoformat()}",
-                now=now,
-            )
-        outage.announced = True
-        log.warning("chain.degraded", **data)
-
-    def _recover(self, chain: ChainSettings, outage: Outage) -> None:
-        now = self.ctx.now()
-        assert outage.since is not None
-        data = {
-            "chain": chain.name,
-            "chain_id": chain.chain_id,
-            "since": iso(outage.since),
-            "recovered_at": iso(now),
-            "down_seconds": max(0, int((now - outage.since).total_seconds())),
-        }
-        with transaction(self.ctx.engine) as session:
-            state = self._state(session, chain)
-            state.degraded, state.rpc_ok, state.last_error = False, True, None
-            session.add(state)
-            emit(
-                session,
-                "watcher.recovered",
-                data,
-                dedupe_key=f"watcher.recovered:{chain.name}:{outage.since.isoformat()}",
-                now=now,
-            )
-        log.info("chain.recovered", **data)
+def _lost_lease(exc: BaseException | None) -> bool:
+    """Whether ``exc`` is, or was caused by, a ``LeaseLost`` (the scanner may wrap it while
+    recording its own failure, which the fence refuses too)."""
+    while exc is not None:
+        if isinstance(exc, LeaseLost):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)

@@ -1,7 +1,11 @@
 """Single instance: no two daemons, and no ``tick`` or ``scan`` beside one, on the same data.
 
 An exclusive ``flock`` on ``<database>.lock`` for SQLite (the kernel drops it when the process
-dies, even on ``kill -9``), a lease on the ``daemon`` row for other databases.
+dies, even on ``kill -9``). A shared database (PostgreSQL) takes several daemons: they share
+the chains through leases (``watcher.runtime.leases``) and take no single-instance lock
+(``Shared``); a one-off ``tick`` or ``scan`` is refused while any of them is alive
+(``LeaseCheck``). ``LeaseLock`` (a lease on the one ``daemon`` row) makes a daemon alone on
+such a database, for whoever wants that.
 """
 
 from __future__ import annotations
@@ -9,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import socket
 from collections.abc import Callable, Iterator
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy.engine import Engine
+from sqlmodel import col, select
 
 from watcher.errors import WatcherError
 from watcher.runtime.status import RUNNING_WITHIN
@@ -23,6 +27,7 @@ from watcher.settings import Settings
 from watcher.store.db import read_session, sqlite_path, transaction
 from watcher.store.outbox import iso
 from watcher.store.tables import Daemon as DaemonRow
+from watcher.store.tables import DaemonInstance
 
 
 class DaemonLocked(WatcherError):
@@ -124,12 +129,22 @@ def _held_by_other(row: DaemonRow, pid: int, host: str, now: datetime, ttl: time
     return row.last_heartbeat_at is not None and now - row.last_heartbeat_at <= ttl
 
 
+class Shared:
+    """No single-instance lock: the daemons sharing a database claim their work instead."""
+
+    def acquire(self) -> None:
+        """Nothing to take."""
+
+    def release(self) -> None:
+        """Nothing was taken."""
+
+
 def make_lock(settings: Settings, engine: Engine, now: Callable[[], datetime]) -> InstanceLock:
-    """A file lock beside a SQLite database, else a lease on the ``daemon`` row."""
+    """A file lock beside a SQLite database; none on a shared one (``Shared``)."""
     path = sqlite_path(settings.database_url)
     if path is not None:
         return FileLock(lock_path(path), pid=os.getpid())
-    return LeaseLock(engine, now, pid=os.getpid(), host=socket.gethostname())
+    return Shared()
 
 
 def lock_path(database: Path) -> Path:
@@ -138,8 +153,9 @@ def lock_path(database: Path) -> Path:
 
 
 class LeaseCheck:
-    """For one-off commands on a shared database: refuse while a live daemon holds the
-    lease, without taking it (the command writes no heartbeat)."""
+    """For one-off commands on a shared database: refuse while a daemon is alive on it (its
+    row's lease unexpired by the wall clock, or the ``daemon`` row's heartbeat fresh), without
+    taking anything (the command writes no heartbeat)."""
 
     def __init__(self, engine: Engine, now: Callable[[], datetime], *, role: str) -> None:
         self.engine, self.now, self.role = engine, now, role
@@ -147,11 +163,20 @@ class LeaseCheck:
     def acquire(self) -> None:
         with read_session(self.engine) as session:
             row = session.get(DaemonRow, 1)
-        if row is not None and _held_by_other(row, -1, "", self.now(), RUNNING_WITHIN):
-            raise DaemonLocked(
-                f"a proofwatch daemon (pid {row.pid} on {row.host}) holds the lease on this "
-                f"database: `{self.role}` would scan and deliver beside it"
-            )
+            live = session.exec(
+                select(DaemonInstance).where(
+                    col(DaemonInstance.stopped_at).is_(None),
+                    col(DaemonInstance.expires_at) > datetime.now(UTC),
+                )
+            ).first()
+        if live is not None:
+            row = DaemonRow(pid=live.pid, host=live.host, last_heartbeat_at=live.last_heartbeat_at)
+        elif row is None or not _held_by_other(row, -1, "", self.now(), RUNNING_WITHIN):
+            return
+        raise DaemonLocked(
+            f"a proofwatch daemon (pid {row.pid} on {row.host}) holds the lease on this "
+            f"database: `{self.role}` would scan and deliver beside it"
+        )
 
     def release(self) -> None:
         """Nothing was taken."""

@@ -24,9 +24,9 @@ from watcher.ledger.halts import last_resumes
 from watcher.notify.disabled import disabled_channels
 from watcher.redact import redact_text
 from watcher.settings import Settings
-from watcher.store.db import read_session
+from watcher.store.db import read_session, sqlite_path
 from watcher.store.outbox import iso
-from watcher.store.tables import Daemon, Invoice, Retainer
+from watcher.store.tables import ChainLease, Daemon, DaemonInstance, Invoice, Retainer
 
 HEARTBEAT_SECONDS = 5.0
 #: The daemon counts as running while its last heartbeat is at most this old.
@@ -74,6 +74,40 @@ def daemon_status(engine: Engine, now: datetime) -> Row:
         "started_at": iso(row.started_at),
         "stopped_at": iso(row.stopped_at),
     }
+
+
+def daemons_status(engine: Engine, settings: Settings, now: datetime) -> list[Row]:
+    """Every daemon with a row on this database, newest first: ``{host, pid, started_at,
+    last_heartbeat_at, stopped_at, running, chains}``. ``chains``: those it holds a lease on
+    (a shared database, by the wall clock), or every configured chain for a running daemon
+    alone on SQLite."""
+    wall = datetime.now(UTC)
+    with read_session(engine) as session:
+        daemons = session.exec(
+            select(DaemonInstance).order_by(col(DaemonInstance.started_at).desc())
+        ).all()
+        leases = session.exec(select(ChainLease).where(col(ChainLease.expires_at) > wall)).all()
+    held: dict[str, list[str]] = {}
+    for lease in leases:
+        if lease.holder is not None:
+            held.setdefault(lease.holder, []).append(lease.chain)
+    alone = sqlite_path(settings.database_url) is not None
+    out = []
+    for d in daemons:
+        running = d.stopped_at is None and now - d.last_heartbeat_at <= RUNNING_WITHIN
+        chains = [c.name for c in settings.chains] if alone and running else held.get(d.holder, [])
+        out.append(
+            {
+                "host": d.host,
+                "pid": d.pid,
+                "started_at": iso(d.started_at),
+                "last_heartbeat_at": iso(d.last_heartbeat_at),
+                "stopped_at": iso(d.stopped_at),
+                "running": running,
+                "chains": sorted(chains),
+            }
+        )
+    return out
 
 
 def _chain_entry(name: str, chain_id: int, row: Row | None, secrets: Sequence[str]) -> Row:
@@ -185,11 +219,14 @@ def status_document(engine: Engine, settings: Settings, now: datetime) -> dict[s
     """The ``proofwatch status --json`` document (CONTRACT.md), read at ``now``.
 
     Beyond the contract's fields: ``disabled_channels``, each notification channel disabled by
-    a 410 Gone answer (``channel, disabled_at, reason, event_id, pending``).
+    a 410 Gone answer (``channel, disabled_at, reason, event_id, pending``), and ``daemons``,
+    every daemon on the database with the chains it holds (``daemons_status``); ``daemon`` is
+    the one that beat last.
     """
     return {
         "generated_at": iso(now),
         "daemon": daemon_status(engine, now),
+        "daemons": daemons_status(engine, settings, now),
         "chains": chain_statuses(engine, settings),
         "invoices": invoice_counts(engine),
         "outbox": outbox_counts(engine),

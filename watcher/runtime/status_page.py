@@ -66,6 +66,7 @@ def page_context(engine: Engine, settings: Settings, now: datetime) -> dict[str,
     return {
         "generated_at": doc["generated_at"],
         "daemon": doc["daemon"],
+        "daemons": doc["daemons"],
         "reasons": reasons,
         "warnings": [*reasons, *map(_disabled_warning, doc["disabled_channels"])],
         "cards": [

@@ -12,8 +12,9 @@ and SQLite's engine setup (pragmas, ``BEGIN IMMEDIATE``) only on SQLite.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -105,6 +106,17 @@ MIGRATIONS: list[tuple[int, list[Statement]]] = [
     (
         5,  # a final-block receipt that cannot be confirmed is retried, and alerted after a time
         ["ALTER TABLE transfers ADD COLUMN unconfirmed_since TIMESTAMP"],
+    ),
+    (
+        9,  # several daemons on one database: who runs, and which daemon scans which chain
+        [
+            "CREATE TABLE IF NOT EXISTS daemons (holder VARCHAR NOT NULL PRIMARY KEY, "
+            "host VARCHAR NOT NULL, pid INTEGER NOT NULL, started_at TIMESTAMP NOT NULL, "
+            "last_heartbeat_at TIMESTAMP NOT NULL, expires_at TIMESTAMP NOT NULL, "
+            "stopped_at TIMESTAMP)",
+            "CREATE TABLE IF NOT EXISTS chain_leases (chain VARCHAR NOT NULL PRIMARY KEY, "
+            "holder VARCHAR, acquired_at TIMESTAMP, expires_at TIMESTAMP)",
+        ],
     ),
 ]
 SCHEMA_VERSION = MIGRATIONS[-1][0]
@@ -253,12 +265,31 @@ def require_schema(engine: Engine) -> None:
         )
 
 
+Fence = Callable[[Session], None]
+_FENCES: ContextVar[tuple[Fence, ...]] = ContextVar("proofwatch_fences", default=())
+
+
+@contextmanager
+def fenced(check: Fence) -> Iterator[None]:
+    """Within the block, every ``transaction`` of this thread (context) runs ``check(session)``
+    as its last statement before it commits: a check that raises rolls the whole unit back.
+    The daemon fences a chain's scan with its lease (``watcher.runtime.leases``)."""
+    token = _FENCES.set((*_FENCES.get(), check))
+    try:
+        yield
+    finally:
+        _FENCES.reset(token)
+
+
 @contextmanager
 def transaction(engine: Engine) -> Iterator[Session]:
-    """One unit of work: everything inside commits together or not at all."""
+    """One unit of work: everything inside commits together or not at all (after the fences
+    of ``fenced`` blocks, if any, have passed in the same transaction)."""
     with Session(engine, expire_on_commit=False) as session:
         try:
             yield session
+            for check in _FENCES.get():
+                check(session)
             session.commit()
         except OperationalError as exc:
             session.rollback()

@@ -339,6 +339,34 @@ class Daemon(SQLModel, table=True):
     stopped_at: datetime | None = _when()
 
 
+class DaemonInstance(SQLModel, table=True):
+    """One ``proofwatch run`` process that shares the database with others (``status`` lists
+    them all). ``expires_at`` is wall-clock time: the chains it leases are free after it."""
+
+    __tablename__ = "daemons"
+    holder: str = Field(primary_key=True)  # "<host>/<pid>/<random>": unique per process start
+    host: str
+    pid: int
+    started_at: datetime = _when(nullable=False)
+    last_heartbeat_at: datetime = _when(nullable=False)
+    expires_at: datetime = _when(nullable=False)
+    stopped_at: datetime | None = _when()
+
+
+class ChainLease(SQLModel, table=True):
+    """Which daemon scans a chain: at most one, until ``expires_at`` (wall-clock time).
+
+    Renewed by the holder's heartbeat; checked (row locked) in every transaction that commits
+    the chain's scan, so a daemon that lost its lease commits nothing (``runtime.leases``).
+    """
+
+    __tablename__ = "chain_leases"
+    chain: str = Field(primary_key=True)
+    holder: str | None = None  # DaemonInstance.holder; None: free
+    acquired_at: datetime | None = _when()
+    expires_at: datetime | None = _when()
+
+
 class DisabledChannel(SQLModel, table=True):
     """A channel whose receiver answered 410 Gone: not attempted until the operator enables it.
 
