@@ -26,7 +26,7 @@ from dataclasses import asdict
 from datetime import datetime
 
 import structlog
-from sqlalchemy import insert
+from sqlalchemy import func, insert
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, col, select
 
@@ -45,16 +45,15 @@ from watcher.chain.sources import Chunk, Inflow
 from watcher.domain.finality import final_block, finality_tag
 from watcher.errors import RpcError, WatcherError
 from watcher.settings import ChainSettings
-from watcher.store.db import transaction
+from watcher.store.db import read_session, transaction
 from watcher.store.outbox import emit
-from watcher.store.tables import BlockHash, Transfer
+from watcher.store.tables import BlockHash, Retainer, Transfer
 
 log = structlog.get_logger("watcher.chain.scanner")
 
 __all__ = ["ScanHooks", "ScanReport", "scan_chain"]  # the reports and hooks live in scan_state
 
 POSTS_PER_CHUNK = 2  # a chunk's blocks fill this many batches of pool.max_batch entries
-MAX_CHUNK_BLOCKS = 1000
 MAX_REORGS_PER_POLL = 3
 
 
@@ -91,6 +90,7 @@ class _ChainScan(Reorgs):
     def run(self, from_block: int | None, to_block: int | None) -> ScanReport:
         requests_before = self.pool.request_count
         self._load_state(from_block)
+        self.native = self.chain.balance_guard or self._native_priced()
         cursor_before = self.cursor
         lagging = False
         try:
@@ -137,6 +137,15 @@ class _ChainScan(Reorgs):
         self._record(head=head, final=final, error=None)
         return final
 
+    def _native_priced(self) -> bool:
+        """Whether a retainer on this chain is priced in the native asset (else, with the
+        balance guard off, native inflows are not read at all)."""
+        with read_session(self.engine) as session:
+            query = select(Retainer.id).where(
+                Retainer.chain == self.chain.name, col(Retainer.token_address).is_(None)
+            )
+            return session.exec(query.limit(1)).first() is not None
+
     def _trusted_head(self) -> tuple[int, str, int, bool]:
         """Head, its hash, the final block, and whether every URL is behind the cursor.
 
@@ -174,13 +183,8 @@ class _ChainScan(Reorgs):
     # -- scanning ----------------------------------------------------------------------------
 
     def _chunk_width(self) -> int:
-        """Blocks per chunk: enough to fill POSTS_PER_CHUNK batches of the pool."""
-        chain = self.chain
-        extras = bool(chain.tokens) + (chain.internal == "trace_filter") + 2 * chain.balance_guard
-        extras += 2 * sum(t.balance_guard for t in chain.tokens)
-        per_block = 2 if chain.internal == "debug_trace" else 1
-        width = (self.pool.max_batch * POSTS_PER_CHUNK - extras) // per_block
-        return max(1, min(MAX_CHUNK_BLOCKS, width))
+        """Blocks per chunk: what the reader reads per block fills POSTS_PER_CHUNK batches."""
+        return max(1, sources.chunk_width(self.chain, self.pool.max_batch * POSTS_PER_CHUNK))
 
     def _scan_to(self, target: int) -> None:
         """Fetch and commit chunks up to ``target``.
@@ -231,7 +235,7 @@ class _ChainScan(Reorgs):
     def _fetch(self, first: int, last: int, parent_hash: str | None, balance_before: bool) -> Chunk:
         return sources.fetch_chunk(
             self.pool, self.chain, first, last, self.sizers,
-            parent_hash=parent_hash, balance_before=balance_before,
+            parent_hash=parent_hash, balance_before=balance_before, native=self.native,
         )  # fmt: skip
 
     def _commit(self, chunk: Chunk, events: list[tuple[str, dict[str, object]]]) -> None:
@@ -259,13 +263,13 @@ class _ChainScan(Reorgs):
                 session.flush()
                 self.hooks.finalized(session, final_now)
             self._drop_hashes(session, col(BlockHash.number).between(chunk.first, chunk.last))
-            self._drop_hashes(session, col(BlockHash.number) <= chunk.last - chain.reorg_depth)
+            kept = self._window(session, chunk)
             session.execute(  # one executemany: no ORM objects for up to reorg_depth rows
                 insert(BlockHash),
                 [
                     {"chain": chain.name, "number": b.number, "hash": b.hash,
                      "parent_hash": b.parent_hash}
-                    for b in chunk.blocks[-chain.reorg_depth :]
+                    for b in kept
                 ],
             )  # fmt: skip
             for key, event in events:
@@ -276,6 +280,28 @@ class _ChainScan(Reorgs):
         self.counts["found"] += len(found)
         self.counts["finalized"] += len(final_now)
         self.log.info("scan.chunk", first=chunk.first, last=chunk.last, found=len(found))
+
+    def _window(self, session: Session, chunk: Chunk) -> list[sources.Block]:
+        """The chunk's blocks to keep hashes of; older hashes are dropped.
+
+        ``chunk.blocks`` is sparse (boundary headers and blocks with inflows), so the window of
+        the last ``reorg_depth`` blocks keeps one more hash below it, the anchor: a reorg up to
+        ``reorg_depth`` deep always finds a common block at or above the anchor.
+        """
+        floor = chunk.last - self.chain.reorg_depth
+        below = [b for b in chunk.blocks if b.number <= floor]
+        kept = chunk.blocks[len(below) - 1 :] if below else chunk.blocks
+        if below:
+            anchor: int | None = below[-1].number
+        else:
+            anchor = session.exec(
+                select(func.max(BlockHash.number)).where(
+                    BlockHash.chain == self.chain.name, BlockHash.number <= floor
+                )
+            ).one()
+        if anchor is not None:
+            self._drop_hashes(session, col(BlockHash.number) < anchor)
+        return kept
 
     def _store(
         self, session: Session, inflows: Sequence[Inflow], times: Mapping[int, datetime | None]
