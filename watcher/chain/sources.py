@@ -55,7 +55,7 @@ from watcher.chain.calls import (
     word_answer,
 )
 from watcher.chain.chunk import Block, ChainMoved, Chunk, Inflow
-from watcher.chain.native import LOCATE_FANOUT, Point, bisect, locate_jump, point
+from watcher.chain.native import LOCATE_FANOUT, Point, bisect, locate_jump, missing_state, point
 from watcher.chain.receipts import (
     block_hashes,
     parse_receipts,
@@ -159,6 +159,7 @@ class _Reader:
         self.blocks: dict[int, Block] = {}
         self.checks: list[tuple[int, Any, str]] = []  # (block, the hash an answer names, what)
         self.tx_blocks: dict[str, Any] = {}  # tx hash -> the block hash its source named
+        self.no_state = ""  # why the node could not give the balance at a range end
 
     # -- the range ---------------------------------------------------------------------------
 
@@ -199,6 +200,7 @@ class _Reader:
             b0, n0, b1, n1 = batch["ends"]
             chunk.balance_before, chunk.balance_after = balance_answer(b0), balance_answer(b1)
             at_lo, at_hi = point(b0, n0), point(b1, n1)
+            self.no_state = next(filter(None, map(missing_state, batch["ends"])), "")
         answers = batch["tokens"]
         for k, token in enumerate(guarded):
             chunk.token_before[token] = word_answer(answers[2 * k])
@@ -269,7 +271,7 @@ class _Reader:
         first, last = self.first, self.last
         lo = first - 1 if first > 0 else 0  # block 0 (genesis) holds no transaction
         if at_lo is None or at_hi is None:
-            self._no_state(first, last, "no balance at the range ends")
+            self._no_state(first, last, f"no balance at the range ends: {self.no_state}")
             return list(range(lo + 1, last + 1))
         found = bisect(self.pool, self.wallet, lo, last, at_lo, at_hi)
         if found.unreadable:
