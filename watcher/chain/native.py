@@ -5,7 +5,7 @@ nonce. So a range whose balance and nonce are the same at both ends holds no nat
 no spending) and needs nothing more; otherwise the range is halved (balance and nonce at the
 midpoint, one batch for every open range at once) down to the single blocks where either
 changed, and only those are read in full. Cost: O(1) per quiet range, O(log n) per block with
-an inflow or the wallet's own transaction.
+an inflow or the wallet's own transaction (the nonce is asked only where it moved).
 
 Nodes without old state (pruned: ``missing trie node``, ``header not found``, Anvil's
 ``BlockOutOfRangeError``) cannot answer at old blocks: the part of the range they cannot bisect
@@ -87,16 +87,19 @@ def bisect(pool: RpcPool, wallet: str, lo: int, hi: int, at_lo: Point, at_hi: Po
             split.append((a, (a + b) // 2, b))
         if not split:
             break
-        calls = [c for _, m, _ in split for c in (balance_call(wallet, m), nonce_call(wallet, m))]
+        # The nonce never falls: equal at both ends, it is the same at the midpoint (not asked).
+        calls = [balance_call(wallet, m) for _, m, _ in split]
+        asks = [(a, m, b) for a, m, b in split if known[a][1] != known[b][1]]
+        calls += [nonce_call(wallet, m) for _, m, _ in asks]
         answers = pool.batch(calls, return_errors=True)
+        nonces = dict(zip((m for _, m, _ in asks), answers[len(split) :], strict=True))
         found.rounds += 1
         pending = []
-        for k, (a, m, b) in enumerate(split):
-            got = point(answers[2 * k], answers[2 * k + 1])
+        for (a, m, b), balance in zip(split, answers, strict=False):
+            nonce = nonces.get(m, hex(known[a][1]))
+            got = point(balance, nonce)
             if got is None:
-                found.reason = found.reason or str(
-                    missing_state(answers[2 * k]) or missing_state(answers[2 * k + 1])
-                )
+                found.reason = found.reason or str(missing_state(balance) or missing_state(nonce))
                 found.unreadable.append((a + 1, b))
                 continue
             known[m] = got
