@@ -43,7 +43,7 @@ from tests.support.rpcproxy import RpcFault, RpcProxy
 from tests.support.service import DaemonProcess
 from tests.unit.test_batch_size import BatchLimitProxy
 from watcher.chain.rpc import RpcPool
-from watcher.chain.scanner import ScanReport, scan_chain
+from watcher.ledger.scanning import ScanReport, scan_chain
 from watcher.runtime.daemon import Daemon
 from watcher.runtime.http import StatusServer
 from watcher.runtime.locks import DaemonLocked, FileLock, LeaseCheck, LeaseLock, command_lock

@@ -21,7 +21,7 @@ from tests.support.anvil import AnvilNode
 from tests.support.contracts import deploy, erc20_transfer, send_eth, wait_receipt
 from tests.support.rpcproxy import FULL_BLOCK, RpcProxy
 from watcher.chain.rpc import RpcPool
-from watcher.chain.scanner import ScanReport, scan_chain
+from watcher.ledger.scanning import ScanReport, scan_chain
 from watcher.settings import ChainSettings, TokenSettings
 from watcher.store.db import make_engine, migrate, read_session, transaction
 from watcher.store.tables import ChainState, OutboxEvent, Retainer, Transfer

@@ -7,7 +7,7 @@ Used by the reader (status of each candidate, the wallet's spending), by finalit
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from watcher.chain.calls import (
     TRANSFER_TOPIC,
@@ -22,7 +22,6 @@ from watcher.chain.calls import (
     same,
 )
 from watcher.chain.rpc import Call, RpcPool
-from watcher.store.tables import Transfer
 
 Receipts = dict[str, dict[str, Any] | None]
 
@@ -80,7 +79,24 @@ def block_hashes(pool: RpcPool, numbers: Sequence[int]) -> dict[int, str | None]
     }
 
 
-def receipt_disagrees(transfer: Transfer, receipt: Mapping[str, Any] | None, wallet: str) -> str:
+class StoredTransfer(Protocol):
+    """What a receipt is checked against: the fields of a transfer as it was stored."""
+
+    @property
+    def kind(self) -> str: ...
+    @property
+    def block_hash(self) -> str: ...
+    @property
+    def log_index(self) -> int | None: ...
+    @property
+    def token_address(self) -> str | None: ...
+    @property
+    def amount(self) -> int: ...
+
+
+def receipt_disagrees(
+    transfer: StoredTransfer, receipt: Mapping[str, Any] | None, wallet: str
+) -> str:
     """Why ``receipt`` does not confirm ``transfer`` as stored ("" when it does)."""
     if receipt is None:
         return "transaction not found"
