@@ -20,6 +20,7 @@ from web3 import Web3
 from tests.support.anvil import AnvilNode
 from tests.support.contracts import deploy, erc20_transfer, send_eth, wait_receipt
 from tests.support.rpcproxy import FULL_BLOCK, RpcProxy
+from tests.support.scripted_node import ScriptedNode
 from watcher.chain.rpc import RpcPool
 from watcher.ledger.scanning import ScanReport, scan_chain
 from watcher.settings import ChainSettings, TokenSettings
@@ -310,3 +311,40 @@ def test_native_scanning_is_skipped_without_native_retainer_or_guard(r: Reader, 
     paid = send_eth(r.w3, r.payer, r.wallet, 10**15)
     r.scan(chain)
     assert [t.tx_hash for t in r.transfers()] == [token, paid]
+
+
+# --- withdrawals: no transaction, only the block lists them ---------------------------------
+
+
+@pytest.mark.parametrize("mode", ["trace_filter", "debug_trace", "off"])
+def test_a_withdrawal_to_the_wallet_explains_its_growth_in_every_mode(
+    tmp_path: Path, mode: str
+) -> None:
+    """A beacon-chain withdrawal (no transaction, listed by its block only) is no unexplained
+    growth: traces miss it, so the reader finds its block by bisection and reads its header."""
+    engine = make_engine(f"sqlite:///{tmp_path}/w.db")
+    migrate(engine)
+    with ScriptedNode() as node:
+        wallet = node.accounts[3]
+        node.mine(10)
+        node.send(node.accounts[1], wallet, 10**15)
+        node.mine(5)
+        node.withdraw(wallet, 32 * 10**9)  # 32 ETH in gwei
+        node.mine(5)
+        chain = ChainSettings(
+            name="anvil", chain_id=31337, rpc_urls=(node.url,), receiving_address=wallet,
+            native_symbol="ETH", internal=mode, balance_guard=True,
+        )  # fmt: skip
+        pool = RpcPool(chain.rpc_urls, chain="anvil", timeout=5, sleep=lambda _s: None)
+        try:
+            report = scan_chain(chain, pool, engine, lambda: NOW)
+        finally:
+            pool.close()
+        balance = node.balance(wallet)
+    with read_session(engine) as session:
+        rows = session.exec(select(OutboxEvent)).all()
+        state = session.get(ChainState, "anvil")
+    engine.dispose()
+    assert report.found == 1 and report.unexplained == 0
+    assert [r.type for r in rows if r.type == "watcher.unexplained_balance"] == []
+    assert state is not None and state.balance == balance

@@ -160,6 +160,7 @@ class _Reader:
         self.checks: list[tuple[int, Any, str]] = []  # (block, the hash an answer names, what)
         self.tx_blocks: dict[str, Any] = {}  # tx hash -> the block hash its source named
         self.no_state = ""  # why the node could not give the balance at a range end
+        self.withdrawn: dict[int, int] = {}  # block -> wei the beacon chain paid the wallet
 
     # -- the range ---------------------------------------------------------------------------
 
@@ -187,7 +188,7 @@ class _Reader:
             batch.add("debug", [debug_trace_call(n) for n in numbers])
         batch.send(self.pool)
 
-        headers = [parse_block(raw, n) for raw, n in zip(batch["headers"], numbers, strict=True)]
+        headers = [self._header(raw, n) for raw, n in zip(batch["headers"], numbers, strict=True)]
         self.blocks = {b.number: b for b in headers}
         links = [(b.number, b.hash, b.parent_hash) for b in headers]
         if not chain_links(links[:1], parent_hash):
@@ -234,17 +235,45 @@ class _Reader:
         elif self.mode == "off" and self.ends:
             full = self._full_blocks(self._changed_blocks(at_lo, at_hi))
             chunk.full_blocks = len(full)
-            candidates, sent, withdrawn = _block_transactions(full, wallet)
+            candidates, sent = _block_transactions(full, wallet)
             spent += sent if chain.balance_guard else []
-            for number, wei in withdrawn:
-                chunk.explain(number, wei)
         self._receipts(chunk, frames, candidates, spent)
         chunk.inflows.sort(key=lambda i: (i.block_number, i.tx_hash, i.kind, i.log_index or 0))
         for inflow in chunk.inflows:
             if inflow.kind != "erc20":
                 chunk.explain(inflow.block_number, inflow.amount)
+        if self.mode == "trace_filter" and chain.balance_guard and at_lo and at_hi:
+            self._withdrawals(chunk, at_lo, at_hi)
+        for number, wei in self.withdrawn.items():
+            chunk.explain(number, wei)
         chunk.blocks = sorted(self.blocks.values(), key=_number)
         return chunk
+
+    def _withdrawals(self, chunk: Chunk, at_lo: Point, at_hi: Point) -> None:
+        """Traces do not show the beacon chain's withdrawals: when the balance grew more than
+        the traces explain, bisect to the blocks where it changed and read their headers
+        (which list withdrawals). Nothing is read when the traces explain it all."""
+        if at_hi[0] - at_lo[0] <= sum(chunk.explained.values()):  # inflows less spending
+            return
+        lo = self.first - 1 if self.first > 0 else 0
+        found = bisect(self.pool, self.wallet, lo, self.last, at_lo, at_hi)
+        wanted = [n for n in found.changed if n not in self.blocks]
+        answers = self.pool.batch([block_call(n) for n in wanted]) if wanted else []
+        for n, raw in zip(wanted, answers, strict=True):
+            self.blocks[n] = self._header(raw, n)
+
+    def _header(self, raw: Any, number: int) -> Block:
+        """A block answer (header or full) for ``number``; the withdrawals to the wallet it
+        lists (a header lists them too) explain balance growth."""
+        block = parse_block(raw, number)
+        wei = sum(
+            quantity(w["amount"]) * GWEI
+            for w in as_dict(raw, f"block {number}").get("withdrawals") or []
+            if same(w.get("address"), self.wallet)
+        )
+        if wei:
+            self.withdrawn[number] = wei
+        return block
 
     def _in_range(self, item: Mapping[str, Any], what: str) -> int:
         """The block number of an answer in the range; its block hash is checked against the
@@ -290,7 +319,7 @@ class _Reader:
         answers = self.pool.batch([block_call(n, full=True) for n in numbers]) if numbers else []
         raws: list[dict[str, Any]] = []
         for n, raw in zip(numbers, answers, strict=True):
-            block = parse_block(raw, n)
+            block = self._header(raw, n)
             known = self.blocks.get(n)
             if known is not None and known.hash != block.hash:
                 raise ChainMoved(f"block {n} changed while reading: the chain moved")
@@ -321,7 +350,7 @@ class _Reader:
         split = len(calls) - len(wanted)
         receipts, trees = parse_receipts(tx_hashes, deep, answers[:split])
         for n, raw in zip(wanted, answers[split:], strict=True):
-            self.blocks[n] = parse_block(raw, n)
+            self.blocks[n] = self._header(raw, n)
         for number, claimed, what in self.checks:
             if not same(self.blocks[number].hash, claimed):
                 raise ChainMoved(f"{what} in block {number} is from another branch")
@@ -362,22 +391,17 @@ def _receipt(receipts: Mapping[str, dict[str, Any] | None], tx_hash: Any) -> dic
 
 def _block_transactions(
     raw_blocks: Sequence[dict[str, Any]], wallet: str
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[tuple[int, int]]]:
-    """From full blocks: value transactions to the wallet, transactions it sent, and
-    withdrawals to it (block, wei)."""
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """From full blocks: value transactions to the wallet, and transactions it sent."""
     native: list[dict[str, Any]] = []
     spent: list[dict[str, Any]] = []
-    withdrawn: list[tuple[int, int]] = []
     for raw in raw_blocks:
         for tx in as_list(raw.get("transactions", []), "block transactions"):
             if same(tx.get("from"), wallet):
                 spent.append(tx)
             elif same(tx.get("to"), wallet) and quantity(tx.get("value", "0x0")) > 0:
                 native.append(tx)
-        for w in raw.get("withdrawals") or []:
-            if same(w.get("address"), wallet):
-                withdrawn.append((quantity(raw["number"]), quantity(w["amount"]) * GWEI))
-    return native, spent, withdrawn
+    return native, spent
 
 
 def _erc20_inflows(
