@@ -6,7 +6,7 @@ at it (or the node lacks the old state to bisect):
 - ERC-20: ``eth_getLogs`` over ranges the sizer allows.
 - ``internal = "trace_filter"``: top-level and internal native inflows both from
   ``trace_filter`` (``toAddress`` = wallet); the wallet's own transactions from ``trace_filter``
-  (``fromAddress``) only when its nonce moved over the range.
+  (``fromAddress``) only when the balance grew less than the traces bring in (it spent).
 - ``internal = "debug_trace"``: ``debug_traceBlockByNumber`` (``callTracer``) and the header of
   every block (it has no address filter).
 - ``internal = "off"``: balance and nonce at the range ends, then bisection
@@ -177,12 +177,10 @@ class _Reader:
         batch.add("logs", [logs_call(chain, a, b) for a, b in log_ranges])
         batch.add("traces", [trace_filter_call(chain, a, b) for a, b in trace_ranges])
         batch.add("headers", [block_call(n) for n in numbers])
-        if self.ends:
-            at = (self.before_at, last)
-            batch.add(
-                "ends", [c for n in at for c in (balance_call(wallet, n), nonce_call(wallet, n))]
-            )
         ends = (self.before_at, last)
+        if self.ends:  # the nonce only for bisection: with traces the balance tells spending
+            batch.add("ends", [balance_call(wallet, n) for n in ends])
+            batch.add("nonces", [nonce_call(wallet, n) for n in ends] if self.mode == "off" else [])
         batch.add("tokens", [token_balance_call(t, wallet, n) for t in guarded for n in ends])
         if dense:
             batch.add("debug", [debug_trace_call(n) for n in numbers])
@@ -198,10 +196,12 @@ class _Reader:
         chunk = Chunk(first, last, [])
         at_lo = at_hi = None
         if self.ends:
-            b0, n0, b1, n1 = batch["ends"]
+            b0, b1 = batch["ends"]
+            n0, n1 = batch["nonces"] or ("0x0", "0x0")  # with traces: not asked, not used
             chunk.balance_before, chunk.balance_after = balance_answer(b0), balance_answer(b1)
             at_lo, at_hi = point(b0, n0), point(b1, n1)
-            self.no_state = next(filter(None, map(missing_state, batch["ends"])), "")
+            answers = batch["ends"] + batch["nonces"]
+            self.no_state = next(filter(None, map(missing_state, answers)), "")
         answers = batch["tokens"]
         for k, token in enumerate(guarded):
             chunk.token_before[token] = word_answer(answers[2 * k])
@@ -223,7 +223,12 @@ class _Reader:
             frames = filter_frames(traces, wallet)
             for f in frames:
                 self.checks.append((f.block_number, f.block_hash, "a trace"))
-            if chain.balance_guard and (at_lo is None or at_hi is None or at_lo[1] != at_hi[1]):
+            # The wallet's own transactions matter only if the balance grew less than the
+            # traces bring in (fees make it so): then they are read, else nothing more.
+            brought = sum(f.amount for f in frames) + sum(self.withdrawn.values())
+            if chain.balance_guard and (
+                at_lo is None or at_hi is None or at_hi[0] - at_lo[0] < brought
+            ):
                 spent = self._sent_by_traces()
         elif dense:
             for n, raw in zip(numbers, batch["debug"], strict=True):
@@ -287,7 +292,8 @@ class _Reader:
     # -- the wallet's own transactions with traces -------------------------------------------
 
     def _sent_by_traces(self) -> list[dict[str, Any]]:
-        """The transactions the wallet sent over the range (its nonce moved, or is unknown)."""
+        """The transactions the wallet sent over the range (the balance says it spent, or
+        cannot say)."""
         chain = self.chain
         build = lambda a, b: trace_filter_call(chain, a, b, sent=True)  # noqa: E731
         traces = ranged(self.pool, self.sizers["trace_filter"], build, self.first, self.last)
