@@ -214,3 +214,23 @@ def ranged(
     ranges = list(sizer.ranges(first, last))
     answers = pool.batch([build(a, b) for a, b in ranges], return_errors=True)
     return collect_ranged(pool, sizer, build, ranges, answers)
+
+
+class Batch:
+    """Calls gathered under names, sent in one ``pool.batch``; answers read back by name."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.slots: dict[str, tuple[int, int]] = {}
+        self.answers: list[Any] = []
+
+    def add(self, name: str, calls: Sequence[Call]) -> None:
+        self.slots[name] = (len(self.calls), len(self.calls) + len(calls))
+        self.calls += calls
+
+    def send(self, pool: RpcPool) -> None:
+        self.answers = pool.batch(self.calls, return_errors=True) if self.calls else []
+
+    def __getitem__(self, name: str) -> list[Any]:
+        start, end = self.slots.get(name, (0, 0))
+        return self.answers[start:end]

@@ -22,7 +22,7 @@ cursor; every answer naming a block hash (log, trace, receipt) must name the hea
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import structlog
@@ -31,6 +31,7 @@ from watcher.chain.calls import (
     GWEI,
     NATIVE_DECIMALS,
     TRANSFER_TOPIC,
+    Batch,
     address_topic,
     as_dict,
     as_list,
@@ -44,7 +45,6 @@ from watcher.chain.calls import (
     hex_value,
     logs_call,
     nonce_call,
-    outflow_logs_call,
     parse_block,
     quantity,
     ranged,
@@ -55,6 +55,7 @@ from watcher.chain.calls import (
     word_answer,
 )
 from watcher.chain.chunk import Block, ChainMoved, Chunk, Inflow
+from watcher.chain.erc20 import erc20_inflows, token_outflows
 from watcher.chain.native import LOCATE_FANOUT, Point, bisect, locate_jump, missing_state, point
 from watcher.chain.receipts import (
     block_hashes,
@@ -64,7 +65,7 @@ from watcher.chain.receipts import (
     receipt_disagrees,
     spending,
 )
-from watcher.chain.rpc import Call, RpcPool
+from watcher.chain.rpc import RpcPool
 from watcher.chain.traces import Frame, ancestors_ok, debug_block, filter_frames, sent_transactions
 from watcher.domain.finality import RangeSizer, chain_links
 from watcher.settings import ChainSettings
@@ -81,8 +82,6 @@ log = structlog.get_logger("watcher.chain.sources")
 
 SPARSE_WIDTH = 2000  # blocks per chunk when nothing is read per block
 MAX_DENSE_WIDTH = 1000  # debug_trace: blocks per chunk at most
-
-InRange = Callable[[Mapping[str, Any], str], int]
 
 
 def chunk_width(chain: ChainSettings, entries: int) -> int:
@@ -119,26 +118,6 @@ def fetch_chunk(
     return _Reader(pool, chain, first, last, sizers, native).read(parent_hash)
 
 
-class _Batch:
-    """Calls gathered under names, sent in one ``pool.batch``; answers read back by name."""
-
-    def __init__(self) -> None:
-        self.calls: list[Call] = []
-        self.slots: dict[str, tuple[int, int]] = {}
-        self.answers: list[Any] = []
-
-    def add(self, name: str, calls: Sequence[Call]) -> None:
-        self.slots[name] = (len(self.calls), len(self.calls) + len(calls))
-        self.calls += calls
-
-    def send(self, pool: RpcPool) -> None:
-        self.answers = pool.batch(self.calls, return_errors=True) if self.calls else []
-
-    def __getitem__(self, name: str) -> list[Any]:
-        start, end = self.slots.get(name, (0, 0))
-        return self.answers[start:end]
-
-
 class _Reader:
     """One range of one chain, read as cheaply as the node allows."""
 
@@ -173,7 +152,7 @@ class _Reader:
         if self.mode == "trace_filter":
             trace_ranges = list(self.sizers["trace_filter"].ranges(first, last))
         guarded = [t.address for t in chain.tokens if t.balance_guard]
-        batch = _Batch()
+        batch = Batch()
         batch.add("logs", [logs_call(chain, a, b) for a, b in log_ranges])
         batch.add("traces", [trace_filter_call(chain, a, b) for a, b in trace_ranges])
         batch.add("headers", [block_call(n) for n in numbers])
@@ -212,7 +191,7 @@ class _Reader:
             logs = collect_ranged(
                 self.pool, sizer, lambda a, b: logs_call(chain, a, b), log_ranges, batch["logs"]
             )
-            chunk.inflows += _erc20_inflows(chain, logs, self._in_range)
+            chunk.inflows += erc20_inflows(chain, logs, self._in_range)
         frames: list[Frame] = []
         candidates: list[dict[str, Any]] = []  # top-level transactions to the wallet
         spent: list[dict[str, Any]] = []  # transactions the wallet sent
@@ -238,9 +217,9 @@ class _Reader:
                 chunk.inflows += found
                 spent += sent if chain.balance_guard else []
         elif self.mode == "off" and self.ends:
-            full = self._full_blocks(self._changed_blocks(at_lo, at_hi))
-            chunk.full_blocks = len(full)
-            candidates, sent = _block_transactions(full, wallet)
+            numbers = self._changed_blocks(at_lo, at_hi)
+            chunk.full_blocks = len(numbers)
+            candidates, sent = self._full_blocks(numbers)
             spent += sent if chain.balance_guard else []
         self._receipts(chunk, frames, candidates, spent)
         chunk.inflows.sort(key=lambda i: (i.block_number, i.tx_hash, i.kind, i.log_index or 0))
@@ -320,18 +299,29 @@ class _Reader:
             full_blocks=count if count is not None else last - first + 1, reason=reason,
         )  # fmt: skip
 
-    def _full_blocks(self, numbers: Sequence[int]) -> list[dict[str, Any]]:
-        """The blocks ``numbers`` in full (their headers join the chunk's blocks)."""
-        answers = self.pool.batch([block_call(n, full=True) for n in numbers]) if numbers else []
-        raws: list[dict[str, Any]] = []
-        for n, raw in zip(numbers, answers, strict=True):
-            block = self._header(raw, n)
-            known = self.blocks.get(n)
-            if known is not None and known.hash != block.hash:
-                raise ChainMoved(f"block {n} changed while reading: the chain moved")
-            self.blocks[n] = block
-            raws.append(as_dict(raw, f"block {n}"))
-        return raws
+    def _full_blocks(
+        self, numbers: Sequence[int]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """The value transactions to the wallet and the ones it sent in the blocks ``numbers``,
+        read in full one POST at a time (only what matters is kept: a range read in full on a
+        busy chain is big). The blocks holding any join the chunk's blocks."""
+        candidates: list[dict[str, Any]] = []
+        spent: list[dict[str, Any]] = []
+        step = max(1, self.pool.max_batch)
+        for start in range(0, len(numbers), step):
+            part = numbers[start : start + step]
+            answers = self.pool.batch([block_call(n, full=True) for n in part])
+            for n, raw in zip(part, answers, strict=True):
+                block = self._header(raw, n)
+                known = self.blocks.get(n)
+                if known is not None and known.hash != block.hash:
+                    raise ChainMoved(f"block {n} changed while reading: the chain moved")
+                native, sent = _block_transactions([as_dict(raw, f"block {n}")], self.wallet)
+                if native or sent or n in self.withdrawn:
+                    self.blocks[n] = block
+                candidates += native
+                spent += sent
+        return candidates, spent
 
     # -- receipts of the hits and the headers of their blocks --------------------------------
 
@@ -408,44 +398,3 @@ def _block_transactions(
             elif same(tx.get("to"), wallet) and quantity(tx.get("value", "0x0")) > 0:
                 native.append(tx)
     return native, spent
-
-
-def _erc20_inflows(
-    chain: ChainSettings, logs: list[Any], in_range: InRange
-) -> Iterator[Inflow]:  # fmt: skip
-    tokens = {t.address.lower(): t for t in chain.tokens}
-    wallet_topic = address_topic(chain.receiving_address)
-    for log_item in logs:
-        item = as_dict(log_item, "a log")
-        topics = [str(t).lower() for t in item.get("topics") or []]
-        token = tokens.get(str(item.get("address", "")).lower())
-        if item.get("removed") or token is None or len(topics) != 3:
-            continue  # a removed log, another contract, or ERC-721 (4 topics)
-        if topics[0] != TRANSFER_TOPIC or topics[2] != wallet_topic or topics[1] == wallet_topic:
-            continue  # not a Transfer to the wallet, or the wallet paying itself
-        amount = decode_amount(item.get("data", "0x"))
-        if amount is None or amount == 0:
-            continue
-        at = in_range(item, "a log"), hex_value(item["blockHash"])
-        frm = str(checksum("0x" + topics[1][-40:]))
-        tx_hash, index = hex_value(item["transactionHash"]), quantity(item["logIndex"])
-        yield Inflow("erc20", tx_hash, index, *at, frm, amount, token)
-
-
-def token_outflows(
-    pool: RpcPool, chain: ChainSettings, tokens: Sequence[str], first: int, last: int,
-    sizer: RangeSizer,
-) -> dict[str, int]:  # fmt: skip
-    """Base units of each of ``tokens`` the wallet sent to others over ``first..last``."""
-    wallet_topic = address_topic(chain.receiving_address)
-    out = dict.fromkeys(tokens, 0)
-    by_lower = {t.lower(): t for t in tokens}
-    build = lambda a, b: outflow_logs_call(chain, tokens, a, b)  # noqa: E731
-    for log_item in ranged(pool, sizer, build, first, last):
-        item = as_dict(log_item, "a log")
-        topics = [str(t).lower() for t in item.get("topics") or []]
-        token = by_lower.get(str(item.get("address", "")).lower())
-        if item.get("removed") or token is None or len(topics) != 3 or topics[2] == wallet_topic:
-            continue  # removed, another contract, ERC-721, or the wallet paying itself
-        out[token] += decode_amount(item.get("data", "0x")) or 0
-    return out
