@@ -1,4 +1,5 @@
-"""The scanner trusts no single node (issue 9, traps 1-4), on real Anvil behind the fault proxy:
+"""The scanner trusts no single node (issue 9, traps 1-4), behind the fault proxy, on real Anvil
+and on the scripted node:
 a lagging node is not a reorg, nothing is orphaned for good, an empty ``eth_getLogs`` answer
 skips no token payment, and with ``cross_check`` one node alone makes nothing final."""
 
@@ -11,37 +12,24 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from tests.support.anvil import AnvilNode
-from tests.support.chain_driver import AnvilDriver
 from tests.support.rpcproxy import RpcProxy
-from tests.support.scan_harness import NOW, WALLET, Harness, RecordingHooks
+from tests.support.scan_harness import NODES, NOW, WALLET, Harness, RecordingHooks, harness
 from watcher.chain.rpc import RpcPool
 from watcher.ledger.scanning import ScanReport, scan_chain
 from watcher.settings import ChainSettings, TokenSettings
-from watcher.store.db import make_engine, migrate
 from watcher.store.tables import Transfer
 
-pytestmark = pytest.mark.anvil
 
-
-@pytest.fixture
-def hf(anvil_fast: AnvilNode, tmp_path: Path) -> Iterator[Harness]:
+@pytest.fixture(params=NODES)
+def hf(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
     """A harness on a node whose finalized block trails the head by 2."""
-    engine = make_engine(f"sqlite:///{tmp_path}/w.db")
-    migrate(engine)
-    h = Harness(AnvilDriver(anvil_fast), engine)
-    try:
-        yield h
-    finally:
-        for pool in h.pools:
-            pool.close()
-        engine.dispose()
+    yield from harness(request, tmp_path, fast=True)
 
 
 @pytest.fixture
-def proxy(anvil_fast: AnvilNode) -> Iterator[RpcProxy]:
+def proxy(hf: Harness) -> Iterator[RpcProxy]:
     """The fault proxy in front of the harness's node."""
-    with RpcProxy(anvil_fast.url or "") as p:
+    with RpcProxy(hf.node.url) as p:
         yield p
 
 
@@ -166,7 +154,7 @@ def test_a_head_below_the_cursor_with_another_hash_is_a_reorg(hf: Harness) -> No
     hf.node.mine(1)
     hf.scan()
     hf.node.reorg(3)
-    hf.node.node.rollback(1)
+    hf.node.rollback(1)
 
     report = hf.scan()
 
@@ -179,7 +167,7 @@ def test_a_head_below_the_cursor_with_another_hash_is_a_reorg(hf: Harness) -> No
 
 
 def test_an_unconfirmed_receipt_at_finality_is_retried_then_alerted_not_orphaned(
-    hf: Harness, anvil_fast: AnvilNode
+    hf: Harness,
 ) -> None:
     """Receipts failing over to a lagging backend (null receipt, null block) leave the transfer
     seen; after unconfirmed_alert_seconds one watcher.receipt_unconfirmed is raised; once the
@@ -187,7 +175,7 @@ def test_an_unconfirmed_receipt_at_finality_is_retried_then_alerted_not_orphaned
     clock, hf.hooks = Clock(), ClockHooks()
     hf.node.mine(10)
     tx = hf.pay(10)
-    with RpcProxy(anvil_fast.url or "") as fresh, RpcProxy(anvil_fast.url or "") as behind:
+    with RpcProxy(hf.node.url) as fresh, RpcProxy(hf.node.url) as behind:
         behind.lag_blocks = 8
         chain = hf.chain(rpc_urls=(fresh.url, behind.url), unconfirmed_alert_seconds=60)
         pool = hf.pool(chain)
@@ -240,12 +228,12 @@ def test_an_empty_getlogs_answer_is_rescanned_and_the_payment_found(
 
 
 def test_a_rescan_the_lagging_second_url_cannot_give_comes_from_the_first(
-    hf: Harness, anvil_fast: AnvilNode, proxy: RpcProxy
+    hf: Harness, proxy: RpcProxy
 ) -> None:
     """The rescan goes to the next URL; when that one lags (no such blocks yet) it is read
     from the first URL again, and the payment is found once."""
     usdc = hf.token("USDC", 6)
-    with RpcProxy(anvil_fast.url or "") as behind:
+    with RpcProxy(hf.node.url) as behind:
         behind.lag_blocks = 8
         chain = hf.chain(rpc_urls=(proxy.url, behind.url))
         pool = hf.pool(chain)
@@ -306,8 +294,7 @@ def test_token_guard_explains_spending_and_can_be_switched_off(
     no_false_alarms(hf)
 
     unguarded = TokenSettings("USDC", usdc, 6, balance_guard=False)
-    hf.tokens = [unguarded]
-    chain = hf.chain(rpc_urls=(proxy.url,), receiving_address=wallet)
+    chain = hf.chain(rpc_urls=(proxy.url,), receiving_address=wallet, tokens=(unguarded,))
     proxy.calls.clear()
     hf.node.pay_token(usdc, hf.payer, wallet, 1)
     scan(hf, chain, hf.pool(chain), lambda: NOW)

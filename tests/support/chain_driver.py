@@ -70,6 +70,9 @@ class ChainDriver(Protocol):
     def reorg(self, depth: int, txs: Sequence[tuple[Any, int]] = ()) -> None:
         """Replace the last ``depth`` blocks; ``txs``: (replay, offset) to include."""
 
+    def rollback(self, n: int) -> None:
+        """Drop the last ``n`` blocks."""
+
     def mine(self, n: int = 1) -> None: ...
     def head(self) -> int: ...
     def block_hash(self, ref: int | str = "latest") -> str: ...
@@ -150,6 +153,9 @@ class AnvilDriver:
 
     def reorg(self, depth: int, txs: Sequence[tuple[Any, int]] = ()) -> None:
         self.node.reorg(depth, txs)
+
+    def rollback(self, n: int) -> None:
+        self.node.rollback(n)
 
     def mine(self, n: int = 1) -> None:
         self.node.mine(n)
@@ -234,6 +240,9 @@ class ScriptedDriver:
     def reorg(self, depth: int, txs: Sequence[tuple[Any, int]] = ()) -> None:
         replays: list[tuple[Tx, int]] = [(tx, offset) for tx, offset in txs]
         self.node.reorg(depth, replays)
+
+    def rollback(self, n: int) -> None:
+        self.node.rollback(n)
 
     def mine(self, n: int = 1) -> None:
         self.node.mine(n)

@@ -93,7 +93,8 @@ class Harness:
         return address
 
     def chain(self, **changes: Any) -> ChainSettings:
-        return chain_settings(self.node.url, self.tokens, **{"internal": self.internal, **changes})
+        defaults = {"tokens": tuple(self.tokens), "internal": self.internal}
+        return chain_settings(self.node.url, **{**defaults, **changes})
 
     def needs_traces(self) -> None:
         """Skip a test about internal payments found by traces when the mode has none."""
