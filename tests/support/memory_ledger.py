@@ -66,10 +66,9 @@ class MemoryLedger:
 
     def stored_hashes(self, up_to: int) -> dict[int, str]:
         stored = {n: h for n, (h, _) in self.hashes.items() if n <= up_to}
-        if stored:
-            lowest = min(stored)
-            if lowest > 0:
-                stored.setdefault(lowest - 1, self.hashes[lowest][1])
+        for n in list(stored):  # each block's parent is known too (kept blocks may be sparse)
+            if n > 0:
+                stored.setdefault(n - 1, self.hashes[n][1])
         return stored
 
     def final_floor(self) -> int | None:

@@ -63,6 +63,17 @@ class RpcFault(Exception):
         return error
 
 
+FULL_BLOCK = "eth_getBlockByNumber(full)"  # counted in RpcProxy.calls besides the method
+
+
+def _full_block(entry: Any) -> bool:
+    """Whether ``entry`` asks for a block with its transactions (not only its header)."""
+    if not isinstance(entry, dict) or entry.get("method") != "eth_getBlockByNumber":
+        return False
+    params = entry.get("params") or []
+    return len(params) > 1 and params[1] is True
+
+
 def _answer_error(entry: Any, error: dict[str, Any]) -> dict[str, Any]:
     req_id = entry.get("id") if isinstance(entry, dict) else None
     return {"jsonrpc": "2.0", "id": req_id, "error": error}
@@ -90,6 +101,7 @@ class RpcProxy(Service):
         self.fail_methods: set[str] = set()
         self.calls: Counter[str] = Counter()
         self.posts = 0
+        self.bytes_sent = 0  # response bodies, as a provider would bill them
         self.url = ""
         self._lock = threading.Lock()
         self._http_faults: deque[tuple[int, int | None]] = deque()
@@ -195,6 +207,7 @@ class RpcProxy(Service):
         with self._lock:
             self.posts += 1
             self.calls.update(e["method"] for e in entries if isinstance(e, dict) and "method" in e)
+            self.calls.update(FULL_BLOCK for e in entries if _full_block(e))
             http_fault = self._http_faults.popleft() if self._http_faults else None
             rpc_fault = self._rpc_faults.popleft() if self._rpc_faults else None
             stall = self._stalls.popleft() if self._stalls else self.stall_seconds
@@ -393,6 +406,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        with self.owner._lock:
+            self.owner.bytes_sent += len(body)
 
     def reply_json(self, status: int, value: Any) -> None:
         body = json.dumps(value).encode()

@@ -4,7 +4,9 @@ SQLite file, the settings of a chain watching ``WALLET``, and what the scan stor
 ``harness(request, tmp_path, fast=...)`` is what a test module's fixtures yield: with the
 parameter ``"anvil"`` it runs on a real Anvil node (the ``anvil`` / ``anvil_fast`` fixtures of
 tests/integration/conftest.py), with ``"scripted"`` on a ``ScriptedNode`` with the same tags
-(finalized = latest - 64, or latest - 2 when ``fast``). ``NODES`` are those parameters.
+(finalized = latest - 64, or latest - 2 when ``fast``). ``NODES`` are those parameters;
+``NODE_MODES`` pairs each with each ``internal`` mode (``MODES``): the harness's chain then
+reads native inflows that way (``Harness.internal``, ``Harness.needs_traces``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,12 @@ OTHER = Web3.to_checksum_address("0x00000000000000000000000000000000c0ffee01")
 ETH = 10**18
 
 NODES = [pytest.param("scripted"), pytest.param("anvil", marks=pytest.mark.anvil)]
+MODES = ("trace_filter", "debug_trace", "off")
+NODE_MODES = [
+    pytest.param((node, mode), id=f"{node}-{mode}", marks=[pytest.mark.anvil] * (node == "anvil"))
+    for node in ("scripted", "anvil")
+    for mode in MODES
+]
 
 
 class RecordingHooks:
@@ -71,6 +79,7 @@ class Harness:
     tokens: list[TokenSettings] = field(default_factory=list)
     hooks: RecordingHooks = field(default_factory=RecordingHooks)
     pools: list[RpcPool] = field(default_factory=list)
+    internal: str = "trace_filter"  # how the chain reads native inflows (the fixture's mode)
 
     @property
     def payer(self) -> str:
@@ -84,7 +93,13 @@ class Harness:
         return address
 
     def chain(self, **changes: Any) -> ChainSettings:
-        return chain_settings(self.node.url, **{"tokens": tuple(self.tokens), **changes})
+        defaults = {"tokens": tuple(self.tokens), "internal": self.internal}
+        return chain_settings(self.node.url, **{**defaults, **changes})
+
+    def needs_traces(self) -> None:
+        """Skip a test about internal payments found by traces when the mode has none."""
+        if self.internal == "off":
+            pytest.skip("without traces internal payments are located by the balance guard")
 
     def pool(self, chain: ChainSettings) -> RpcPool:
         pool = make_pool(chain)
@@ -156,8 +171,10 @@ def make_pool(chain: ChainSettings) -> RpcPool:
 
 @contextmanager
 def driver(request: pytest.FixtureRequest, *, fast: bool) -> Iterator[ChainDriver]:
-    """The chain of the test's node parameter (``"anvil"`` or ``"scripted"``)."""
-    if request.param == "anvil":
+    """The chain of the test's node parameter (``"anvil"`` or ``"scripted"``, or a
+    ``NODE_MODES`` pair)."""
+    kind = request.param[0] if isinstance(request.param, tuple) else request.param
+    if kind == "anvil":
         node: AnvilNode = request.getfixturevalue("anvil_fast" if fast else "anvil")
         yield AnvilDriver(node)
         return
@@ -172,6 +189,8 @@ def harness(request: pytest.FixtureRequest, tmp_path: Path, *, fast: bool) -> It
         engine = make_engine(f"sqlite:///{tmp_path}/w.db")
         migrate(engine)
         h = Harness(node, engine)
+        if isinstance(request.param, tuple):
+            h.internal = request.param[1]
         try:
             yield h
         finally:

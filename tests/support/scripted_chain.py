@@ -65,6 +65,7 @@ class Block:
     parent_hash: str
     timestamp: int
     txs: list[Tx] = field(default_factory=list)
+    withdrawals: list[tuple[str, int]] = field(default_factory=list)  # (address, gwei)
 
 
 def block_logs(block: Block) -> list[dict[str, Any]]:

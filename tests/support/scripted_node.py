@@ -123,6 +123,14 @@ class ScriptedNode(Service):
             for _ in range(n):
                 self._mine([])
 
+    def withdraw(self, address: str, gwei: int) -> Block:
+        """Mine a block whose only content is a beacon-chain withdrawal of ``gwei`` to
+        ``address`` (no transaction: only the block lists it)."""
+        with self._lock:
+            block = self._mine([])
+            block.withdrawals.append((to_checksum_address(address), gwei))
+            return block
+
     def new_tx(self, frm: str, to: str, value: int = 0, **kw: Any) -> Tx:
         """A transaction not mined yet (for ``include`` or ``reorg``), with a fresh hash."""
         with self._lock:
@@ -174,6 +182,8 @@ class ScriptedNode(Service):
         """Native balance of ``address`` after block ``at`` (default: the head)."""
         with self._lock:
             total = self.genesis.get(address, 0)
+            for block in self.blocks[: None if at is None else at + 1]:
+                total += sum(gwei * 10**9 for to, gwei in block.withdrawals if to == address)
             for tx in self._txs(at):
                 if tx.frm == address:
                     total -= tx.gas_used * GAS_PRICE
@@ -222,7 +232,11 @@ class ScriptedNode(Service):
         ]
         return {
             "number": q(block.number), "hash": block.hash, "parentHash": block.parent_hash,
-            "timestamp": q(block.timestamp), "transactions": txs, "withdrawals": [],
+            "timestamp": q(block.timestamp), "transactions": txs,
+            "withdrawals": [
+                {"index": q(i), "validatorIndex": q(7), "address": to.lower(), "amount": q(gwei)}
+                for i, (to, gwei) in enumerate(block.withdrawals)
+            ],
             "gasLimit": q(30_000_000), "miner": ZERO,
         }  # fmt: skip
 

@@ -28,7 +28,9 @@ class ScanLedger(Protocol):
         """The kept hash of block ``number`` (or its child's parent hash), None if unknown."""
 
     def stored_hashes(self, up_to: int) -> dict[int, str]:
-        """Every kept hash at or below ``up_to``, plus the lowest kept block's parent."""
+        """Every kept hash at or below ``up_to``, plus each kept block's parent (the hash of
+        the block before it: the kept blocks are sparse, the reorg walk needs the nearest
+        common block)."""
 
     def final_floor(self) -> int | None:
         """The highest block holding a final transfer of this chain (None: none)."""

@@ -39,7 +39,6 @@ log = structlog.get_logger("watcher.chain.scanner")
 __all__ = ["ScanReport", "poll_chain"]
 
 POSTS_PER_CHUNK = 2  # a chunk's blocks fill this many batches of pool.max_batch entries
-MAX_CHUNK_BLOCKS = 1000
 MAX_REORGS_PER_POLL = 3
 
 
@@ -51,9 +50,12 @@ def poll_chain(
     from_block: int | None = None,
     to_block: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    native: bool = True,
 ) -> ScanReport:
     """One poll: head and final block, reorg check, scan up to the head (or ``to_block``),
     balance guard, finality. Idle (no new block, nothing awaiting finality) it costs 1 request.
+    ``native=False`` says no retainer on this chain is priced in the native asset: with the
+    balance guard off too, native inflows are not read at all.
 
     What it reads of the stored state, and every result, goes through ``ledger`` (on the
     database: ``watcher.ledger.scanning.scan_chain``). ``from_block`` starts a new cursor
@@ -64,12 +66,15 @@ def poll_chain(
     both are recorded through ``ledger.record_poll``.
     """
     scan = _ChainScan(chain, pool, ledger, progress)
+    scan.native = native or chain.balance_guard
     return scan.run(from_block, to_block)
 
 
 class _ChainScan(Reorgs):
     """One poll: the head, the chunks up to it, the balance guard (reorgs and finality:
     ``Reorgs``; cursor and chain state: ``ScanState``)."""
+
+    native = True  # whether native inflows are read (``poll_chain``)
 
     # -- the poll ----------------------------------------------------------------------------
 
@@ -159,13 +164,8 @@ class _ChainScan(Reorgs):
     # -- scanning ----------------------------------------------------------------------------
 
     def _chunk_width(self) -> int:
-        """Blocks per chunk: enough to fill POSTS_PER_CHUNK batches of the pool."""
-        chain = self.chain
-        extras = bool(chain.tokens) + (chain.internal == "trace_filter") + 2 * chain.balance_guard
-        extras += 2 * sum(t.balance_guard for t in chain.tokens)
-        per_block = 2 if chain.internal == "debug_trace" else 1
-        width = (self.pool.max_batch * POSTS_PER_CHUNK - extras) // per_block
-        return max(1, min(MAX_CHUNK_BLOCKS, width))
+        """Blocks per chunk: what the reader reads per block fills POSTS_PER_CHUNK batches."""
+        return max(1, sources.chunk_width(self.chain, self.pool.max_batch * POSTS_PER_CHUNK))
 
     def _scan_to(self, target: int) -> None:
         """Fetch and commit chunks up to ``target``.
@@ -216,7 +216,7 @@ class _ChainScan(Reorgs):
     def _fetch(self, first: int, last: int, parent_hash: str | None, balance_before: bool) -> Chunk:
         return sources.fetch_chunk(
             self.pool, self.chain, first, last, self.sizers,
-            parent_hash=parent_hash, balance_before=balance_before,
+            parent_hash=parent_hash, balance_before=balance_before, native=self.native,
         )  # fmt: skip
 
     def _commit(self, chunk: Chunk, events: list[GuardEvent]) -> None:
@@ -224,13 +224,14 @@ class _ChainScan(Reorgs):
         the ledger as one unit (``Findings``)."""
         chain, last = self.chain, chunk.blocks[-1]
         balance = chunk.balance_after if chain.balance_guard else self.balance
+        hashes, forget_up_to = self._window(chunk)
         findings = Findings(
             first=chunk.first,
             last=chunk.last,
             inflows=tuple(chunk.inflows),
             times=block_times(chunk),
-            hashes=tuple(chunk.blocks[-chain.reorg_depth :]),
-            forget_up_to=chunk.last - chain.reorg_depth,
+            hashes=hashes,
+            forget_up_to=forget_up_to,
             cursor_hash=last.hash,
             cursor_time=block_time(last.timestamp),
             balance=balance,
@@ -246,6 +247,20 @@ class _ChainScan(Reorgs):
         self.counts["found"] += result.found
         self.counts["finalized"] += result.finalized
         self.log.info("scan.chunk", first=chunk.first, last=chunk.last, found=result.found)
+
+    def _window(self, chunk: Chunk) -> tuple[tuple[sources.Block, ...], int]:
+        """The chunk's block hashes to keep, and up to which number older ones are dropped.
+
+        ``chunk.blocks`` is sparse (boundary headers and blocks with inflows), so the window of
+        the last ``reorg_depth`` blocks keeps one more hash below it, the anchor: a reorg up to
+        ``reorg_depth`` deep always finds a common block at or above the anchor.
+        """
+        floor = chunk.last - self.chain.reorg_depth
+        below = [b for b in chunk.blocks if b.number <= floor]
+        if below:
+            return tuple(chunk.blocks[len(below) - 1 :]), below[-1].number - 1
+        older = [n for n in self.ledger.stored_hashes(floor) if n <= floor]
+        return tuple(chunk.blocks), (max(older) - 1 if older else floor)
 
     # -- balance guard -----------------------------------------------------------------------
 

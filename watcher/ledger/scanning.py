@@ -41,7 +41,7 @@ from watcher.ledger.scanning_rows import load_transfers, pending, store_inflows
 from watcher.settings import ChainSettings
 from watcher.store.db import read_session, transaction
 from watcher.store.outbox import emit
-from watcher.store.tables import BlockHash, ChainState, Transfer
+from watcher.store.tables import BlockHash, ChainState, Retainer, Transfer
 
 __all__ = ["NoHooks", "ScanHooks", "ScanReport", "StoreLedger", "scan_chain"]
 
@@ -90,8 +90,19 @@ def scan_chain(
     ``hooks`` (settlement) run inside each of its transactions."""
     ledger = StoreLedger(chain, engine, now, hooks or NoHooks())
     return poll_chain(
-        chain, pool, ledger, from_block=from_block, to_block=to_block, progress=progress
-    )
+        chain, pool, ledger, from_block=from_block, to_block=to_block, progress=progress,
+        native=chain.balance_guard or prices_native(engine, chain),
+    )  # fmt: skip
+
+
+def prices_native(engine: Engine, chain: ChainSettings) -> bool:
+    """Whether a retainer on ``chain`` is priced in its native asset (without one, and with
+    the balance guard off, the reader skips native inflows)."""
+    with read_session(engine) as session:
+        query = select(Retainer.id).where(
+            Retainer.chain == chain.name, col(Retainer.token_address).is_(None)
+        )
+        return session.exec(query.limit(1)).first() is not None
 
 
 class StoreLedger:
@@ -155,10 +166,9 @@ class StoreLedger:
             )
             rows = list(session.exec(query))
         stored = {b.number: b.hash for b in rows}
-        if rows:  # the lowest block's parent is known too: a reorg may replace every row
-            lowest = min(rows, key=lambda b: b.number)
-            if lowest.number > 0:
-                stored.setdefault(lowest.number - 1, lowest.parent_hash)
+        for b in rows:  # each block's parent is known too (the kept blocks may be sparse)
+            if b.number > 0:
+                stored.setdefault(b.number - 1, b.parent_hash)
         return stored
 
     def final_floor(self) -> int | None:
