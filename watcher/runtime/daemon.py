@@ -3,7 +3,8 @@
 One APScheduler 3 ``BlockingScheduler`` (UTC) runs these jobs, each in a worker thread of its
 own, all with ``max_instances=1`` and ``coalesce=True`` and their first run at once:
 
-- ``scan:<chain>``, one per chain, every ``poll_seconds``;
+- ``scan:<chain>``, one per chain, every ``poll_seconds`` (an idle chain polls every
+  ``idle_poll_seconds``: ``watcher.runtime.pacing``);
 - ``renew`` (renewals, expiries, lapses) every minute;
 - ``deliver`` (the outbox) every few seconds;
 - ``heartbeat`` (the ``daemon`` row) every ``HEARTBEAT_SECONDS``.
@@ -47,6 +48,7 @@ from watcher.errors import RpcError, WatcherError
 from watcher.ledger.context import Context
 from watcher.redact import redact_text
 from watcher.runtime.locks import DaemonLocked, InstanceLock, make_lock
+from watcher.runtime.pacing import IdlePacer, chain_is_busy
 from watcher.runtime.status import HEARTBEAT_SECONDS
 from watcher.settings import ChainSettings
 from watcher.store.db import make_engine, read_session, transaction
@@ -125,9 +127,11 @@ class Daemon:
         lock: InstanceLock | None = None,
         listen: str | None = None,
         install_signals: bool | None = None,
+        pacer: IdlePacer | None = None,
     ) -> None:
         """``rounds`` defaults to a ``Watcher``; ``listen`` to ``[status] listen``; signal
-        handlers are installed only when ``start()`` runs in the main thread (unless told)."""
+        handlers are installed only when ``start()`` runs in the main thread (unless told);
+        ``pacer`` (idle pacing of the scan jobs) defaults to one on the monotonic clock."""
         self.ctx = ctx
         self.settings = ctx.settings
         if rounds is None:
@@ -141,6 +145,7 @@ class Daemon:
         self.lock = lock if lock is not None else make_lock(ctx.settings, ctx.engine, ctx.now)
         self.listen = listen if listen is not None else ctx.settings.status.listen
         self.install_signals = install_signals
+        self.pacer = pacer or IdlePacer()
         self.pid, self.host = os.getpid(), socket.gethostname()
         self.outages = {chain.name: Outage() for chain in ctx.settings.chains}
         self.started = threading.Event()  # the scheduler is running
@@ -269,7 +274,7 @@ class Daemon:
         first = datetime.now(UTC)
         jobs: list[tuple[str, Callable[[], object], float]] = [
             ("heartbeat", self._heartbeat, self.intervals.heartbeat),
-            *((f"scan:{c.name}", partial(self._scan, c), c.poll_seconds) for c in chains),
+            *((f"scan:{c.name}", partial(self._paced_scan, c), c.poll_seconds) for c in chains),
             ("renew", self.rounds.renew, self.intervals.renew),
             ("deliver", self.rounds.deliver, self.intervals.deliver),
         ]
@@ -366,6 +371,16 @@ class Daemon:
                 since = datetime.fromisoformat(key.removeprefix(prefix)) if key else None
                 outage.since = since or state.last_ok_at or self.ctx.now()
                 outage.announced = True
+
+    def _paced_scan(self, chain: ChainSettings) -> None:
+        """One run of the chain's scan job: a poll, unless the chain is idle and was polled
+        less than ``idle_poll_seconds`` ago."""
+        if not self.pacer.due(chain, partial(chain_is_busy, self.ctx.engine, chain)):
+            return
+        began = self.pacer.began()
+        self._scan(chain)
+        complete = self.outages[chain.name].failures == 0  # _scan resets it on a good poll
+        self.pacer.polled(chain, began, complete=complete)
 
     def _scan(self, chain: ChainSettings) -> None:
         outage = self.outages[chain.name]
