@@ -25,6 +25,11 @@ with a truncated JSON body; ``stall_next(n, seconds)`` holds the next ``n`` POST
 client's timeout); ``fail_next(n, 429, retry_after=s)`` is a rate limit with ``Retry-After``;
 ``fail_methods`` answers 503 to any POST holding one of those methods (a backend that cannot
 serve them, so the client fails over for exactly those requests).
+
+Counters: ``posts`` (HTTP POSTs), ``calls`` (JSON-RPC entries by method) and ``bytes_out``
+(body bytes answered). ``raw=True`` (for measuring, e.g. bench/scan.py) forwards each POST's
+body to the node unchanged and answers the node's bytes as they are, never decoding the
+answer: the counters stay exact and the proxy costs little; faults do not apply then.
 """
 
 from __future__ import annotations
@@ -77,8 +82,11 @@ class RpcProxy(Service):
         *,
         max_log_range: int | None = None,
         reverse_batches: bool = False,
+        raw: bool = False,
     ) -> None:
         self.upstream = upstream
+        self.raw = raw
+        self.bytes_out = 0
         self.max_log_range = max_log_range
         self.reverse_batches = reverse_batches
         self.down = False
@@ -195,6 +203,10 @@ class RpcProxy(Service):
         with self._lock:
             self.posts += 1
             self.calls.update(e["method"] for e in entries if isinstance(e, dict) and "method" in e)
+        if self.raw and isinstance(self.upstream, str):
+            self._pass_through(handler, body)
+            return
+        with self._lock:
             http_fault = self._http_faults.popleft() if self._http_faults else None
             rpc_fault = self._rpc_faults.popleft() if self._rpc_faults else None
             stall = self._stalls.popleft() if self._stalls else self.stall_seconds
@@ -288,6 +300,23 @@ class RpcProxy(Service):
         except RpcFault as fault:
             return _answer_error(entry, fault.error())
         return {"jsonrpc": "2.0", "id": entry.get("id"), "result": result}
+
+    def _pass_through(self, handler: _ProxyHandler, body: bytes) -> None:
+        assert isinstance(self.upstream, str)
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = self._local.session = requests.Session()
+        try:
+            response = session.post(
+                self.upstream,
+                data=body,
+                headers={"Content-Type": "application/json"},
+                timeout=120,
+            )
+        except requests.RequestException:
+            handler.reply(502, b"upstream unreachable")
+            return
+        handler.reply(response.status_code, response.content, {"Content-Type": "application/json"})
 
     def _upstream_post(self, payload: Any) -> Any:
         assert isinstance(self.upstream, str)
@@ -393,6 +422,8 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+        with self.owner._lock:
+            self.owner.bytes_out += len(body)
 
     def reply_json(self, status: int, value: Any) -> None:
         body = json.dumps(value).encode()

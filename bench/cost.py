@@ -1,0 +1,205 @@
+"""What a contender costs a provider: JSON-RPC calls by method, bytes received, compute units.
+
+Every contender of ``bench/scan.py``'s cost section talks to Anvil through one counting proxy
+(``tests/support/rpcproxy.RpcProxy(raw=True)``: it forwards each POST's bytes unchanged and
+counts POSTs, entries by method and the bytes it answered); a ``Tally`` is the difference of
+the proxy's counters around one contender.
+
+Compute units: Alchemy's published per-method costs (a batch costs the sum of its entries),
+https://www.alchemy.com/docs/reference/compute-unit-costs (standard EVM methods) and the
+Trace/Debug API pages (``trace_filter``: 40, ``debug_traceBlockByNumber``: 40), read on
+2026-12-01. Methods not in the table (Anvil's own, ``trace_block``) are counted at
+``UNKNOWN_CU`` and listed, so an estimate never hides them.
+
+The floor is here too: the least a watcher must ask to find the payments, batched, with no
+database and no blocks at all.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from tests.support.rpcproxy import RpcProxy
+
+CU_SOURCE = "https://www.alchemy.com/docs/reference/compute-unit-costs"
+CU: dict[str, int] = {
+    "eth_chainId": 0,
+    "net_version": 0,
+    "eth_blockNumber": 10,
+    "eth_getTransactionReceipt": 20,
+    "eth_getBlockByNumber": 20,
+    "eth_getBlockByHash": 20,
+    "eth_getBalance": 20,
+    "eth_getCode": 20,
+    "eth_getTransactionCount": 20,
+    "eth_getTransactionByHash": 20,
+    "eth_getStorageAt": 20,
+    "eth_call": 26,
+    "eth_getLogs": 60,
+    "eth_newFilter": 20,
+    "eth_getFilterLogs": 60,
+    "eth_uninstallFilter": 10,
+    "eth_getBlockReceipts": 500,
+    "trace_filter": 40,
+    "trace_transaction": 40,
+    "debug_traceBlockByNumber": 40,
+    "debug_traceTransaction": 40,
+}
+UNKNOWN_CU = 40  # a method missing from the table is counted as a trace call
+
+LOG_RANGE = 2000  # blocks per eth_getLogs in the floor
+TRACE_RANGE = 300  # blocks per trace_filter (Anvil refuses more)
+BATCH = 100  # entries per POST
+TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
+
+
+@dataclass
+class Tally:
+    """What one contender cost, from the proxy's counters, and how long it took."""
+
+    label: str
+    seconds: float = 0.0
+    posts: int = 0
+    calls: Counter[str] = field(default_factory=Counter)
+    bytes: int = 0
+    found: Counter[tuple[str, str, int]] = field(default_factory=Counter)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def entries(self) -> int:
+        return sum(self.calls.values())
+
+    @property
+    def cu(self) -> int:
+        return sum(CU.get(m, UNKNOWN_CU) * n for m, n in self.calls.items())
+
+    @property
+    def unknown_methods(self) -> list[str]:
+        return sorted(m for m in self.calls if m not in CU)
+
+    def add(self, other: Tally) -> None:
+        self.seconds += other.seconds
+        self.posts += other.posts
+        self.calls.update(other.calls)
+        self.bytes += other.bytes
+        self.found.update(other.found)
+
+
+class Meter:
+    """Counts what passes through one raw ``RpcProxy`` between ``start()`` and ``stop()``."""
+
+    def __init__(self, proxy: RpcProxy) -> None:
+        self.proxy = proxy
+        self._posts = 0
+        self._bytes = 0
+        self._calls: Counter[str] = Counter()
+        self._started = 0.0
+
+    def start(self) -> None:
+        self._posts, self._bytes = self.proxy.posts, self.proxy.bytes_out
+        self._calls = Counter(self.proxy.calls)
+        self._started = time.perf_counter()
+
+    def stop(self, label: str) -> Tally:
+        seconds = time.perf_counter() - self._started
+        calls = Counter(self.proxy.calls)
+        calls.subtract(self._calls)
+        return Tally(
+            label,
+            seconds,
+            self.proxy.posts - self._posts,
+            +calls,
+            self.proxy.bytes_out - self._bytes,
+        )
+
+
+def addr_topic(address: str) -> str:
+    return "0x" + "0" * 24 + address[2:].lower()
+
+
+def floor_scan(
+    rpc: Any, wallet: str, tokens: Sequence[str], first: int, last: int
+) -> Counter[tuple[str, str, int]]:
+    """The payments to ``wallet`` in ``first..last`` with the fewest calls: one eth_getLogs per
+    LOG_RANGE blocks and one trace_filter per TRACE_RANGE blocks (top-level and internal
+    calls to the wallet), batched BATCH to a POST, then the receipts of the native hits for
+    their status. No blocks, no database. ``rpc`` has ``batch([(method, params)]) -> results``."""
+    calls: list[tuple[str, list[Any]]] = []
+    for a in range(first, last + 1, LOG_RANGE):
+        flt = {
+            "fromBlock": hex(a),
+            "toBlock": hex(min(last, a + LOG_RANGE - 1)),
+            "address": list(tokens),
+            "topics": [TRANSFER_TOPIC, None, addr_topic(wallet)],
+        }
+        calls.append(("eth_getLogs", [flt]))
+    for a in range(first, last + 1, TRACE_RANGE):
+        flt = {
+            "fromBlock": hex(a),
+            "toBlock": hex(min(last, a + TRACE_RANGE - 1)),
+            "toAddress": [wallet],
+        }
+        calls.append(("trace_filter", [flt]))
+    results: list[Any] = []
+    for start in range(0, len(calls), BATCH):
+        results += rpc.batch(calls[start : start + BATCH])
+    logs = [lg for r, (m, _) in zip(results, calls, strict=True) if m == "eth_getLogs" for lg in r]
+    traces = [t for r, (m, _) in zip(results, calls, strict=True) if m == "trace_filter" for t in r]
+    low = wallet.lower()
+    hits = [
+        t for t in traces
+        if t.get("type") == "call" and not t.get("error")
+        and t["action"].get("callType", "call") == "call"
+        and (t["action"].get("to") or "").lower() == low and int(t["action"]["value"], 16) > 0
+    ]  # fmt: skip
+    hashes = sorted({t["transactionHash"] for t in hits})
+    status: dict[str, int] = {}
+    for start in range(0, len(hashes), BATCH):
+        part = hashes[start : start + BATCH]
+        receipts = rpc.batch([("eth_getTransactionReceipt", [h]) for h in part])
+        status.update({h: int(r["status"], 16) for h, r in zip(part, receipts, strict=True)})
+    found: Counter[tuple[str, str, int]] = Counter()
+    for lg in logs:
+        found[("erc20", lg["transactionHash"].lower(), int(lg["data"], 16))] += 1
+    for t in hits:
+        if status[t["transactionHash"]] == 1:
+            kind = "internal" if t["traceAddress"] else "native"
+            found[(kind, t["transactionHash"].lower(), int(t["action"]["value"], 16))] += 1
+    return found
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:,.2f} MB"
+
+
+def table(rows: Sequence[Tally], floor: Tally, out: Any) -> None:
+    """Print contenders side by side with their ratios to the floor."""
+    out(
+        f"    {'contender':50} {'wall s':>7} {'POSTs':>6} {'calls':>7} {'received':>11} "
+        f"{'CU':>9}   x floor: time / calls / bytes / CU"
+    )
+    for t in rows:
+        ratios = "/".join(
+            f"{a / b:.1f}" if b else "-"
+            for a, b in (
+                (t.seconds, floor.seconds),
+                (t.entries, floor.entries),
+                (t.bytes, floor.bytes),
+                (t.cu, floor.cu),
+            )
+        )
+        out(
+            f"    {t.label:50} {t.seconds:7.2f} {t.posts:6} {t.entries:7} "
+            f"{megabytes(t.bytes):>11} {t.cu:9,}   {ratios}"
+        )
+    for t in rows:
+        methods = ", ".join(f"{m} {n}" for m, n in sorted(t.calls.items(), key=lambda x: -x[1]))
+        out(f"    {t.label}: {methods}")
+        if t.unknown_methods:
+            out(f"      (not in the CU table, counted at {UNKNOWN_CU}: {t.unknown_methods})")
+        for note in t.notes:
+            out(f"      {note}")
