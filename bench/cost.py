@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tests.support.rpcproxy import RpcProxy
+from tests.support.rpcproxy import FULL_BLOCK, RpcProxy
 
 CU_SOURCE = "https://www.alchemy.com/docs/reference/compute-unit-costs"
 CU: dict[str, int] = {
@@ -68,6 +68,7 @@ class Tally:
     bytes: int = 0
     found: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
+    full_blocks: int = 0  # eth_getBlockByNumber entries that asked for the transactions
 
     @property
     def entries(self) -> int:
@@ -87,6 +88,7 @@ class Tally:
         self.calls.update(other.calls)
         self.bytes += other.bytes
         self.found.update(other.found)
+        self.full_blocks += other.full_blocks
 
 
 class Meter:
@@ -100,7 +102,7 @@ class Meter:
         self._started = 0.0
 
     def start(self) -> None:
-        self._posts, self._bytes = self.proxy.posts, self.proxy.bytes_out
+        self._posts, self._bytes = self.proxy.posts, self.proxy.bytes_sent
         self._calls = Counter(self.proxy.calls)
         self._started = time.perf_counter()
 
@@ -108,12 +110,15 @@ class Meter:
         seconds = time.perf_counter() - self._started
         calls = Counter(self.proxy.calls)
         calls.subtract(self._calls)
+        calls = +calls
+        full = calls.pop(FULL_BLOCK, 0)  # a pseudo-method: not a call of its own
         return Tally(
             label,
             seconds,
             self.proxy.posts - self._posts,
-            +calls,
-            self.proxy.bytes_out - self._bytes,
+            calls,
+            self.proxy.bytes_sent - self._bytes,
+            full_blocks=full,
         )
 
 
@@ -198,7 +203,7 @@ def table(rows: Sequence[Tally], floor: Tally, out: Any) -> None:
         )
     for t in rows:
         methods = ", ".join(f"{m} {n}" for m, n in sorted(t.calls.items(), key=lambda x: -x[1]))
-        out(f"    {t.label}: {methods}")
+        out(f"    {t.label}: {methods}; full blocks: {t.full_blocks}")
         if t.unknown_methods:
             out(f"      (not in the CU table, counted at {UNKNOWN_CU}: {t.unknown_methods})")
         for note in t.notes:

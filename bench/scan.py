@@ -16,6 +16,11 @@ Run: ``make bench`` (= ``.venv/bin/python bench/scan.py``). Needs ``make tools``
    JSON lines written to a file), ``internal = "trace_filter"``, balance guard on (the default).
 4. Requests per poll: idle (no new block), one new empty block, one new block with a payment,
    with 10 and with 10,000 open invoices.
+5. The cost section (issue 11, ``bench/cost_run.py``; ``--cost-only`` runs only this): on a
+   fresh standard chain and on a busy chain (``--busy-blocks`` blocks of ``--busy-noise``
+   noise transactions), through a counting proxy: the floor without blocks, ``proofwatch
+   scan`` as a whole process with ``internal = "trace_filter"`` and ``"off"``, ethereum-etl
+   2.4.2; JSON-RPC calls by method, bytes received, compute units; then the steady state.
 
 Exit status 1 when a correctness check fails (payments found != expected, ...); speed targets
 are reported, never enforced.
@@ -675,9 +680,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--cost-only", action="store_true", help="only the cost section (issue 11), not (a)-(e)"
     )
     parser.add_argument(
-        "--busy-blocks", type=int, default=150, help="blocks of the busy chain (0: no busy chain)"
+        "--busy-blocks", type=int, default=500, help="blocks of the busy chain (0: no busy chain)"
     )
-    parser.add_argument("--busy-noise", type=int, default=110, help="noise txs per busy block")
+    parser.add_argument("--busy-noise", type=int, default=120, help="noise txs per busy block")
     args = parser.parse_args(argv)
     out: Callable[..., None] = print
     check = Checks()

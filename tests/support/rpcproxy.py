@@ -26,8 +26,9 @@ client's timeout); ``fail_next(n, 429, retry_after=s)`` is a rate limit with ``R
 ``fail_methods`` answers 503 to any POST holding one of those methods (a backend that cannot
 serve them, so the client fails over for exactly those requests).
 
-Counters: ``posts`` (HTTP POSTs), ``calls`` (JSON-RPC entries by method) and ``bytes_out``
-(body bytes answered). ``raw=True`` (for measuring, e.g. bench/scan.py) forwards each POST's
+Counters: ``posts`` (HTTP POSTs), ``calls`` (JSON-RPC entries by method, plus
+``FULL_BLOCK`` for each block asked for with its transactions) and ``bytes_sent`` (body bytes
+answered). ``raw=True`` (for measuring, e.g. bench/scan.py) forwards each POST's
 body to the node unchanged and answers the node's bytes as they are, never decoding the
 answer: the counters stay exact and the proxy costs little; faults do not apply then.
 """
@@ -68,6 +69,17 @@ class RpcFault(Exception):
         return error
 
 
+FULL_BLOCK = "eth_getBlockByNumber(full)"  # counted in RpcProxy.calls besides the method
+
+
+def _full_block(entry: Any) -> bool:
+    """Whether ``entry`` asks for a block with its transactions (not only its header)."""
+    if not isinstance(entry, dict) or entry.get("method") != "eth_getBlockByNumber":
+        return False
+    params = entry.get("params") or []
+    return len(params) > 1 and params[1] is True
+
+
 def _answer_error(entry: Any, error: dict[str, Any]) -> dict[str, Any]:
     req_id = entry.get("id") if isinstance(entry, dict) else None
     return {"jsonrpc": "2.0", "id": req_id, "error": error}
@@ -86,7 +98,6 @@ class RpcProxy(Service):
     ) -> None:
         self.upstream = upstream
         self.raw = raw
-        self.bytes_out = 0
         self.max_log_range = max_log_range
         self.reverse_batches = reverse_batches
         self.down = False
@@ -98,6 +109,7 @@ class RpcProxy(Service):
         self.fail_methods: set[str] = set()
         self.calls: Counter[str] = Counter()
         self.posts = 0
+        self.bytes_sent = 0  # response bodies, as a provider would bill them
         self.url = ""
         self._lock = threading.Lock()
         self._http_faults: deque[tuple[int, int | None]] = deque()
@@ -203,6 +215,7 @@ class RpcProxy(Service):
         with self._lock:
             self.posts += 1
             self.calls.update(e["method"] for e in entries if isinstance(e, dict) and "method" in e)
+            self.calls.update(FULL_BLOCK for e in entries if _full_block(e))
         if self.raw and isinstance(self.upstream, str):
             self._pass_through(handler, body)
             return
@@ -423,7 +436,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
         with self.owner._lock:
-            self.owner.bytes_out += len(body)
+            self.owner.bytes_sent += len(body)
 
     def reply_json(self, status: int, value: Any) -> None:
         body = json.dumps(value).encode()
