@@ -179,6 +179,24 @@ def ethereum_etl(
     return tally
 
 
+def floor_process(
+    meter: Meter, url: str, wallet: str, tokens: Sequence[str], first: int, last: int
+) -> Tally:
+    """``bench/floor.py`` as a whole process, timed and counted."""
+    meter.start()
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "floor.py"), url, wallet, str(first), str(last),
+         *tokens],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    tally = meter.stop("floor (bench/floor.py, whole process)")
+    if done.returncode != 0:
+        raise SystemExit(f"bench: the floor failed:\n{done.stderr[-3000:]}")
+    for kind, tx, amount, n in json.loads(done.stdout):
+        tally.found[(kind, tx, int(amount))] += n
+    return tally
+
+
 def timed(fn: Callable[[], Any]) -> float:
     started = time.perf_counter()
     fn()

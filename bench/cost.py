@@ -11,8 +11,7 @@ Trace/Debug API pages (``trace_filter``: 40, ``debug_traceBlockByNumber``: 40), 
 2026-12-01. Methods not in the table (Anvil's own, ``trace_block``) are counted at
 ``UNKNOWN_CU`` and listed, so an estimate never hides them.
 
-The floor is here too: the least a watcher must ask to find the payments, batched, with no
-database and no blocks at all.
+The floor (the least a watcher must ask to find the payments) is ``bench/floor.py``.
 """
 
 from __future__ import annotations
@@ -50,11 +49,6 @@ CU: dict[str, int] = {
     "debug_traceTransaction": 40,
 }
 UNKNOWN_CU = 40  # a method missing from the table is counted as a trace call
-
-LOG_RANGE = 2000  # blocks per eth_getLogs in the floor
-TRACE_RANGE = 300  # blocks per trace_filter (Anvil refuses more)
-BATCH = 100  # entries per POST
-TRANSFER_TOPIC = "0xddf252ad1be2c89b69c2b068fc378daa952ba7f163c4a11628f55a4df523b3ef"
 
 
 @dataclass
@@ -120,61 +114,6 @@ class Meter:
             self.proxy.bytes_sent - self._bytes,
             full_blocks=full,
         )
-
-
-def addr_topic(address: str) -> str:
-    return "0x" + "0" * 24 + address[2:].lower()
-
-
-def floor_scan(
-    rpc: Any, wallet: str, tokens: Sequence[str], first: int, last: int
-) -> Counter[tuple[str, str, int]]:
-    """The payments to ``wallet`` in ``first..last`` with the fewest calls: one eth_getLogs per
-    LOG_RANGE blocks and one trace_filter per TRACE_RANGE blocks (top-level and internal
-    calls to the wallet), batched BATCH to a POST, then the receipts of the native hits for
-    their status. No blocks, no database. ``rpc`` has ``batch([(method, params)]) -> results``."""
-    calls: list[tuple[str, list[Any]]] = []
-    for a in range(first, last + 1, LOG_RANGE):
-        flt = {
-            "fromBlock": hex(a),
-            "toBlock": hex(min(last, a + LOG_RANGE - 1)),
-            "address": list(tokens),
-            "topics": [TRANSFER_TOPIC, None, addr_topic(wallet)],
-        }
-        calls.append(("eth_getLogs", [flt]))
-    for a in range(first, last + 1, TRACE_RANGE):
-        flt = {
-            "fromBlock": hex(a),
-            "toBlock": hex(min(last, a + TRACE_RANGE - 1)),
-            "toAddress": [wallet],
-        }
-        calls.append(("trace_filter", [flt]))
-    results: list[Any] = []
-    for start in range(0, len(calls), BATCH):
-        results += rpc.batch(calls[start : start + BATCH])
-    logs = [lg for r, (m, _) in zip(results, calls, strict=True) if m == "eth_getLogs" for lg in r]
-    traces = [t for r, (m, _) in zip(results, calls, strict=True) if m == "trace_filter" for t in r]
-    low = wallet.lower()
-    hits = [
-        t for t in traces
-        if t.get("type") == "call" and not t.get("error")
-        and t["action"].get("callType", "call") == "call"
-        and (t["action"].get("to") or "").lower() == low and int(t["action"]["value"], 16) > 0
-    ]  # fmt: skip
-    hashes = sorted({t["transactionHash"] for t in hits})
-    status: dict[str, int] = {}
-    for start in range(0, len(hashes), BATCH):
-        part = hashes[start : start + BATCH]
-        receipts = rpc.batch([("eth_getTransactionReceipt", [h]) for h in part])
-        status.update({h: int(r["status"], 16) for h, r in zip(part, receipts, strict=True)})
-    found: Counter[tuple[str, str, int]] = Counter()
-    for lg in logs:
-        found[("erc20", lg["transactionHash"].lower(), int(lg["data"], 16))] += 1
-    for t in hits:
-        if status[t["transactionHash"]] == 1:
-            kind = "internal" if t["traceAddress"] else "native"
-            found[(kind, t["transactionHash"].lower(), int(t["action"]["value"], 16))] += 1
-    return found
 
 
 def megabytes(n: int) -> str:
