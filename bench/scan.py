@@ -692,8 +692,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp = Path(tmp_name)
         if not args.cost_only:
             classic(args, tmp, out, check)
-        else:
-            quiet_logs(tmp / "proofwatch.log")
+        quiet_logs(tmp / "cost.log")  # (classic closed its log file)
         cost_section(args, tmp, out, check)
     if check.failed:
         out(f"\nCORRECTNESS FAILED: {len(check.failed)} check(s): {check.failed}")
