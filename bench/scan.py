@@ -63,11 +63,11 @@ from bench.cost_run import cost_section  # noqa: E402
 from tests.support.anvil import AnvilNode  # noqa: E402
 from watcher.chain import scanner, sources  # noqa: E402
 from watcher.chain.online import make_pool  # noqa: E402
-from watcher.chain.scanner import scan_chain  # noqa: E402
 from watcher.domain import billing  # noqa: E402
 from watcher.ledger import invoices as ledger  # noqa: E402
-from watcher.ledger import settle, settlement  # noqa: E402
+from watcher.ledger import scanning, settle, settlement  # noqa: E402
 from watcher.ledger.context import Context  # noqa: E402
+from watcher.ledger.scanning import scan_chain  # noqa: E402
 from watcher.ledger.settlement import Settlement  # noqa: E402
 from watcher.logs import configure  # noqa: E402
 from watcher.runtime.service import Watcher  # noqa: E402
@@ -210,8 +210,8 @@ class Phases:
 
     TARGETS: tuple[tuple[Any, str, str], ...] = (
         (sources, "fetch_chunk", "fetch_chunk (RPC + decoding)"),
-        (scanner._ChainScan, "_commit", "commit (DB transaction per chunk)"),
-        (scanner._ChainScan, "_store", "  _store (transfer rows)"),
+        (scanning.StoreLedger, "commit_chunk", "commit (DB transaction per chunk)"),
+        (scanning, "store_inflows", "  store_inflows (transfer rows)"),
         (Settlement, "found", "  settlement.found hook"),
         (settlement, "emit", "    outbox.emit (x1 per unassigned transfer)"),
         (settle, "emit", "    outbox.emit (x1 per unassigned transfer)"),  # the same label

@@ -43,7 +43,7 @@ from tests.support.rpcproxy import RpcFault, RpcProxy
 from tests.support.service import DaemonProcess
 from tests.unit.test_batch_size import BatchLimitProxy
 from watcher.chain.rpc import RpcPool
-from watcher.chain.scanner import ScanReport, scan_chain
+from watcher.ledger.scanning import ScanReport, scan_chain
 from watcher.runtime.daemon import Daemon
 from watcher.runtime.http import StatusServer
 from watcher.runtime.locks import DaemonLocked, FileLock, LeaseCheck, LeaseLock, command_lock
@@ -126,7 +126,8 @@ def scan_site(anvil: AnvilNode, tmp_path: Path) -> Iterator[ScanSite]:
     chain = ChainSettings(
         name="local", chain_id=31337, rpc_urls=("http://placeholder",), receiving_address=WALLET,
         finality=2, poll_seconds=1, start_block=0, native_symbol="ETH", tokens=(),
-        balance_guard=False, max_lag_blocks=2,
+        max_lag_blocks=2,
+        internal="debug_trace",  # it reads every header: a broken link inside a range shows
     )  # fmt: skip
     url = f"sqlite:///{tmp_path / 'watcher.db'}"
     settings = Settings(
@@ -430,7 +431,7 @@ def test_a_scan_through_a_provider_with_a_small_batch_limit_finds_every_payment(
     chain = ChainSettings(
         name="local", chain_id=31337, rpc_urls=("http://placeholder",), receiving_address=WALLET,
         finality=2, poll_seconds=1, start_block=0, native_symbol="ETH", tokens=(),
-        internal="trace_filter", max_batch=64,
+        internal="debug_trace", max_batch=64,  # two entries per block: batches over the limit
     )  # fmt: skip
     engine = make_engine(f"sqlite:///{tmp_path / 'watcher.db'}")
     migrate(engine)

@@ -100,6 +100,18 @@ def test_a_refused_batch_shrinks_and_every_answer_comes_back_in_order(
         assert all(size <= 10 for size in proxy.sizes[sent:])  # no refused batch again
 
 
+def test_a_batch_longer_than_max_batch_that_shrinks_midway_answers_every_call(
+    pools: list[RpcPool],
+) -> None:
+    """A call list of several POSTs whose first POST is refused and shrunk still gets an
+    answer for every call, in order (the rest is not cut to the new, smaller size)."""
+    with BatchLimitProxy(FakeNode(), limit=8, mode="413") as proxy:
+        pool = pool_for(proxy, pools, max_batch=64, max_attempts=1)
+        blocks = pool.batch(calls(150))
+        assert [b["number"] for b in blocks] == [hex(i) for i in range(150)]
+        assert pool.max_batch <= 8
+
+
 def test_a_batch_that_times_out_is_resent_in_halves(pools: list[RpcPool]) -> None:
     """A batch the provider cannot answer in time (too heavy for real blocks) is halved and
     resent; the calls are all answered."""

@@ -16,49 +16,40 @@ that says something else is a disagreement, which the scanner alerts on (never a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from watcher.chain import sources
+from watcher.chain.findings import Pending, Verdict
 from watcher.chain.rpc import RpcPool
 from watcher.domain.finality import final_block, finality_tag
 from watcher.errors import RpcError
 from watcher.settings import ChainSettings
-from watcher.store.tables import Transfer
+
+__all__ = ["Verdict", "confirm", "second_opinion"]
 
 
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """Whether a waiting transfer is final now; if not, why, and whether a provider contradicts
-    it (``disagrees``: alert at once)."""
-
-    final: bool
-    reason: str = ""
-    disagrees: bool = False
-
-
-def confirm(pool: RpcPool, chain: ChainSettings, waiting: Sequence[Transfer]) -> dict[int, Verdict]:
+def confirm(pool: RpcPool, chain: ChainSettings, waiting: Sequence[Pending]) -> dict[int, Verdict]:
     """A verdict per transfer id. Raises ``RpcError`` when the current URL cannot be read."""
     wallet = chain.receiving_address
     receipts, _ = sources.read_receipts(pool, sorted({t.tx_hash for t in waiting}))
     verdicts: dict[int, Verdict] = {}
     for t in waiting:
         why = sources.receipt_disagrees(t, receipts[t.tx_hash], wallet)
-        verdicts[t.id or 0] = Verdict(False, why) if why else Verdict(True)
+        verdicts[t.id] = Verdict(False, why) if why else Verdict(True)
     if chain.cross_check:
-        agreed = [t for t in waiting if verdicts[t.id or 0].final]
+        agreed = [t for t in waiting if verdicts[t.id].final]
         verdicts.update(second_opinion(pool, chain, agreed))
     return verdicts
 
 
 def second_opinion(
-    pool: RpcPool, chain: ChainSettings, transfers: Sequence[Transfer]
+    pool: RpcPool, chain: ChainSettings, transfers: Sequence[Pending]
 ) -> dict[int, Verdict]:
     """What another URL says of ``transfers`` (already confirmed by the current URL)."""
     if not transfers:
         return {}
     witness = pool.witness()
     if witness is None:
-        return {t.id or 0: Verdict(False, "cross_check needs a second RPC URL") for t in transfers}
+        return {t.id: Verdict(False, "cross_check needs a second RPC URL") for t in transfers}
     tag = finality_tag(chain.finality)
     hashes = sorted({t.tx_hash for t in transfers})
     calls = [sources.block_call(tag or "latest")] + [sources.receipt_call(h) for h in hashes]
@@ -67,7 +58,7 @@ def second_opinion(
         block = sources.parse_block(answers[0], -1)
     except RpcError as exc:
         reason = f"the second provider could not be asked: {exc}"
-        return {t.id or 0: Verdict(False, reason) for t in transfers}
+        return {t.id: Verdict(False, reason) for t in transfers}
     theirs = dict(zip(hashes, answers[1:], strict=True))
     final = final_block(chain.finality, block.number, block.number if tag else None)
     wallet = chain.receiving_address
@@ -75,16 +66,16 @@ def second_opinion(
     for t in transfers:
         receipt = theirs[t.tx_hash]
         if receipt is None:
-            out[t.id or 0] = Verdict(False, "the second provider does not know it yet")
+            out[t.id] = Verdict(False, "the second provider does not know it yet")
             continue
         if not isinstance(receipt, dict):
-            out[t.id or 0] = Verdict(False, "the second provider answered something else")
+            out[t.id] = Verdict(False, "the second provider answered something else")
             continue
         why = sources.receipt_disagrees(t, receipt, wallet)
         if why:
-            out[t.id or 0] = Verdict(False, f"the second provider disagrees: {why}", True)
+            out[t.id] = Verdict(False, f"the second provider disagrees: {why}", True)
         elif t.block_number > final:
-            out[t.id or 0] = Verdict(False, f"not final at the second provider (final {final})")
+            out[t.id] = Verdict(False, f"not final at the second provider (final {final})")
         else:
-            out[t.id or 0] = Verdict(True)
+            out[t.id] = Verdict(True)
     return out

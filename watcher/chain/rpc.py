@@ -15,112 +15,33 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any
 
 import requests
 import structlog
 from structlog.typing import FilteringBoundLogger
-from web3 import Web3
-from web3.exceptions import ProviderConnectionError
-from web3.providers.base import JSONBaseProvider
-from web3.types import RPCEndpoint, RPCResponse
 
+from watcher.chain.rpc_errors import (
+    AttemptFailed,
+    BatchTooLarge,
+    RpcResponseError,
+    error_text,
+    is_batch_refusal,
+    is_busy,
+    is_range_refusal,
+    json_default,
+    retry_after_seconds,
+)
 from watcher.domain.finality import RangeSizer
 from watcher.errors import BadInput, RangeTooLarge, RpcError
 from watcher.redact import redact_text, redact_url
 
+if TYPE_CHECKING:
+    from web3 import Web3
+
+__all__ = ["Call", "RpcPool", "RpcResponseError"]
+
 Call = tuple[str, Sequence[Any]]
-
-# Methods whose refusals can mean "ask for a smaller block range".
-RANGE_METHODS = frozenset({"eth_getLogs", "trace_filter"})
-_RANGE_CODES = frozenset({-32005, -32602, -32600, -32000})
-_RANGE_WORDS = (
-    "block range", "range too", "range is too", "too many blocks", "more than", "exceed",
-    "limit", "too many results", "max results", "response size", "result size", "too large",
-)  # fmt: skip
-# A provider refusing a batch for its size: HTTP 413, or an error naming the batch.
-_BATCH_WORDS = ("too large", "too big", "size", "limit", "exceed", "too many", "maximum", "max ")
-_BUSY_CODES = frozenset({429, -32005, -32007, -32016})
-_BUSY_WORDS = (
-    "rate limit", "rate-limit", "ratelimit", "too many requests", "request rate", "busy",
-    "capacity", "compute units", "throughput", "try again", "temporarily unavailable",
-    "overloaded", "request count exceeded", "quota",
-)  # fmt: skip
-
-
-class RpcResponseError(RpcError):
-    """A node answered with a deterministic JSON-RPC error (revert, invalid params, ...)."""
-
-    def __init__(self, message: str, *, method: str, code: int | None, data: Any = None) -> None:
-        super().__init__(message)
-        self.method = method
-        self.code = code
-        self.data = data
-
-
-class _AttemptFailed(Exception):
-    """One POST got no usable answer; the message is already redacted."""
-
-    def __init__(
-        self, reason: str, retry_after: float | None = None, *, timeout: bool = False
-    ) -> None:
-        super().__init__(reason)
-        self.reason = reason
-        self.retry_after = retry_after
-        self.timeout = timeout
-
-
-class _BatchTooLarge(_AttemptFailed):
-    """The provider refused a POST for the number of entries in it (HTTP 413, or an error
-    naming the batch size)."""
-
-
-def _is_batch_refusal(error: Any) -> bool:
-    """True when a JSON-RPC error says the batch itself is too big."""
-    _, message = _error_text(error)
-    lower = message.lower()
-    return "batch" in lower and any(word in lower for word in _BATCH_WORDS)
-
-
-def _error_text(error: Any) -> tuple[int | None, str]:
-    if not isinstance(error, Mapping):
-        return None, str(error)
-    code = error.get("code")
-    return (code if isinstance(code, int) else None), str(error.get("message", ""))
-
-
-def _is_busy(method: str, error: Any) -> bool:
-    """True when a JSON-RPC error says "slow down" (rate limit, server busy): worth a retry."""
-    code, message = _error_text(error)
-    lower = message.lower()
-    if any(word in lower for word in _BUSY_WORDS):
-        return True
-    return code in _BUSY_CODES and not (method in RANGE_METHODS and code == -32005)
-
-
-def _is_range_refusal(method: str, error: Any) -> bool:
-    code, message = _error_text(error)
-    lower = message.lower()
-    return method in RANGE_METHODS and (
-        code == -32005 or (code in _RANGE_CODES and any(w in lower for w in _RANGE_WORDS))
-    )
-
-
-def _retry_after(header: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header; None for a date or garbage."""
-    try:
-        return max(0.0, float(header)) if header is not None else None
-    except ValueError:
-        return None
-
-
-def _json_default(value: Any) -> Any:
-    """Encode what web3 may hand over besides plain JSON: bytes as 0x hex, mappings as objects."""
-    if isinstance(value, bytes | bytearray):
-        return "0x" + bytes(value).hex()
-    if isinstance(value, Mapping):
-        return dict(value)
-    raise TypeError(f"cannot encode {type(value).__name__} as JSON")
 
 
 class RpcPool:
@@ -217,8 +138,10 @@ class RpcPool:
         with ``return_errors`` its exception object takes that entry's slot.
         """
         out: list[Any] = []
-        for start in range(0, len(calls), self.max_batch):
+        start = 0
+        while start < len(calls):  # max_batch may shrink while the calls are sent
             chunk = calls[start : start + self.max_batch]
+            start += len(chunk)
             for (method, _), answer in zip(chunk, self._exchange(chunk), strict=True):
                 if answer.get("error") is None:
                     out.append(answer.get("result"))
@@ -263,6 +186,10 @@ class RpcPool:
     def web3(self) -> Web3:
         """A Web3 whose every request goes through this pool."""
         if self._web3 is None:
+            from web3 import Web3  # slow to import; few callers need it
+
+            from watcher.chain.web3_provider import PoolProvider
+
             self._web3 = Web3(PoolProvider(self))
         return self._web3
 
@@ -300,11 +227,11 @@ class RpcPool:
                 retry = [e for e in sending if self._settle(index, e, answers, final)]
                 if retry:
                     raise self._busy_failure(retry, answers)
-            except _AttemptFailed as exc:
-                shrunk = len(sending) > 1 and (isinstance(exc, _BatchTooLarge) or exc.timeout)
+            except AttemptFailed as exc:
+                shrunk = len(sending) > 1 and (isinstance(exc, BatchTooLarge) or exc.timeout)
                 if shrunk:
                     self._batch_refused(len(sending), exc.reason)
-                if not (shrunk and isinstance(exc, _BatchTooLarge)):  # a refusal costs no try
+                if not (shrunk and isinstance(exc, BatchTooLarge)):  # a refusal costs no try
                     failures += 1
                     self._after_failure(index, exc, failures, failed_urls, sending)
                 pending = [e for e in pending if e["id"] not in final]
@@ -333,11 +260,11 @@ class RpcPool:
         """Record the answer to ``entry`` as final; True if it must be asked again."""
         answer = answers.get(entry["id"])
         error = answer.get("error") if answer is not None else None
-        if error is not None and len(answers) > 1 and _is_batch_refusal(error):
-            code, message = _error_text(error)  # this entry was past the provider's limit
-            raise _BatchTooLarge(f"JSON-RPC error {code}: {self._redact(message)}")
+        if error is not None and len(answers) > 1 and is_batch_refusal(error):
+            code, message = error_text(error)  # this entry was past the provider's limit
+            raise BatchTooLarge(f"JSON-RPC error {code}: {self._redact(message)}")
         if answer is None or (
-            answer.get("error") is not None and _is_busy(entry["method"], answer["error"])
+            answer.get("error") is not None and is_busy(entry["method"], answer["error"])
         ):
             return True
         if entry["method"] == "eth_chainId" and answer.get("error") is None:
@@ -347,17 +274,17 @@ class RpcPool:
 
     def _busy_failure(
         self, retry: list[dict[str, Any]], answers: dict[Any, dict[str, Any]]
-    ) -> _AttemptFailed:
+    ) -> AttemptFailed:
         answer = answers.get(retry[0]["id"])
         if answer is None:
-            return _AttemptFailed(f"no answer for {len(retry)} request(s) of the batch")
-        code, message = _error_text(answer["error"])
-        return _AttemptFailed(f"JSON-RPC error {code}: {self._redact(message)}")
+            return AttemptFailed(f"no answer for {len(retry)} request(s) of the batch")
+        code, message = error_text(answer["error"])
+        return AttemptFailed(f"JSON-RPC error {code}: {self._redact(message)}")
 
     def _after_failure(
         self,
         index: int,
-        exc: _AttemptFailed,
+        exc: AttemptFailed,
         failures: int,
         failed_urls: dict[int, float],
         pending: list[dict[str, Any]],
@@ -402,47 +329,47 @@ class RpcPool:
     def _post(self, index: int, entries: list[dict[str, Any]]) -> dict[Any, dict[str, Any]]:
         """One HTTP POST of ``entries`` to URL ``index``: the answers by request id."""
         payload: Any = entries[0] if len(entries) == 1 else entries
-        body = json.dumps(payload, separators=(",", ":"), default=_json_default)
+        body = json.dumps(payload, separators=(",", ":"), default=json_default)
         with self._lock:
             self.request_count += 1
             self.counts_by_method.update(e["method"] for e in entries)
         try:
             response = self._session.post(self._urls[index], data=body, timeout=self.timeout)
         except requests.Timeout:
-            raise _AttemptFailed(f"no answer within {self.timeout:g} s", timeout=True) from None
+            raise AttemptFailed(f"no answer within {self.timeout:g} s", timeout=True) from None
         except requests.RequestException as exc:
             reason = f"{type(exc).__name__}: {self._redact(str(exc))}"
-            raise _AttemptFailed(reason) from None
+            raise AttemptFailed(reason) from None
         status = response.status_code
         if status == 413:
-            raise _BatchTooLarge(f"HTTP 413 for a batch of {len(entries)}")
+            raise BatchTooLarge(f"HTTP 413 for a batch of {len(entries)}")
         if status == 429:
-            retry_after = _retry_after(response.headers.get("Retry-After"))
-            raise _AttemptFailed("HTTP 429 Too Many Requests", retry_after)
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
+            raise AttemptFailed("HTTP 429 Too Many Requests", retry_after)
         if status >= 300 and status != 400:
             # 5xx, but also 401/403/404: a bad key or path on this URL, another may work.
-            raise _AttemptFailed(f"HTTP {status}")
+            raise AttemptFailed(f"HTTP {status}")
         try:
             answer = json.loads(response.content)
         except ValueError:
-            raise _AttemptFailed(f"HTTP {status} with an answer that is not JSON") from None
+            raise AttemptFailed(f"HTTP {status} with an answer that is not JSON") from None
         if isinstance(answer, dict) and ("result" in answer or "error" in answer):
             # One answer: to a single request, or one error for a whole refused batch.
-            if len(entries) > 1 and _is_batch_refusal(answer.get("error")):
-                code, message = _error_text(answer["error"])
-                raise _BatchTooLarge(f"JSON-RPC error {code}: {self._redact(message)}")
+            if len(entries) > 1 and is_batch_refusal(answer.get("error")):
+                code, message = error_text(answer["error"])
+                raise BatchTooLarge(f"JSON-RPC error {code}: {self._redact(message)}")
             return {e["id"]: answer for e in entries}
         if isinstance(answer, list):
             return {a.get("id"): a for a in answer if isinstance(a, dict)}
-        raise _AttemptFailed(f"HTTP {status} without a JSON-RPC answer")
+        raise AttemptFailed(f"HTTP {status} without a JSON-RPC answer")
 
     def _verify(self, index: int) -> None:
         """Ask URL ``index`` for its chain id; RpcError if it is not the expected one."""
         entry = {"jsonrpc": "2.0", "id": next(self._ids), "method": "eth_chainId", "params": []}
         answer = self._post(index, [entry])[entry["id"]]
         if answer.get("error") is not None:
-            code, message = _error_text(answer["error"])
-            raise _AttemptFailed(f"eth_chainId failed: JSON-RPC error {code}: {message}")
+            code, message = error_text(answer["error"])
+            raise AttemptFailed(f"eth_chainId failed: JSON-RPC error {code}: {message}")
         self._parse_chain_id(answer.get("result"), index)
 
     def _parse_chain_id(self, raw: Any, index: int | None = None) -> int:
@@ -470,48 +397,12 @@ class RpcPool:
         return redact_text(text, self._urls)
 
     def _response_error(self, method: str, error: Any) -> RpcError:
-        code, message = _error_text(error)
+        code, message = error_text(error)
         text = (
             f"chain {self.chain}: {method} refused by {self.current_url_redacted}: "
             f"{self._redact(message)} (JSON-RPC error {code})"
         )
-        if _is_range_refusal(method, error):
+        if is_range_refusal(method, error):
             return RangeTooLarge(text)
         data = error.get("data") if isinstance(error, Mapping) else None
         return RpcResponseError(text, method=method, code=code, data=data)
-
-
-class PoolProvider(JSONBaseProvider):
-    """A web3 provider that sends every request through an ``RpcPool``.
-
-    JSON-RPC error answers go back to web3 untouched (so it raises its own exceptions, e.g.
-    ``ContractLogicError``); transport failures raise ``RpcError`` once the pool gives up.
-    """
-
-    def __init__(self, pool: RpcPool) -> None:
-        super().__init__()
-        self.pool = pool
-
-    def make_request(self, method: RPCEndpoint, params: Any) -> RPCResponse:
-        answer = self.pool._exchange([(str(method), params or ())])[0]
-        return cast(RPCResponse, answer)
-
-    def make_batch_request(self, requests: list[tuple[RPCEndpoint, Any]]) -> list[RPCResponse]:
-        calls = [(str(method), params or ()) for method, params in requests]
-        size = self.pool.max_batch
-        answers: list[dict[str, Any]] = []
-        for start in range(0, len(calls), size):
-            answers += self.pool._exchange(calls[start : start + size])
-        return cast(list[RPCResponse], answers)
-
-    def is_connected(self, show_traceback: bool = False) -> bool:
-        try:
-            self.pool.call("web3_clientVersion")
-        except RpcError as exc:
-            if show_traceback:
-                raise ProviderConnectionError(str(exc)) from exc
-            return False
-        return True
-
-    def __str__(self) -> str:
-        return f"RpcPool provider for {self.pool.chain} via {self.pool.current_url_redacted}"

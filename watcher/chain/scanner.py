@@ -1,15 +1,13 @@
 """One poll of one chain: detect inflows up to the head, follow reorgs, mark transfers final.
 
-The cursor is the last block fully scanned. Each chunk's transfers, block hashes, balance and
-the new cursor commit in one transaction (``ScanHooks.found`` runs inside it), so a crash never
-leaves a gap or a half-stored block. The scanner never reads invoices: a poll's cost depends on
-the chain, not on how many invoices are open.
-
-Re-found transfers: a reorg marks the transfers above the common ancestor ``orphaned``; if the
-same transfer (same uid: tx hash, kind, log index / trace position) shows up again in the new
-branch, its row is reused: status back to ``seen``, block number and hash updated,
-``detected_at`` kept from the first sighting, and ``found`` is called for it again. A transfer
-that lands at another log index has another uid: a new row, the old one stays ``orphaned``.
+The cursor is the last block fully scanned. Each chunk read becomes one ``Findings``
+(``watcher.chain.findings``: its inflows, block hashes, balance, guard events and the new
+cursor) handed to the ``ScanLedger`` (``watcher.chain.port``) as one unit, so a crash never
+leaves a gap or a half-stored block; on the database that unit is one transaction with the
+settlement hooks inside (``watcher.ledger.scanning``). Nothing here imports the store, and the
+scanner never reads invoices: a poll's cost depends on the chain, not on how many invoices
+are open. A transfer found again after a reorg keeps its uid (tx hash, kind, log index /
+trace position), so the ledger revives its row.
 
 No single answer is trusted to lose a payment: a head below the cursor whose hash matches the
 stored hash at that height is a node lagging, not a reorg (the poll moves to the next URL or
@@ -20,71 +18,63 @@ do not explain rescans the chunk before it alerts (``watcher.chain.guards``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
-from datetime import datetime
 
 import structlog
-from sqlalchemy import insert
-from sqlalchemy.engine import Engine
-from sqlmodel import Session, col, select
 
 from watcher.chain import guards, sources
+from watcher.chain.findings import Findings, GuardEvent, ScanReport, block_time, block_times
+from watcher.chain.port import ScanLedger
 from watcher.chain.reorgs import Reorgs
 from watcher.chain.rpc import RpcPool
-from watcher.chain.scan_state import (
-    NoHooks,
-    ScanHooks,
-    ScanReport,
-    block_time,
-    block_times,
-    transfer_uid,
-)
-from watcher.chain.sources import Chunk, Inflow
+from watcher.chain.sources import Chunk
 from watcher.domain.finality import final_block, finality_tag
 from watcher.errors import RpcError, WatcherError
 from watcher.settings import ChainSettings
-from watcher.store.db import transaction
-from watcher.store.outbox import emit
-from watcher.store.tables import BlockHash, Transfer
 
 log = structlog.get_logger("watcher.chain.scanner")
 
-__all__ = ["ScanHooks", "ScanReport", "scan_chain"]  # the reports and hooks live in scan_state
+__all__ = ["ScanReport", "poll_chain"]
 
 POSTS_PER_CHUNK = 2  # a chunk's blocks fill this many batches of pool.max_batch entries
-MAX_CHUNK_BLOCKS = 1000
 MAX_REORGS_PER_POLL = 3
 
 
-def scan_chain(
+def poll_chain(
     chain: ChainSettings,
     pool: RpcPool,
-    engine: Engine,
-    now: Callable[[], datetime],
+    ledger: ScanLedger,
     *,
-    hooks: ScanHooks | None = None,
     from_block: int | None = None,
     to_block: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    native: bool = True,
 ) -> ScanReport:
     """One poll: head and final block, reorg check, scan up to the head (or ``to_block``),
     balance guard, finality. Idle (no new block, nothing awaiting finality) it costs 1 request.
+    ``native=False`` says no retainer on this chain is priced in the native asset: with the
+    balance guard off too, native inflows are not read at all.
 
-    ``from_block`` starts a new cursor there, or rewinds an existing one to rescan (transfers
-    already stored are not duplicated); it may not skip blocks past the cursor (``Refused``).
-    ``progress(cursor, target)`` is called after each chunk. Raises ``RpcError`` when the node
-    cannot be read (the cursor stays at the last complete chunk) and ``FinalityViolation``
-    when a reorg reaches below a final transfer; both are recorded in ``ChainState``.
+    What it reads of the stored state, and every result, goes through ``ledger`` (on the
+    database: ``watcher.ledger.scanning.scan_chain``). ``from_block`` starts a new cursor
+    there, or rewinds an existing one to rescan (transfers already stored are not duplicated);
+    it may not skip blocks past the cursor (``Refused``). ``progress(cursor, target)`` is called
+    after each chunk. Raises ``RpcError`` when the node cannot be read (the cursor stays at the
+    last complete chunk) and ``FinalityViolation`` when a reorg reaches below a final transfer;
+    both are recorded through ``ledger.record_poll``.
     """
-    scan = _ChainScan(chain, pool, engine, now, hooks or NoHooks(), progress)
+    scan = _ChainScan(chain, pool, ledger, progress)
+    scan.native = native or chain.balance_guard
     return scan.run(from_block, to_block)
 
 
 class _ChainScan(Reorgs):
     """One poll: the head, the chunks up to it, the balance guard (reorgs and finality:
     ``Reorgs``; cursor and chain state: ``ScanState``)."""
+
+    native = True  # whether native inflows are read (``poll_chain``)
 
     # -- the poll ----------------------------------------------------------------------------
 
@@ -129,7 +119,7 @@ class _ChainScan(Reorgs):
             head < self.cursor or (head == self.cursor and head_hash != self.cursor_hash)
         ):
             self._reorg(head)
-        if self.cursor < target or self._waiting(final):
+        if self.cursor < target or self.ledger.waiting(final):
             self._scan_to(target)
             self._finalize(final)
         else:
@@ -149,7 +139,7 @@ class _ChainScan(Reorgs):
         for _ in range(len(self.pool.urls_redacted)):
             if self.cursor_hash is None or head >= self.cursor:
                 return head, head_hash, final, False
-            stored = self._stored_hash(head)
+            stored = self.ledger.stored_hash(head)
             if stored is not None and not sources.same(stored, head_hash):
                 return head, head_hash, final, False  # not our block at its own head: a reorg
             self.log.warning(
@@ -174,13 +164,8 @@ class _ChainScan(Reorgs):
     # -- scanning ----------------------------------------------------------------------------
 
     def _chunk_width(self) -> int:
-        """Blocks per chunk: enough to fill POSTS_PER_CHUNK batches of the pool."""
-        chain = self.chain
-        extras = bool(chain.tokens) + (chain.internal == "trace_filter") + 2 * chain.balance_guard
-        extras += 2 * sum(t.balance_guard for t in chain.tokens)
-        per_block = 2 if chain.internal == "debug_trace" else 1
-        width = (self.pool.max_batch * POSTS_PER_CHUNK - extras) // per_block
-        return max(1, min(MAX_CHUNK_BLOCKS, width))
+        """Blocks per chunk: what the reader reads per block fills POSTS_PER_CHUNK batches."""
+        return max(1, sources.chunk_width(self.chain, self.pool.max_batch * POSTS_PER_CHUNK))
 
     def _scan_to(self, target: int) -> None:
         """Fetch and commit chunks up to ``target``.
@@ -231,112 +216,55 @@ class _ChainScan(Reorgs):
     def _fetch(self, first: int, last: int, parent_hash: str | None, balance_before: bool) -> Chunk:
         return sources.fetch_chunk(
             self.pool, self.chain, first, last, self.sizers,
-            parent_hash=parent_hash, balance_before=balance_before,
+            parent_hash=parent_hash, balance_before=balance_before, native=self.native,
         )  # fmt: skip
 
-    def _commit(self, chunk: Chunk, events: list[tuple[str, dict[str, object]]]) -> None:
-        """The chunk's transfers, block hashes, balance, guard events and the cursor, in one
-        transaction."""
-        chain, last_hash = self.chain, chunk.blocks[-1].hash
-        if chain.balance_guard:
-            self.balance = chunk.balance_after
-        with transaction(self.engine) as session:
-            found = self._store(session, chunk.inflows, block_times(chunk))
-            if found:
-                self.hooks.found(session, found)
+    def _commit(self, chunk: Chunk, events: list[GuardEvent]) -> None:
+        """The chunk's transfers, block hashes, balance, guard events and the cursor, handed to
+        the ledger as one unit (``Findings``)."""
+        chain, last = self.chain, chunk.blocks[-1]
+        balance = chunk.balance_after if chain.balance_guard else self.balance
+        hashes, forget_up_to = self._window(chunk)
+        findings = Findings(
+            first=chunk.first,
+            last=chunk.last,
+            inflows=tuple(chunk.inflows),
+            times=block_times(chunk),
+            hashes=hashes,
+            forget_up_to=forget_up_to,
+            cursor_hash=last.hash,
+            cursor_time=block_time(last.timestamp),
+            balance=balance,
+            events=tuple(events),
             # Read in this poll from blocks already final when it began: these came from the
             # final chain itself (logs, receipts checked for status), so re-reading their
-            # receipts later would prove nothing new. They become final in this transaction,
+            # receipts later would prove nothing new. They become final in the same unit,
             # unless a second provider must confirm each receipt (cross_check).
-            final_now = [
-                t for t in found
-                if t.block_number <= self.final_at_start and not chain.cross_check
-            ]  # fmt: skip
-            for t in final_now:
-                t.status, t.finalized_at, t.final_block = "final", self.now(), self.final_at_start
-                session.add(t)
-            if final_now:
-                session.flush()
-                self.hooks.finalized(session, final_now)
-            self._drop_hashes(session, col(BlockHash.number).between(chunk.first, chunk.last))
-            self._drop_hashes(session, col(BlockHash.number) <= chunk.last - chain.reorg_depth)
-            session.execute(  # one executemany: no ORM objects for up to reorg_depth rows
-                insert(BlockHash),
-                [
-                    {"chain": chain.name, "number": b.number, "hash": b.hash,
-                     "parent_hash": b.parent_hash}
-                    for b in chunk.blocks[-chain.reorg_depth :]
-                ],
-            )  # fmt: skip
-            for key, event in events:
-                emit(session, "watcher.unexplained_balance", event, dedupe_key=key, now=self.now())
-            self._move_cursor(
-                session, chunk.last, last_hash, self.balance, block_time(chunk.blocks[-1].timestamp)
-            )
-        self.counts["found"] += len(found)
-        self.counts["finalized"] += len(final_now)
-        self.log.info("scan.chunk", first=chunk.first, last=chunk.last, found=len(found))
+            final_at_once=None if chain.cross_check else self.final_at_start,
+        )
+        result = self.ledger.commit_chunk(findings)
+        self._moved(chunk.last, last.hash, balance)
+        self.counts["found"] += result.found
+        self.counts["finalized"] += result.finalized
+        self.log.info("scan.chunk", first=chunk.first, last=chunk.last, found=result.found)
 
-    def _store(
-        self, session: Session, inflows: Sequence[Inflow], times: Mapping[int, datetime | None]
-    ) -> list[Transfer]:
-        """Insert new transfers and revive orphaned ones found again; returns both.
-        ``times`` holds each block's timestamp (the payment's time for every deadline)."""
-        chain, now = self.chain, self.now()
-        uids = {transfer_uid(chain.chain_id, i.tx_hash, i.kind, i.log_index): i for i in inflows}
-        existing: dict[str, Transfer] = {}
-        keys = list(uids)
-        for start in range(0, len(keys), 500):  # far below SQLite's bound-parameter limit
-            query = select(Transfer).where(col(Transfer.uid).in_(keys[start : start + 500]))
-            existing.update((t.uid, t) for t in session.exec(query))
-        found: list[Transfer] = []
-        fresh: list[dict[str, object]] = []
-        for uid, i in uids.items():
-            row = existing.get(uid)
-            if row is None:
-                token = i.token
-                fresh.append({
-                    "uid": uid, "chain": chain.name, "chain_id": chain.chain_id, "kind": i.kind,
-                    "tx_hash": i.tx_hash, "log_index": i.log_index, "block_number": i.block_number,
-                    "block_hash": i.block_hash, "block_time": times.get(i.block_number),
-                    "from_address": i.from_address,
-                    "to_address": chain.receiving_address, "amount": i.amount, "detected_at": now,
-                    "asset": token.symbol if token else chain.native_symbol,
-                    "token_address": token.address if token else None,
-                    "decimals": token.decimals if token else sources.NATIVE_DECIMALS,
-                    "status": "seen",
-                })  # fmt: skip
-                continue
-            if row.status == "final" or (row.status == "seen" and row.block_hash == i.block_hash):
-                continue  # known as it is (a rescan); a final row is never rewritten
-            # orphaned and found again, or (rescan) seen on a branch since replaced
-            refound = row.status == "orphaned"
-            row.status, row.block_number, row.block_hash = "seen", i.block_number, i.block_hash
-            row.unconfirmed_since = None
-            row.block_time = times.get(i.block_number)
-            row.from_address, row.amount = i.from_address, i.amount
-            session.add(row)
-            if refound:
-                found.append(row)
-        if fresh:  # one executemany, then load the rows back (cheaper than ORM construction)
-            session.execute(insert(Transfer), fresh)
-            new_uids = [str(r["uid"]) for r in fresh]
-            for start in range(0, len(new_uids), 500):
-                part = select(Transfer).where(col(Transfer.uid).in_(new_uids[start : start + 500]))
-                found.extend(session.exec(part))
-        session.flush()
-        found.sort(key=lambda t: (t.block_number, t.tx_hash, t.kind, t.log_index or 0))
-        for row in found:
-            self.log.info(
-                "scan.found", kind=row.kind, tx=row.tx_hash, log_index=row.log_index,
-                block=row.block_number, asset=row.asset, amount=str(row.amount),
-                refound=row.uid in existing,
-            )  # fmt: skip
-        return found
+    def _window(self, chunk: Chunk) -> tuple[tuple[sources.Block, ...], int]:
+        """The chunk's block hashes to keep, and up to which number older ones are dropped.
+
+        ``chunk.blocks`` is sparse (boundary headers and blocks with inflows), so the window of
+        the last ``reorg_depth`` blocks keeps one more hash below it, the anchor: a reorg up to
+        ``reorg_depth`` deep always finds a common block at or above the anchor.
+        """
+        floor = chunk.last - self.chain.reorg_depth
+        below = [b for b in chunk.blocks if b.number <= floor]
+        if below:
+            return tuple(chunk.blocks[len(below) - 1 :]), below[-1].number - 1
+        older = [n for n in self.ledger.stored_hashes(floor) if n <= floor]
+        return tuple(chunk.blocks), (max(older) - 1 if older else floor)
 
     # -- balance guard -----------------------------------------------------------------------
 
-    def _guarded(self, chunk: Chunk) -> tuple[Chunk, list[tuple[str, dict[str, object]]]]:
+    def _guarded(self, chunk: Chunk) -> tuple[Chunk, list[GuardEvent]]:
         """The chunk to commit and its ``watcher.unexplained_balance`` events (key, body).
 
         Growth the found inflows do not explain first rescans the chunk (from the next URL
@@ -365,7 +293,7 @@ class _ChainScan(Reorgs):
             raise sources.ChainMoved(f"blocks {chunk.first}..{chunk.last} changed on a rescan")
         native_before = self.balance if self.balance is not None else again.balance_before
         found = guards.unexplained(self.pool, chain, again, native_before, sizer)
-        events: list[tuple[str, dict[str, object]]] = []
+        events: list[GuardEvent] = []
         for u in found:
             block: int | None = None
             key = f"watcher.unexplained_balance:{chain.name}:{again.first}:{again.last}"
@@ -385,6 +313,6 @@ class _ChainScan(Reorgs):
                 key += f":{u.token_address}"
             data = guards.event_data(chain, again, u, block)
             log.warning("scan.unexplained_balance", **data)
-            events.append((key, data))
+            events.append(GuardEvent("watcher.unexplained_balance", key, data))
         self.counts["unexplained"] += len(events)
         return again, events

@@ -16,9 +16,9 @@ from typing import Any
 from eth_utils import to_checksum_address
 from sqlmodel import select
 
+from watcher.chain.findings import block_time, transfer_uid
 from watcher.chain.online import read_decimals
 from watcher.chain.rpc import RpcPool
-from watcher.chain.scan_state import block_time, transfer_uid
 from watcher.chain.sources import (
     TRANSFER_TOPIC,
     address_topic,

@@ -14,11 +14,11 @@ import structlog
 
 from watcher.chain.online import make_pool, read_decimals
 from watcher.chain.rpc import RpcPool
-from watcher.chain.scanner import ScanReport, scan_chain
 from watcher.errors import WatcherError
 from watcher.ledger import token_decimals
 from watcher.ledger.context import Context
 from watcher.ledger.renewals import RenewalReport, run_renewals
+from watcher.ledger.scanning import ScanReport, scan_chain
 from watcher.ledger.settlement import Settlement
 from watcher.notify.outbox import Channel, DeliveryReport, build_channels, deliver_due
 from watcher.settings import ChainSettings
