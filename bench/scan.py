@@ -506,6 +506,11 @@ def classic(
 
         pw = Proofwatch(tmp, node.url, built.tokens)
         pw.add_invoices(10)
+        # Watcher.scan reads each token's decimals() once (stored) before scanning, through
+        # the same pool but outside ScanReport.requests: read them first, so that the POSTs
+        # counted below are the scan's own (the cost section counts everything, as a process).
+        if hasattr(pw.watcher, "check_decimals"):
+            pw.watcher.check_decimals(pw.chain)
         out("\n== (a) proofwatch catch-up: in-process `proofwatch scan` (Watcher.scan) ==")
         catchup, report = pw.poll("catch-up", profile_path(args.profile, "catch-up"))
         blocks = report.cursor_after - report.cursor_before
