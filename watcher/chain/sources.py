@@ -137,7 +137,6 @@ class _Reader:
         self.before_at = max(first - 1, 0)
         self.blocks: dict[int, Block] = {}
         self.checks: list[tuple[int, Any, str]] = []  # (block, the hash an answer names, what)
-        self.tx_blocks: dict[str, Any] = {}  # tx hash -> the block hash its source named
         self.no_state = ""  # why the node could not give the balance at a range end
         self.withdrawn: dict[int, int] = {}  # block -> wei the beacon chain paid the wallet
 
@@ -202,13 +201,6 @@ class _Reader:
             frames = filter_frames(traces, wallet)
             for f in frames:
                 self.checks.append((f.block_number, f.block_hash, "a trace"))
-            # The wallet's own transactions matter only if the balance grew less than the
-            # traces bring in (fees make it so): then they are read, else nothing more.
-            brought = sum(f.amount for f in frames) + sum(self.withdrawn.values())
-            if chain.balance_guard and (
-                at_lo is None or at_hi is None or at_hi[0] - at_lo[0] < brought
-            ):
-                spent = self._sent_by_traces()
         elif dense:
             for n, raw in zip(numbers, batch["debug"], strict=True):
                 found, sent = debug_block(
@@ -226,25 +218,36 @@ class _Reader:
         for inflow in chunk.inflows:
             if inflow.kind != "erc20":
                 chunk.explain(inflow.block_number, inflow.amount)
-        if self.mode == "trace_filter" and chain.balance_guard and at_lo and at_hi:
-            self._withdrawals(chunk, at_lo, at_hi)
         for number, wei in self.withdrawn.items():
             chunk.explain(number, wei)
+        if self.mode == "trace_filter" and chain.balance_guard:
+            # The wallet's own transactions matter only if its balance grew less than the
+            # inflows bring in (their fees make it so): then they are read, else nothing more.
+            grew = None if at_lo is None or at_hi is None else at_hi[0] - at_lo[0]
+            if grew is None or grew < sum(chunk.explained.values()):
+                self._receipts(chunk, [], [], self._sent_by_traces())
+            if at_lo is not None and at_hi is not None:
+                self._withdrawals(chunk, at_lo, at_hi)
         chunk.blocks = sorted(self.blocks.values(), key=_number)
         return chunk
 
     def _withdrawals(self, chunk: Chunk, at_lo: Point, at_hi: Point) -> None:
         """Traces do not show the beacon chain's withdrawals: when the balance grew more than
         the traces explain, bisect to the blocks where it changed and read their headers
-        (which list withdrawals). Nothing is read when the traces explain it all."""
-        if at_hi[0] - at_lo[0] <= sum(chunk.explained.values()):  # inflows less spending
+        (which list withdrawals; they are added to ``chunk.explained``). Nothing is read when
+        the traces explain it all."""
+        if at_hi[0] - at_lo[0] <= sum(chunk.explained.values()):  # in, less spending
             return
+        known = dict(self.withdrawn)
         lo = self.first - 1 if self.first > 0 else 0
         found = bisect(self.pool, self.wallet, lo, self.last, at_lo, at_hi)
         wanted = [n for n in found.changed if n not in self.blocks]
         answers = self.pool.batch([block_call(n) for n in wanted]) if wanted else []
         for n, raw in zip(wanted, answers, strict=True):
             self.blocks[n] = self._header(raw, n)
+        for number, wei in self.withdrawn.items():
+            if number not in known:
+                chunk.explain(number, wei)
 
     def _header(self, raw: Any, number: int) -> Block:
         """A block answer (header or full) for ``number``; the withdrawals to the wallet it
@@ -334,11 +337,12 @@ class _Reader:
     ) -> None:
         """Status of every candidate and the fees of the wallet's transactions (one batch, with
         the headers of the blocks holding hits), then every block-hash check."""
+        tx_blocks: dict[str, Any] = {}  # tx hash -> the block hash its source named
         for tx in candidates + spent:
-            self.tx_blocks[hex_value(tx["hash"])] = tx.get("blockHash")
+            tx_blocks[hex_value(tx["hash"])] = tx.get("blockHash")
         for f in frames:
-            self.tx_blocks[f.tx_hash] = f.block_hash
-        tx_hashes = sorted(self.tx_blocks)
+            tx_blocks[f.tx_hash] = f.block_hash
+        tx_hashes = sorted(tx_blocks)
         deep = sorted({f.tx_hash for f in frames if f.deep})
         wanted = sorted({n for n, _, _ in self.checks} - set(self.blocks))
         calls = receipt_calls(tx_hashes, deep) + [block_call(n) for n in wanted]
@@ -353,7 +357,7 @@ class _Reader:
         for tx_hash, receipt in receipts.items():
             if receipt is None:
                 raise ChainMoved(f"no receipt for {tx_hash}: the chain moved while reading")
-            if not same(receipt.get("blockHash"), self.tx_blocks[tx_hash]):
+            if not same(receipt.get("blockHash"), tx_blocks[tx_hash]):
                 raise ChainMoved(f"the receipt of {tx_hash} is from another branch")
 
         def ok(tx_hash: str) -> bool:
