@@ -63,7 +63,14 @@ test: lint typecheck pytest
 demo: venv $(ANVIL)
 	$(BIN)/python scripts/demo.py
 
-bench: venv $(ANVIL)
+# ethereum-etl 2.4.2 pins web3<6: its own virtualenv, for bench/scan.py's comparison only.
+ETL_VENV := .venv-etl
+$(ETL_VENV)/bin/ethereumetl:
+	$(PYTHON) -m venv $(ETL_VENV)
+	$(ETL_VENV)/bin/pip install --quiet ethereum-etl==2.4.2
+	$(ETL_VENV)/bin/pip install --quiet --no-deps parsimonious==0.10.0 regex
+
+bench: venv $(ANVIL) $(ETL_VENV)/bin/ethereumetl
 	$(BIN)/python bench/scan.py
 
 bench-settle: venv pg

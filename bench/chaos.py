@@ -155,6 +155,7 @@ rpc_urls = ["${{E2E_RPC_URL}}"]
 receiving_address = "{WALLET}"
 finality = {self.confirmations}
 poll_seconds = 1
+idle_poll_seconds = 1
 start_block = {self.start_block}
 native_symbol = "ETH"
 internal = "trace_filter"

@@ -16,6 +16,11 @@ Run: ``make bench`` (= ``.venv/bin/python bench/scan.py``). Needs ``make tools``
    JSON lines written to a file), ``internal = "trace_filter"``, balance guard on (the default).
 4. Requests per poll: idle (no new block), one new empty block, one new block with a payment,
    with 10 and with 10,000 open invoices.
+5. The cost section (issue 11, ``bench/cost_run.py``; ``--cost-only`` runs only this): on a
+   fresh standard chain and on a busy chain (``--busy-blocks`` blocks of ``--busy-noise``
+   noise transactions), through a counting proxy: the floor without blocks, ``proofwatch
+   scan`` as a whole process with ``internal = "trace_filter"`` and ``"off"``, ethereum-etl
+   2.4.2; JSON-RPC calls by method, bytes received, compute units; then the steady state.
 
 Exit status 1 when a correctness check fails (payments found != expected, ...); speed targets
 are reported, never enforced.
@@ -44,14 +49,18 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import requests  # noqa: E402
-from eth_abi import encode  # noqa: E402
-from eth_utils import keccak, to_checksum_address  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 from sqlmodel import col, func, select  # noqa: E402
-from web3.utils import get_create_address  # noqa: E402
 
+from bench.chain import (  # noqa: E402
+    TRANSFER_TOPIC,
+    WALLET,
+    ChainBuilder,
+    Rpc,
+    addr_topic,
+)
+from bench.cost_run import cost_section  # noqa: E402
 from tests.support.anvil import AnvilNode  # noqa: E402
-from tests.support.contracts import load_artifact  # noqa: E402
 from watcher.chain import scanner, sources  # noqa: E402
 from watcher.chain.online import make_pool  # noqa: E402
 from watcher.domain import billing  # noqa: E402
@@ -66,294 +75,12 @@ from watcher.settings import ChainSettings, load_settings  # noqa: E402
 from watcher.store.db import make_engine, migrate, read_session, transaction  # noqa: E402
 from watcher.store.tables import Invoice, OutboxEvent, Transfer  # noqa: E402
 
-WALLET = to_checksum_address("0xb3e9568a9cbb624403743340358c85ccce130893")
-TRANSFER_TOPIC = "0x" + keccak(text="Transfer(address,address,uint256)").hex()
 FLOOR_BATCH = 100  # entries per JSON-RPC batch in the floor (= RpcPool's default max_batch)
 TRACE_RANGE = 300  # Anvil refuses trace_filter over more than 300 blocks
-BUSY_BLOCKS = 1000  # blocks that hold the transactions (about 3 each); the others stay empty
-TAIL_BLOCKS = 70  # empty blocks after the last payment: finalized = head - 64 passes them all
-ETH = 10**18
 
 # Targets from issue 3.
 TARGET_RATIO = 0.7
 TARGET_IDLE = 2
-
-
-Tx = dict[str, str]
-
-
-def selector(signature: str) -> bytes:
-    return keccak(text=signature)[:4]
-
-
-def calldata(signature: str, types: Sequence[str], args: Sequence[Any]) -> str:
-    return "0x" + (selector(signature) + encode(list(types), list(args))).hex()
-
-
-def addr_topic(address: str) -> str:
-    return "0x" + "0" * 24 + address[2:].lower()
-
-
-# --- talking to Anvil -----------------------------------------------------------------------
-
-
-class Rpc:
-    """Plain JSON-RPC over one requests.Session, counting HTTP POSTs."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.session = requests.Session()
-        self.session.headers["Content-Type"] = "application/json"
-        self.posts = 0
-        self.http_seconds = 0.0  # time inside HTTP POSTs (sending, Anvil working, receiving)
-        self._id = 0
-
-    def batch(self, calls: Sequence[tuple[str, Sequence[Any]]]) -> list[Any]:
-        """Results in request order; any JSON-RPC error raises."""
-        if not calls:
-            return []
-        entries: list[dict[str, Any]] = []
-        for method, params in calls:
-            self._id += 1
-            entries.append({"jsonrpc": "2.0", "id": self._id, "method": method, "params": params})
-        self.posts += 1
-        started = time.perf_counter()
-        response = self.session.post(self.url, data=json.dumps(entries), timeout=120)
-        self.http_seconds += time.perf_counter() - started
-        response.raise_for_status()
-        by_id = {a["id"]: a for a in response.json()}
-        out = []
-        for entry in entries:
-            answer = by_id[entry["id"]]
-            if answer.get("error") is not None:
-                raise RuntimeError(f"{entry['method']}: {answer['error']}")
-            out.append(answer["result"])
-        return out
-
-    def call(self, method: str, *params: Any) -> Any:
-        return self.batch([(method, list(params))])[0]
-
-    def close(self) -> None:
-        self.session.close()
-
-
-# --- building the chain ---------------------------------------------------------------------
-
-
-@dataclass
-class Expected:
-    """What the scan must find: (kind, tx hash, amount) per payment."""
-
-    payments: Counter[tuple[str, str, int]] = field(default_factory=Counter)
-    by_kind: Counter[str] = field(default_factory=Counter)
-    reverted: list[str] = field(default_factory=list)  # tx hashes that must have status 0
-    ok: list[str] = field(default_factory=list)  # tx hashes that must have status 1
-    payment_blocks: list[int] = field(default_factory=list)  # one per paying tx
-
-
-@dataclass
-class BuiltChain:
-    head: int
-    tokens: dict[str, tuple[str, int]]  # configured symbol -> (address, decimals)
-    expected: Expected
-    transactions: int
-    busy_blocks: int
-    seconds: float
-    mining: float
-
-
-class ChainBuilder:
-    def __init__(self, node: AnvilNode, rng: random.Random) -> None:
-        assert node.url is not None
-        self.rpc = Rpc(node.url)
-        self.rng = rng
-        self.accounts = node.accounts()
-        self.nonces = {a: 0 for a in self.accounts}
-        self.mining = 0.0  # seconds spent in anvil_mine
-        self.others = [
-            to_checksum_address("0x" + rng.getrandbits(160).to_bytes(20, "big").hex())
-            for _ in range(200)
-        ]
-
-    def tx(self, sender: str, to: str | None, *, value: int = 0, data: str = "0x", gas: int) -> Tx:
-        """A transaction request; its nonce is given when it is sent."""
-        tx = {"from": sender, "value": hex(value), "data": data, "gas": hex(gas)}
-        if to is not None:
-            tx["to"] = to
-        return tx
-
-    def send(self, txs: Sequence[Tx]) -> list[str]:
-        """Send ``txs`` in one batch, with explicit nonces in this order (Anvil runs a batch's
-        entries concurrently: without them two txs of one sender could take the same nonce)."""
-        calls = []
-        for tx in txs:
-            nonce = self.nonces[tx["from"]]
-            self.nonces[tx["from"]] += 1
-            calls.append(("eth_sendTransaction", [{**tx, "nonce": hex(nonce)}]))
-        return [str(h) for h in self.rpc.batch(calls)]
-
-    def mine(self, n: int) -> None:
-        if n > 0:
-            started = time.perf_counter()
-            self.rpc.call("anvil_mine", hex(n))
-            self.mining += time.perf_counter() - started
-
-    def deploy(self, name: str, types: Sequence[str] = (), args: Sequence[Any] = ()) -> str:
-        sender = self.accounts[0]
-        nonce = self.nonces[sender]
-        code = load_artifact(name)["bytecode"] + encode(list(types), list(args)).hex()
-        self.send([self.tx(sender, None, data=code, gas=5_000_000)])
-        return str(get_create_address(sender, nonce))  # type: ignore[arg-type]
-
-    def build(self, blocks: int) -> BuiltChain:
-        started = time.perf_counter()
-        rng, accounts = self.rng, self.accounts
-        token_types = ("string", "string", "uint8")
-        usdc = self.deploy("TestToken", token_types, ("USD Coin", "USDC", 6))
-        dai = self.deploy("TestToken", token_types, ("Dai", "DAI", 18))
-        junk = self.deploy("TestToken", token_types, ("Junk", "JUNK", 18))  # not configured
-        forwarder = self.deploy("Forwarder")
-        self.mine(1)
-        payers = accounts[1:9]  # account 9 holds no tokens: its token transfers revert
-        mint = "mint(address,uint256)"
-        mints = [calldata(mint, ("address", "uint256"), (p, 10**40)) for p in payers]
-        self.send(
-            [self.tx(accounts[0], t, data=d, gas=200_000) for t in (usdc, dai, junk) for d in mints]
-        )
-        self.mine(1)
-        self._check_code([usdc, dai, junk, forwarder])
-
-        specs = self._specs(usdc, dai, junk, forwarder, payers)
-        rng.shuffle(specs)
-        busy = rng.sample(range(blocks), min(blocks, BUSY_BLOCKS))
-        slots: dict[int, list[Spec]] = {}
-        for spec in specs:
-            slots.setdefault(rng.choice(busy), []).append(spec)
-        expected = Expected()
-        empty = 0
-        for index in range(blocks):
-            batch = slots.get(index)
-            if not batch:
-                empty += 1
-                continue
-            self.mine(empty)
-            empty = 0
-            hashes = self.send([s.tx for s in batch])
-            for spec, tx_hash in zip(batch, hashes, strict=True):
-                (expected.reverted if spec.reverts else expected.ok).append(tx_hash)
-                for kind, amount in spec.pays:
-                    expected.payments[(kind, tx_hash.lower(), amount)] += 1
-                    expected.by_kind[kind] += 1
-            self.mine(1)
-        self.mine(empty + TAIL_BLOCKS)
-        self._check_mined(expected)
-        head = int(self.rpc.call("eth_blockNumber"), 16)
-        return BuiltChain(
-            head=head,
-            tokens={"USDC": (usdc, 6), "DAI": (dai, 18)},
-            expected=expected,
-            transactions=len(specs),
-            busy_blocks=len(slots),
-            seconds=time.perf_counter() - started,
-            mining=self.mining,
-        )
-
-    def _specs(
-        self, usdc: str, dai: str, junk: str, forwarder: str, payers: Sequence[str]
-    ) -> list[Spec]:
-        rng, others = self.rng, self.others
-        transfer = "transfer(address,uint256)"
-
-        def erc20(token: str, to: str, amount: int, sender: str | None = None) -> Tx:
-            data = calldata(transfer, ("address", "uint256"), (to, amount))
-            return self.tx(sender or rng.choice(payers), token, data=data, gas=100_000)
-
-        def eth(to: str, wei: int) -> Tx:
-            return self.tx(rng.choice(payers), to, value=wei, gas=21_000)
-
-        def forward(to: str, wei: int, fn: str = "forward(address)") -> Tx:
-            data = calldata(fn, ("address",), (to,))
-            return self.tx(rng.choice(payers), forwarder, value=wei, data=data, gas=150_000)
-
-        def usdc_amount() -> int:  # 1..5,000 USDC, never 1,000.xxxxxx (the invoices' range)
-            while True:
-                amount = rng.randrange(10**6, 5_000 * 10**6)
-                if not 1_000 * 10**6 <= amount < 1_001 * 10**6:
-                    return amount
-
-        def wei() -> int:
-            return rng.randrange(10**15, ETH)
-
-        specs: list[Spec] = []
-        # 1,000 payments to the wallet
-        for _ in range(300):
-            amount = usdc_amount()
-            specs.append(Spec(erc20(usdc, WALLET, amount), [("erc20", amount)]))
-        for _ in range(100):
-            amount = rng.randrange(10**18, 5_000 * 10**18)
-            specs.append(Spec(erc20(dai, WALLET, amount), [("erc20", amount)]))
-        for _ in range(300):
-            amount = wei()
-            specs.append(Spec(eth(WALLET, amount), [("native", amount)]))
-        for _ in range(250):
-            amount = wei()
-            specs.append(Spec(forward(WALLET, amount), [("internal", amount)]))
-        many = "forwardMany(address[],uint256[])"
-        for _ in range(25):  # two internal payments and one to someone else, in one tx
-            a, b, c = wei(), wei(), wei()
-            data = calldata(
-                many, ("address[]", "uint256[]"), ([WALLET, rng.choice(others), WALLET], [a, b, c])
-            )
-            tx = self.tx(rng.choice(payers), forwarder, value=a + b + c, data=data, gas=250_000)
-            specs.append(Spec(tx, [("internal", a), ("internal", c)]))
-        # 2,000 noise transactions
-        for _ in range(700):
-            token = rng.choice((usdc, dai))
-            specs.append(Spec(erc20(token, rng.choice(others), rng.randrange(1, 10**20)), []))
-        for _ in range(100):  # an unconfigured token paid to the wallet
-            specs.append(Spec(erc20(junk, WALLET, rng.randrange(1, 10**20)), []))
-        for _ in range(700):
-            specs.append(Spec(eth(rng.choice(others), wei()), []))
-        for _ in range(400):
-            specs.append(Spec(forward(rng.choice(others), wei()), []))
-        for _ in range(50):  # internal transfer to the wallet, then the tx reverts
-            tx = forward(WALLET, wei(), "forwardThenRevert(address)")
-            specs.append(Spec(tx, [], reverts=True))
-        for _ in range(50):  # a token transfer to the wallet from an account holding none
-            tx = erc20(usdc, WALLET, usdc_amount(), sender=self.accounts[9])
-            specs.append(Spec(tx, [], reverts=True))
-        return specs
-
-    def _check_code(self, addresses: Sequence[str]) -> None:
-        codes = self.rpc.batch([("eth_getCode", [a, "latest"]) for a in addresses])
-        if any(len(c) <= 2 for c in codes):
-            raise SystemExit("bench: a test contract did not deploy")
-
-    def _check_mined(self, expected: Expected) -> None:
-        status = self.rpc.call("txpool_status")
-        if int(status["pending"], 16) or int(status["queued"], 16):
-            raise SystemExit(f"bench: transactions left unmined: {status}")
-        hashes = expected.ok + expected.reverted
-        statuses: dict[str, int] = {}
-        paying = {tx for _, tx, _ in expected.payments}
-        for start in range(0, len(hashes), 500):
-            part = hashes[start : start + 500]
-            receipts = self.rpc.batch([("eth_getTransactionReceipt", [h]) for h in part])
-            for h, r in zip(part, receipts, strict=True):
-                statuses[h] = int(r["status"], 16)
-                if h.lower() in paying:
-                    expected.payment_blocks.append(int(r["blockNumber"], 16))
-        bad = [h for h in expected.ok if statuses[h] != 1]
-        bad += [h for h in expected.reverted if statuses[h] != 0]
-        if bad:
-            raise SystemExit(f"bench: {len(bad)} transactions did not end as planned: {bad[:3]}")
-
-
-@dataclass
-class Spec:
-    tx: Tx
-    pays: list[tuple[str, int]]  # (kind, amount) of each payment to the wallet it makes
-    reverts: bool = False
 
 
 # --- the floor: a minimal batched raw JSON-RPC scan -----------------------------------------
@@ -497,7 +224,8 @@ class Phases:
         self.seconds: defaultdict[str, float] = defaultdict(float)
         self.calls: Counter[str] = Counter()
         for owner, name, label in self.TARGETS:
-            setattr(owner, name, self._wrap(getattr(owner, name), label))
+            if hasattr(owner, name):  # a reader rewrite may have renamed one: time the rest
+                setattr(owner, name, self._wrap(getattr(owner, name), label))
 
     def _wrap(self, fn: Callable[..., Any], label: str) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -729,27 +457,27 @@ def show_profile(out: Callable[..., None], path: Path) -> None:
         out(f"    {cum:7.2f} s {calls:7d}x  {where}")
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--blocks", type=int, default=5000, help="blocks holding the txs")
-    parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument(
-        "--profile",
-        type=Path,
-        metavar="DIR",
-        help="run the catch-up and the 10,000-invoice poll under cProfile (slower), stats in DIR",
-    )
-    args = parser.parse_args(argv)
-    out: Callable[..., None] = print
-    check = Checks()
-    out(f"proofwatch scan benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  ({machine()})")
+def quiet_logs(path: Path) -> None:
+    """proofwatch's in-process JSON log lines go to ``path``, not to the report."""
+    saved, sys.stderr = sys.stderr, path.open("a")  # structlog keeps the file it was given
+    try:
+        configure((), tty=False)
+    finally:
+        sys.stderr = saved
 
+
+def classic(
+    args: argparse.Namespace, tmp_root: Path, out: Callable[..., None], check: Checks
+) -> None:
+    """Sections (a)-(e) of issue 3: in-process catch-up against the full-block floor, requests
+    per poll, 10 vs 10,000 open invoices."""
     # Anvil keeps only the last ~3,500 states by default: the balance guard's eth_getBalance
     # at older blocks would fail ("BlockOutOfRangeError"). Persist them all to disk instead
     # (an archive node's behaviour; older states cost a disk read, as on a real archive node).
     anvil = AnvilNode(no_mining=True, extra_args=["--max-persisted-states", "100000"])
-    with tempfile.TemporaryDirectory(prefix="pw-bench-") as tmp_name, anvil as node:
-        tmp = Path(tmp_name)
+    with anvil as node:
+        tmp = tmp_root / "classic"
+        tmp.mkdir()
         assert node.url is not None
         out(f"\n== building the chain (anvil {node.url}, --no-mining) ==")
         built = ChainBuilder(node, random.Random(args.seed)).build(args.blocks)
@@ -778,6 +506,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         pw = Proofwatch(tmp, node.url, built.tokens)
         pw.add_invoices(10)
+        # Watcher.scan reads each token's decimals() once (stored) before scanning, through
+        # the same pool but outside ScanReport.requests: read them first, so that the POSTs
+        # counted below are the scan's own (the cost section counts everything, as a process).
+        if hasattr(pw.watcher, "check_decimals"):
+            pw.watcher.check_decimals(pw.chain)
         out("\n== (a) proofwatch catch-up: in-process `proofwatch scan` (Watcher.scan) ==")
         catchup, report = pw.poll("catch-up", profile_path(args.profile, "catch-up"))
         blocks = report.cursor_after - report.cursor_before
@@ -936,6 +669,36 @@ def main(argv: Sequence[str] | None = None) -> int:
         pw.ctx.engine.dispose()
         pw.log_file.close()
         out(f"  proofwatch log lines by level/event (warnings and errors): {pw.log_summary()}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=5000, help="blocks holding the txs")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help="run the catch-up and the 10,000-invoice poll under cProfile (slower), stats in DIR",
+    )
+    parser.add_argument(
+        "--cost-only", action="store_true", help="only the cost section (issue 11), not (a)-(e)"
+    )
+    parser.add_argument(
+        "--busy-blocks", type=int, default=500, help="blocks of the busy chain (0: no busy chain)"
+    )
+    parser.add_argument("--busy-noise", type=int, default=120, help="noise txs per busy block")
+    args = parser.parse_args(argv)
+    out: Callable[..., None] = print
+    check = Checks()
+    out(f"proofwatch scan benchmark  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC  ({machine()})")
+
+    with tempfile.TemporaryDirectory(prefix="pw-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        if not args.cost_only:
+            classic(args, tmp, out, check)
+        quiet_logs(tmp / "cost.log")  # (classic closed its log file)
+        cost_section(args, tmp, out, check)
     if check.failed:
         out(f"\nCORRECTNESS FAILED: {len(check.failed)} check(s): {check.failed}")
         return 1

@@ -111,6 +111,9 @@ class ChainSettings:
     receiving_address: Address
     finality: Finality = "finalized"  # "finalized" | "safe" | confirmations
     poll_seconds: Seconds = 6.0
+    # With no open invoice and no transfer waiting for finality on this chain, the daemon
+    # polls it this often instead (never more often than poll_seconds).
+    idle_poll_seconds: Seconds = 60.0
     start_block: Count = 0
     native_symbol: Symbol = "ETH"
     tokens: Annotated[tuple[TokenSettings, ...], tables("chains.tokens")] = ()

@@ -177,6 +177,7 @@ rpc_urls = [{names}]
 receiving_address = "{self.consultant}"
 finality = "finalized"
 poll_seconds = 1
+idle_poll_seconds = 1
 start_block = {self.start_block}
 
 [[chains.tokens]]

@@ -85,12 +85,14 @@ def write_config(
     chains: dict[str, str],
     *,
     poll_seconds: float = 0.5,
+    idle_poll_seconds: float | None = None,
     listen: str | None = None,
     stale_seconds: float = 30,
     token: str | None = None,
 ) -> Path:
     """A config with one ``[[chains]]`` per (name, RPC URL); the URLs (and the status
-    ``token``, if any) live in ``.env``."""
+    ``token``, if any) live in ``.env``. Idle chains poll as often as busy ones unless
+    ``idle_poll_seconds`` says otherwise."""
     env, blocks = [], []
     for (name, url), wallet in zip(chains.items(), WALLETS, strict=False):
         var = name.upper().replace("-", "_") + "_RPC_URL"
@@ -99,6 +101,7 @@ def write_config(
             f'[[chains]]\nname = "{name}"\nchain_id = 31337\nrpc_urls = ["${{{var}}}"]\n'
             f'receiving_address = "{wallet}"\nfinality = "finalized"\n'
             f"poll_seconds = {poll_seconds}\nstart_block = 0\n"
+            f"idle_poll_seconds = {idle_poll_seconds or poll_seconds}\n"
         )
     status = f"[status]\nstale_seconds = {stale_seconds}\n"
     if listen:

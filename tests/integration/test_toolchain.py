@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 from web3.exceptions import ContractLogicError
 
 from tests.support.anvil import AnvilNode, anvil_binary
 from tests.support.contracts import deploy, erc20_transfer, send_eth, wait_receipt
+from tests.support.rpcproxy import FULL_BLOCK, RpcProxy
 
 pytestmark = pytest.mark.anvil
 
@@ -219,3 +221,22 @@ def test_missing_binary_is_an_error_not_a_skip(
         anvil_binary()
     with pytest.raises(RuntimeError, match="make tools"):
         AnvilNode().start()
+
+
+@pytest.mark.anvil
+def test_raw_counting_proxy_passes_answers_through_and_counts_them(anvil: AnvilNode) -> None:
+    """RpcProxy(raw=True) answers exactly the node's bytes and counts POSTs, entries by method,
+    full blocks and the bytes it answered (what bench/scan.py's cost section measures)."""
+    assert anvil.url is not None
+    batch = [
+        {"jsonrpc": "2.0", "id": 1, "method": "eth_blockNumber", "params": []},
+        {"jsonrpc": "2.0", "id": 2, "method": "eth_getBlockByNumber", "params": ["0x0", True]},
+        {"jsonrpc": "2.0", "id": 3, "method": "eth_getBlockByNumber", "params": ["0x0", False]},
+    ]
+    direct = requests.post(anvil.url, json=batch, timeout=10).content
+    with RpcProxy(anvil.url, raw=True) as proxy:
+        proxied = requests.post(proxy.url, json=batch, timeout=10).content
+        assert proxied == direct
+        assert proxy.posts == 1
+        assert proxy.calls == {"eth_blockNumber": 1, "eth_getBlockByNumber": 2, FULL_BLOCK: 1}
+        assert proxy.bytes_sent == len(direct)

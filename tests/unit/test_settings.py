@@ -73,6 +73,7 @@ def base_config() -> dict[str, Any]:
                 "receiving_address": WALLET,
                 "finality": "finalized",
                 "poll_seconds": 6,
+                "idle_poll_seconds": 120,
                 "start_block": 22000000,
                 "native_symbol": "ETH",
                 "internal": "off",
@@ -198,6 +199,7 @@ def test_valid_config_loads_into_frozen_settings(tmp_path: Path) -> None:
         receiving_address=WALLET,
         finality="finalized",
         poll_seconds=6.0,
+        idle_poll_seconds=120.0,
         start_block=22000000,
         native_symbol="ETH",
         tokens=(TokenSettings("USDC", USDC, 6),),
@@ -251,6 +253,7 @@ def test_minimal_config_gets_defaults(tmp_path: Path) -> None:
         "ETH",
         (),
     )
+    assert chain.idle_poll_seconds == 60.0
     assert settings.billing == BillingSettings()
     assert settings.billing.tag_cooling_days == 180
     assert settings.notify.webhooks == ()
@@ -354,6 +357,8 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("chains[0].finality", "latest", '\'latest\' must be "finalized", "safe"'),
     ("chains[0].finality", 0, '0 must be "finalized"'),
     ("chains[0].poll_seconds", 0, "0 must be a positive number"),
+    ("chains[0].idle_poll_seconds", 0, "0 must be a positive number"),
+    ("chains[0].idle_poll_seconds", "60", "'60' must be a positive number"),
     ("chains[0].start_block", -1, "-1 must be an integer >= 0"),
     ("chains[0].native_symbol", "E TH", "'E TH' is not a token symbol"),
     ("chains[0].internal", "sometimes", "'sometimes' must be one of trace_filter"),

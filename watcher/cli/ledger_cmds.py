@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import Annotated, Any
 
-import segno
 import typer
 from rich.table import Table
 
@@ -200,6 +199,8 @@ def invoice_issue(
     if early or row["status"] != InvoiceStatus.OPEN.value:
         typer.echo(f"  status:      {row['status']}")
     buffer = io.StringIO()
+    import segno  # only for the terminal QR of an issued invoice
+
     segno.make(row["payment_uri"], error="m").terminal(out=buffer, compact=True)
     typer.echo(buffer.getvalue())
 

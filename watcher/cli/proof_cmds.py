@@ -14,7 +14,6 @@ import typer.core
 from watcher.cli.common import context, load, print_json
 from watcher.errors import BadInput
 from watcher.ledger.proof import load_proof
-from watcher.templates.render import render_proof
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 _INVOICE_REF = re.compile(r"^INV-[0-9]+$", re.IGNORECASE)
@@ -46,7 +45,12 @@ def proof_show(
     if fmt not in ("json", "html"):
         raise BadInput(f"--format {fmt!r} must be json or html")
     bundle = load_proof(context(readonly=True).engine, invoice)
-    text = json.dumps(bundle, indent=2) + "\n" if fmt == "json" else render_proof(bundle)
+    if fmt == "json":
+        text = json.dumps(bundle, indent=2) + "\n"
+    else:
+        from watcher.templates.render import render_proof  # Jinja2: only for HTML
+
+        text = render_proof(bundle)
     write_out(text, output)
 
 

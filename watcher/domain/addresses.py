@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from eth_utils import is_checksum_address, to_checksum_address
+from eth_hash.auto import keccak
 
 from watcher.errors import BadInput
 
@@ -24,7 +24,23 @@ def parse_address(text: object, *, what: str = "address") -> str:
     body = raw[2:]
     if body != body.lower() and body != body.upper() and not is_checksum_address(raw):
         raise BadInput(f"{what} {text!r} has a wrong EIP-55 checksum (mistyped?)")
-    return str(to_checksum_address(raw))
+    return to_checksum_address(raw)
+
+
+def to_checksum_address(address: str) -> str:
+    """The EIP-55 form of a 0x-prefixed 40-hex-digit ``address`` (any case).
+
+    Here rather than eth_utils, whose import (about 50 ms) every read command would pay.
+    """
+    body = address[2:].lower()
+    digest = keccak(body.encode("ascii")).hex()
+    pairs = zip(body, digest, strict=False)  # the digest is longer: its first 40 nibbles
+    return "0x" + "".join(c.upper() if int(d, 16) >= 8 else c for c, d in pairs)
+
+
+def is_checksum_address(address: str) -> bool:
+    """True when ``address`` is in its EIP-55 form."""
+    return bool(_ADDRESS.match(address)) and to_checksum_address(address) == address
 
 
 def parse_tx_hash(text: object) -> str:

@@ -26,8 +26,10 @@ import hmac
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
-import requests
+if TYPE_CHECKING:  # imported when a webhook is sent: settings (every command) import this module
+    import requests
 
 USER_AGENT = "proofwatch-webhook/1"
 EVENT_ID_HEADER = "Proofwatch-Event-Id"
@@ -127,6 +129,8 @@ def standard_signature(key: bytes, event_id: str, timestamp: int, body: bytes | 
 
 def _failure_reason(exc: requests.RequestException) -> str:
     """A short reason for a transport error; ``requests``' own message quotes the URL."""
+    import requests
+
     if isinstance(exc, requests.ConnectTimeout):
         return "connect timeout"
     if isinstance(exc, requests.Timeout):
@@ -189,6 +193,8 @@ class WebhookChannel:
 
         Raises ``ChannelGone`` on a 410 answer.
         """
+        import requests
+
         payload = body.encode("utf-8")
         try:
             response = requests.post(

@@ -3,7 +3,8 @@
 One APScheduler 3 ``BlockingScheduler`` (UTC) runs these jobs, each in a worker thread of its
 own, all with ``max_instances=1`` and ``coalesce=True`` and their first run at once:
 
-- ``scan:<chain>``, one per chain, every ``poll_seconds``;
+- ``scan:<chain>``, one per chain, every ``poll_seconds`` (an idle chain polls every
+  ``idle_poll_seconds``: ``watcher.runtime.pacing``);
 - ``renew`` (renewals, expiries, lapses) every minute;
 - ``deliver`` (the outbox) every few seconds;
 - ``heartbeat`` (the ``daemon`` row) every ``HEARTBEAT_SECONDS``.
@@ -54,6 +55,7 @@ from watcher.runtime.heartbeat import Registry
 from watcher.runtime.leases import ChainLeases, Clock, LeaseLost, new_holder, wall_clock
 from watcher.runtime.locks import DaemonLocked, InstanceLock, make_lock
 from watcher.runtime.outages import DEGRADED_AFTER, DEGRADED_AFTER_FAILURES, ChainHealth, Outage
+from watcher.runtime.pacing import IdlePacer, chain_is_busy
 from watcher.runtime.status import HEARTBEAT_SECONDS
 from watcher.settings import ChainSettings
 from watcher.store.db import fenced, make_engine, sqlite_path
@@ -103,11 +105,13 @@ class Daemon:
         install_signals: bool | None = None,
         shared: bool | None = None,
         clock: Clock = wall_clock,
+        pacer: IdlePacer | None = None,
     ) -> None:
         """``rounds`` defaults to a ``Watcher``; ``listen`` to ``[status] listen``; signal
         handlers are installed only when ``start()`` runs in the main thread (unless told).
         ``shared`` (default: the database is not SQLite) makes the daemon share the database
-        with others through chain leases, which expire by ``clock``."""
+        with others through chain leases, which expire by ``clock``; ``pacer`` (idle pacing of
+        the scan jobs) defaults to one on the monotonic clock."""
         self.ctx = ctx
         self.settings = ctx.settings
         if rounds is None:
@@ -121,6 +125,7 @@ class Daemon:
         self.lock = lock if lock is not None else make_lock(ctx.settings, ctx.engine, ctx.now)
         self.listen = listen if listen is not None else ctx.settings.status.listen
         self.install_signals = install_signals
+        self.pacer = pacer or IdlePacer()
         self.pid, self.host = os.getpid(), socket.gethostname()
         self.holder = new_holder(self.host, self.pid)
         self.shared = sqlite_path(ctx.settings.database_url) is None if shared is None else shared
@@ -268,7 +273,7 @@ class Daemon:
         first = datetime.now(UTC)
         jobs: list[tuple[str, Callable[[], object], float]] = [
             ("heartbeat", self._heartbeat, self.intervals.heartbeat),
-            *((f"scan:{c.name}", partial(self._scan, c), c.poll_seconds) for c in chains),
+            *((f"scan:{c.name}", partial(self._paced_scan, c), c.poll_seconds) for c in chains),
             ("renew", self.rounds.renew, self.intervals.renew),
             ("deliver", self.rounds.deliver, self.intervals.deliver),
         ]
@@ -329,15 +334,26 @@ class Daemon:
         """Per chain: (consecutive failed polls, failed polls since the daemon started)."""
         return self.health.poll_failures()
 
-    def _scan(self, chain: ChainSettings) -> None:
+    def _paced_scan(self, chain: ChainSettings) -> None:
+        """One run of the chain's scan job: a poll, unless the chain is idle and was polled
+        less than ``idle_poll_seconds`` ago."""
+        if not self.pacer.due(chain, partial(chain_is_busy, self.ctx.engine, chain)):
+            return
+        began = self.pacer.began()
+        if not self._scan(chain):
+            return  # another daemon holds the chain: no poll of ours to pace from
+        complete = self.outages[chain.name].failures == 0  # _scan resets it on a good poll
+        self.pacer.polled(chain, began, complete=complete)
+
+    def _scan(self, chain: ChainSettings) -> bool:
         """One poll of a chain: on a shared database only while this daemon holds its lease,
-        every transaction of the poll fenced by it."""
+        every transaction of the poll fenced by it. False: another daemon holds the chain."""
         if self.leases is None:
             self._poll(chain)
-            return
+            return True
         if not self.leases.hold(chain.name):
             self._held.discard(chain.name)
-            return  # another daemon scans it
+            return False  # another daemon scans it
         if chain.name not in self._held:  # (again) ours: its outage as the database knows it
             self.health.load(chain.name)
             self._held.add(chain.name)
@@ -346,6 +362,7 @@ class Daemon:
                 self._poll(chain)
         except LeaseLost as exc:
             log.warning("chain.lease_lost", chain=chain.name, error=str(exc))
+        return True
 
     def _poll(self, chain: ChainSettings) -> None:
         outage = self.outages[chain.name]

@@ -7,8 +7,6 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-from jsonschema import Draft202012Validator
-
 from watcher.errors import BadInput
 
 SCHEMA_VERSION = "proof-v1"
@@ -31,6 +29,8 @@ def _path(parts: Any) -> str:
 
 def validate_bundle(bundle: Any) -> None:
     """Raise ``BadInput`` naming the first field where ``bundle`` breaks ``proof-v1``."""
+    from jsonschema import Draft202012Validator  # only when a bundle is checked
+
     validator = Draft202012Validator(proof_schema())
     errors = sorted(validator.iter_errors(bundle), key=lambda e: list(map(str, e.absolute_path)))
     if errors:
