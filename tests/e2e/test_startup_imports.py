@@ -9,16 +9,16 @@ need (eth_utils, requests, segno, jsonschema).
 from __future__ import annotations
 
 import json
-import shutil
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.conftest import Workspace
+from tests.e2e.conftest import Templates, Workspace
 from tests.unit.test_proof_schema import bundle
 
 NEVER = ("web3", "apprise")
@@ -35,11 +35,9 @@ def imported(stderr: str) -> set[str]:
 
 
 @pytest.fixture
-def paid(invoiced_template: Path, tmp_path: Path) -> Workspace:
-    """The invoiced ledger with a frozen proof for INV-1 (as settlement writes it)."""
-    root = tmp_path / "ws"
-    shutil.copytree(invoiced_template, root)
-    ws = Workspace(root)
+def paid(template_sets: Callable[[str], Templates], tmp_path: Path) -> Workspace:
+    """The invoiced ledger (SQLite) with a frozen proof for INV-1 (as settlement writes it)."""
+    ws = template_sets("sqlite").copy("invoiced", tmp_path / "ws")
     conn = sqlite3.connect(ws.db)
     with conn:
         conn.execute(

@@ -41,7 +41,7 @@ def write_config(folder: Path, database_url: str) -> Path:
             f'[[chains]]\nname = "{name}"\nchain_id = 31337\n'
             f'rpc_urls = ["${{{name.upper()}_RPC_URL}}"]\n'
             f'receiving_address = "{wallet}"\nfinality = "finalized"\npoll_seconds = 0.1\n'
-            "start_block = 0\n"
+            "idle_poll_seconds = 0.1\nstart_block = 0\n"
         )
     config = folder / "watcher.toml"
     config.write_text(
