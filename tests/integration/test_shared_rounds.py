@@ -110,6 +110,42 @@ def test_two_racing_invoice_issues_make_one_invoice_and_one_refusal(
     ctx.engine.dispose()
 
 
+def test_two_racing_issues_for_different_retainers_at_one_price_pick_distinct_amounts(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ``invoice issue`` for two retainers at the same price on one chain + asset, at the
+    same instant, ask for two different amounts. (Both meet just before picking: without the
+    per-asset lock on PostgreSQL both would read the same free tag and ask for it.)"""
+    refs = [approved_retainer(ctx), approved_retainer(ctx)]
+    meet = threading.Barrier(2, timeout=3)
+    pick = ledger.pick_amount
+
+    def pick_after_meeting(*args: Any, **kwargs: Any) -> int:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            meet.wait()  # on SQLite the other issue waits for this one's BEGIN IMMEDIATE
+        return pick(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "pick_amount", pick_after_meeting)
+    outcomes: list[object] = []
+
+    def issue(ref: str) -> None:
+        try:
+            outcomes.append(ledger.issue_invoice(ctx, ref))
+        except Exception as exc:  # shown by the assertion below
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=issue, args=(ref,)) for ref in refs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert all(isinstance(o, Invoice) for o in outcomes) and len(outcomes) == 2, outcomes
+    with Session(ctx.engine) as session:
+        amounts = [i.amount for i in session.exec(select(Invoice)).all()]
+    assert len(amounts) == 2 and len(set(amounts)) == 2, amounts
+    ctx.engine.dispose()
+
+
 def paid_first_month(ctx: Context) -> None:
     """RET-1 with INV-1 paid by a final transfer (no chain needed)."""
     ref = approved_retainer(ctx)
