@@ -1,6 +1,7 @@
 """Work that several daemons (or an operator beside them) could do twice on one database:
-two racing ``invoice issue`` make one invoice and one clear refusal (SQLite and PostgreSQL),
-and a renewal round runs only under its advisory lock (PostgreSQL)."""
+two racing ``invoice issue`` make one invoice and one clear refusal, two for different
+retainers at one price ask for different amounts (SQLite and PostgreSQL), and a renewal round
+runs only under its advisory lock (PostgreSQL)."""
 
 from __future__ import annotations
 
