@@ -49,6 +49,7 @@ import sqlalchemy as sa  # noqa: E402
 from sqlalchemy import insert  # noqa: E402
 from sqlmodel import col, select  # noqa: E402
 
+from tests.support.base_ledger import PAYER, USDC, WALLET, base_settings  # noqa: E402
 from tests.support.postgres import PostgresServer  # noqa: E402
 from watcher.domain import billing  # noqa: E402
 from watcher.ledger import invoices as ledger  # noqa: E402
@@ -56,7 +57,6 @@ from watcher.ledger import token_decimals  # noqa: E402
 from watcher.ledger.context import Context  # noqa: E402
 from watcher.ledger.settlement import Settlement  # noqa: E402
 from watcher.logs import configure  # noqa: E402
-from watcher.settings import ChainSettings, Settings, TokenSettings  # noqa: E402
 from watcher.store.db import make_engine, migrate, transaction  # noqa: E402
 from watcher.store.tables import (  # noqa: E402
     Allocation,
@@ -68,27 +68,9 @@ from watcher.store.tables import (  # noqa: E402
     Transfer,
 )
 
-WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
-USDC = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
-PAYER = "0x52908400098527886E0F7030069857D2E4169EE7"
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
 PAID_AT = NOW + timedelta(hours=1)
 PRICE = 1000 * 10**6
-
-
-def settings_for(url: str, root: Path) -> Settings:
-    chain = ChainSettings(
-        name="base",
-        chain_id=8453,
-        rpc_urls=("http://127.0.0.1:9",),
-        receiving_address=WALLET,
-        finality="finalized",
-        poll_seconds=6.0,
-        start_block=0,
-        native_symbol="ETH",
-        tokens=(TokenSettings("USDC", USDC, 6),),
-    )
-    return Settings(config_path=root / "watcher.toml", database_url=url, chains=(chain,))
 
 
 @dataclass
@@ -273,7 +255,7 @@ def run_once(
     engine = make_engine(url)
     try:
         migrate(engine)
-        ctx = Context(settings=settings_for(url, root), engine=engine, now=lambda: PAID_AT)
+        ctx = Context(settings=base_settings(url, root), engine=engine, now=lambda: PAID_AT)
         t0 = time.perf_counter()
         ids = build(ctx, args.invoices, args.payments)
         setup = time.perf_counter() - t0

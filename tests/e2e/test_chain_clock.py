@@ -17,8 +17,10 @@ from tests.e2e.chain_harness import (
     Workspace,
     usdc,
 )
+from tests.support.postgres import STORES as ALL_STORES
 
 pytestmark = pytest.mark.anvil
+STORES = ALL_STORES  # every test here runs on SQLite and on PostgreSQL
 
 MINED = "2026-03-03T08:00:00Z"  # the payment's block
 SEEN = "2026-03-03T10:00:00Z"  # when the watcher scans

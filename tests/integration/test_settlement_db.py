@@ -13,41 +13,22 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
+from tests.support.base_ledger import PAYER, USDC, WALLET, base_context
 from watcher.ledger import invoices as ledger
 from watcher.ledger.context import Context
 from watcher.ledger.renewals import run_renewals
 from watcher.ledger.settlement import Settlement
-from watcher.settings import load_settings
-from watcher.store.db import SCHEMA_VERSION, make_engine, migrate, transaction
+from watcher.store.db import SCHEMA_VERSION, migrate, transaction
 from watcher.store.tables import Allocation, Invoice, OutboxEvent, Transfer
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
-USDC = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
-PAYER = "0x52908400098527886E0F7030069857D2E4169EE7"
 
 
 @pytest.fixture
 def ctx(tmp_path: Path, db_url: str) -> Iterator[Context]:
-    (tmp_path / "watcher.toml").write_text(
-        f"""[database]
-url = "{db_url}"
-[[chains]]
-name = "base"
-chain_id = 8453
-rpc_urls = ["http://127.0.0.1:9"]
-receiving_address = "{WALLET}"
-[[chains.tokens]]
-symbol = "USDC"
-address = "{USDC}"
-decimals = 6
-"""
-    )
-    settings = load_settings(tmp_path / "watcher.toml")
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    yield Context(settings=settings, engine=engine, now=lambda: NOW)
-    engine.dispose()
+    ctx = base_context(tmp_path, db_url, lambda: NOW)
+    yield ctx
+    ctx.engine.dispose()
 
 
 def _two_retainers_sharing_a_payer(ctx: Context) -> tuple[int, int]:

@@ -1,6 +1,7 @@
 """Work that several daemons (or an operator beside them) could do twice on one database:
-two racing ``invoice issue`` make one invoice and one clear refusal (SQLite and PostgreSQL),
-and a renewal round runs only under its advisory lock (PostgreSQL)."""
+two racing ``invoice issue`` make one invoice and one clear refusal, two for different
+retainers at one price ask for different amounts (SQLite and PostgreSQL), and a renewal round
+runs only under its advisory lock (PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -14,41 +15,20 @@ import pytest
 import sqlalchemy as sa
 from sqlmodel import Session, select
 
+from tests.support.base_ledger import PAYER, USDC, WALLET, base_context
 from watcher.errors import Refused
 from watcher.ledger import invoices as ledger
 from watcher.ledger.context import Context
 from watcher.ledger.renewals import ROUND_LOCK, run_renewals
 from watcher.ledger.settlement import Settlement
-from watcher.settings import load_settings
-from watcher.store.db import make_engine, migrate, transaction
+from watcher.store.db import transaction
 from watcher.store.tables import Invoice, Transfer
 
 NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
-USDC = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
-PAYER = "0x52908400098527886E0F7030069857D2E4169EE7"
 
 
 def context_for(tmp_path: Path, url: str) -> Context:
-    (tmp_path / ".env").write_text(f"DATABASE_URL={url}\n")
-    (tmp_path / "watcher.toml").write_text(
-        f"""[database]
-url = "${{DATABASE_URL}}"
-[[chains]]
-name = "base"
-chain_id = 8453
-rpc_urls = ["http://127.0.0.1:9"]
-receiving_address = "{WALLET}"
-[[chains.tokens]]
-symbol = "USDC"
-address = "{USDC}"
-decimals = 6
-"""
-    )
-    settings = load_settings(tmp_path / "watcher.toml")
-    engine = make_engine(settings.database_url)
-    migrate(engine)
-    return Context(settings=settings, engine=engine, now=lambda: NOW)
+    return base_context(tmp_path, url, lambda: NOW)
 
 
 @pytest.fixture
@@ -107,6 +87,42 @@ def test_two_racing_invoice_issues_make_one_invoice_and_one_refusal(
     )
     with Session(ctx.engine) as session:
         assert len(session.exec(select(Invoice)).all()) == 1
+    ctx.engine.dispose()
+
+
+def test_two_racing_issues_for_different_retainers_at_one_price_pick_distinct_amounts(
+    ctx: Context, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ``invoice issue`` for two retainers at the same price on one chain + asset, at the
+    same instant, ask for two different amounts. (Both meet just before picking: without the
+    per-asset lock on PostgreSQL both would read the same free tag and ask for it.)"""
+    refs = [approved_retainer(ctx), approved_retainer(ctx)]
+    meet = threading.Barrier(2, timeout=3)
+    pick = ledger.pick_amount
+
+    def pick_after_meeting(*args: Any, **kwargs: Any) -> int:
+        with contextlib.suppress(threading.BrokenBarrierError):
+            meet.wait()  # on SQLite the other issue waits for this one's BEGIN IMMEDIATE
+        return pick(*args, **kwargs)
+
+    monkeypatch.setattr(ledger, "pick_amount", pick_after_meeting)
+    outcomes: list[object] = []
+
+    def issue(ref: str) -> None:
+        try:
+            outcomes.append(ledger.issue_invoice(ctx, ref))
+        except Exception as exc:  # shown by the assertion below
+            outcomes.append(exc)
+
+    threads = [threading.Thread(target=issue, args=(ref,)) for ref in refs]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert all(isinstance(o, Invoice) for o in outcomes) and len(outcomes) == 2, outcomes
+    with Session(ctx.engine) as session:
+        amounts = [i.amount for i in session.exec(select(Invoice)).all()]
+    assert len(amounts) == 2 and len(set(amounts)) == 2, amounts
     ctx.engine.dispose()
 
 

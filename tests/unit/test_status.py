@@ -1,4 +1,5 @@
-"""The status document and health verdict, read from a real SQLite file (no node needed)."""
+"""The status document and health verdict, read from a real database (no node needed): every
+test runs on a SQLite file and on PostgreSQL (the ``db_url`` fixture)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
 
 CONFIG = f"""
 [database]
-url = "sqlite:///watcher.db"
+url = "${{DATABASE_URL}}"
 
 [[chains]]
 name = "base"
@@ -67,9 +68,11 @@ class Db:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Db]:
+def db(tmp_path: Path, db_url: str) -> Iterator[Db]:
     (tmp_path / "watcher.toml").write_text(CONFIG)
-    (tmp_path / ".env").write_text(f"BASE_RPC_URL=https://base.example.org/v2/{SECRET}\n")
+    (tmp_path / ".env").write_text(
+        f"BASE_RPC_URL=https://base.example.org/v2/{SECRET}\nDATABASE_URL={db_url}\n"
+    )
     settings = load_settings(tmp_path / "watcher.toml")
     engine = make_engine(settings.database_url)
     migrate(engine)
@@ -293,8 +296,8 @@ def test_health_is_clean_with_a_fresh_heartbeat_and_fresh_polls(db: Db) -> None:
 
 
 def test_status_reads_without_waiting_for_an_open_write_transaction(db: Db) -> None:
-    """With WAL, the read-only engine reads the last committed state while a writer holds
-    SQLite's write lock."""
+    """The read-only engine reads the last committed state while a writer holds an open write
+    transaction (SQLite's write lock under WAL; a row lock on PostgreSQL)."""
     _state(db, head=10, cursor=10)
     with db.engine.connect() as writer, writer.begin():
         writer.execute(sa.text("UPDATE chain_state SET head = 99 WHERE chain = 'base'"))

@@ -16,16 +16,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 from sqlalchemy.engine import Engine
 
+from tests.support.base_ledger import WALLET, base_settings
 from tests.support.postgres import STORES, PostgresServer
 from watcher.domain.money import format_amount
 from watcher.ledger import invoices as ledger
 from watcher.ledger import queries
-from watcher.settings import ChainSettings, Settings, TokenSettings
 from watcher.store.db import make_engine, migrate, transaction
 from watcher.store.tables import Invoice, Retainer, Transfer
 from watcher.store.views import _fmt, _fmt_pg
 
-WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
 NOW = datetime(2026, 1, 31, 10, tzinfo=UTC)
 _TX_NUMBERS = itertools.count(1)
 
@@ -194,22 +193,7 @@ def test_v_payments_amount_equals_format_amount(engine: Engine, units: int, deci
 
 def test_wei_above_64_bits_survive_the_ledger_and_the_views(tmp_path: Path, db_url: str) -> None:
     """A 10 ETH retainer (10**19 wei, over SQLite's INTEGER range) is invoiced and shown exactly."""
-    chain = ChainSettings(
-        name="base",
-        chain_id=8453,
-        rpc_urls=("http://127.0.0.1:9",),
-        receiving_address=WALLET,
-        finality="finalized",
-        poll_seconds=6.0,
-        start_block=0,
-        native_symbol="ETH",
-        tokens=(TokenSettings("USDC", "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913", 6),),
-    )
-    settings = Settings(
-        config_path=tmp_path / "watcher.toml",
-        database_url=db_url,
-        chains=(chain,),
-    )
+    settings = base_settings(db_url, tmp_path)
     engine = make_engine(settings.database_url)
     migrate(engine)
     ctx = ledger.Context(settings=settings, engine=engine, now=lambda: NOW)

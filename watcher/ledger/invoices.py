@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
+import sqlalchemy as sa
 import structlog
 from sqlmodel import Session, col, or_, select
 
@@ -201,10 +203,26 @@ def issued_amounts(
     ]
 
 
+def amount_tag_lock(chain_id: int, symbol: str) -> int:
+    """The advisory lock key (a signed 64-bit int, the same in every process) under which
+    amounts are picked for one chain + asset on PostgreSQL."""
+    digest = hashlib.blake2b(f"proofwatch amount tag {chain_id}:{symbol}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "big", signed=True)
+
+
 def pick_amount(
     session: Session, settings: Settings, asset: Asset, pay_to: str, price: int, now: datetime
 ) -> int:
-    """The unique amount a new invoice of ``price`` asks for (``billing.choose_amount``)."""
+    """The unique amount a new invoice of ``price`` asks for (``billing.choose_amount``).
+
+    Picking is serialised per chain + asset: on PostgreSQL the issuing transaction first takes
+    ``amount_tag_lock`` (held until it commits), so two ``invoice issue`` for different
+    retainers at the same price cannot both read the same free tag; on SQLite the writer's
+    ``BEGIN IMMEDIATE`` already holds the whole database."""
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        key = amount_tag_lock(asset.chain_id, asset.symbol)
+        session.connection().execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
     cooling = settings.billing.tag_cooling_days
     issued = issued_amounts(
         session, asset.chain_id, asset.symbol, pay_to, since=now - timedelta(days=cooling)

@@ -108,13 +108,7 @@ class ChainHealth:
         outage = self.outages[chain.name]
         now = self.now()
         assert outage.since is not None
-        data = {
-            "chain": chain.name,
-            "chain_id": chain.chain_id,
-            "since": iso(outage.since),
-            "failures": outage.failures,
-            "error": error,
-        }
+        data = _outage_data(chain, outage.since, failures=outage.failures, error=error)
         with transaction(self.engine) as session:
             state = self._state(session, chain)
             state.degraded, state.last_poll_at, state.last_error = True, now, error
@@ -136,13 +130,12 @@ class ChainHealth:
         outage = self.outages[chain.name]
         now = self.now()
         assert outage.since is not None
-        data = {
-            "chain": chain.name,
-            "chain_id": chain.chain_id,
-            "since": iso(outage.since),
-            "recovered_at": iso(now),
-            "down_seconds": max(0, int((now - outage.since).total_seconds())),
-        }
+        data = _outage_data(
+            chain,
+            outage.since,
+            recovered_at=iso(now),
+            down_seconds=max(0, int((now - outage.since).total_seconds())),
+        )
         with transaction(self.engine) as session:
             state = self._state(session, chain)
             state.degraded, state.rpc_ok, state.last_error = False, True, None
@@ -155,3 +148,9 @@ class ChainHealth:
                 now=now,
             )
         log.info("chain.recovered", **data)
+
+
+def _outage_data(chain: ChainSettings, since: datetime, **more: object) -> dict[str, object]:
+    """The body of ``watcher.degraded`` / ``watcher.recovered``: the chain, when its outage
+    began, then ``more``."""
+    return {"chain": chain.name, "chain_id": chain.chain_id, "since": iso(since), **more}
