@@ -12,16 +12,13 @@ as ``_ConfigFile`` in one pass, so every problem of every table is reported toge
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
-import re
 import tomllib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Self
-from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -70,6 +67,7 @@ from watcher.config_secrets import (
     status_token_from_env,
 )
 from watcher.errors import BadInput, ConfigError
+from watcher.notify.channel_names import default_channel_name
 from watcher.notify.webhook import standard_key
 from watcher.redact import database_secrets
 
@@ -296,28 +294,6 @@ def clock_from_env() -> Callable[[], datetime]:
         raise BadInput(f"WATCHER_NOW {fixed!r} has no time zone; add Z")
     value = value.astimezone(UTC)
     return lambda: value
-
-
-# --- channel names ---------------------------------------------------------------------------
-
-
-def default_channel_name(kind: str, url: str) -> str:
-    """A channel's name when the config gives none: stable while its URL is, never holding a
-    secret. ``webhook:<host>-<8 hex>`` or ``apprise:<scheme>-<8 hex>`` (an Apprise URL's host
-    may be a token), the hex a SHA-256 of the URL without its password. Rotating a password or
-    a webhook ``secret`` keeps the name; changing the URL makes it another channel."""
-    try:
-        parts = urlsplit(url.strip())
-        host = parts.hostname or ""
-    except ValueError:
-        parts, host = urlsplit(""), ""
-    userinfo, at, hostport = parts.netloc.rpartition("@")
-    netloc = (userinfo.partition(":")[0] + at if at else "") + hostport  # no password
-    bare = f"{parts.scheme}://{netloc}{parts.path}" + (f"?{parts.query}" if parts.query else "")
-    digest = hashlib.sha256(bare.encode()).hexdigest()[:8]
-    label = host if kind == "webhook" and host else (parts.scheme.lower() or "url")
-    label = re.sub(r"[^a-z0-9.-]+", "-", label.lower()).strip("-.")[:40] or "url"
-    return f"{kind}:{label}-{digest}"
 
 
 # --- loading -------------------------------------------------------------------------------

@@ -28,8 +28,8 @@ attempt is recorded, the channel's deliveries stay pending and unattempted, and
 resumes them.
 
 Channel names are stable and never hold a secret: the configured ``name``, else one derived
-from the URL without its password (``watcher.settings.default_channel_name``). A delivery is
-bound to its channel's name for good: after a config edit that removes (or changes the URL
+from the URL without its password (``watcher.notify.channel_names``). A delivery is bound to
+its channel's name for good: after a config edit that removes (or changes the URL
 of) a channel, its pending deliveries stay pending, untouched, counted in ``unconfigured``
 and logged once per process as ``notify.channel_not_configured`` with their number; they
 are never sent to another URL. Putting the channel back (or naming a channel after the old

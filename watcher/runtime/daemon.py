@@ -273,7 +273,7 @@ class Daemon:
         first = datetime.now(UTC)
         jobs: list[tuple[str, Callable[[], object], float]] = [
             ("heartbeat", self._heartbeat, self.intervals.heartbeat),
-            *((f"scan:{c.name}", partial(self._paced_scan, c), c.poll_seconds) for c in chains),
+            *((f"scan:{c.name}", partial(self._scan, c), c.poll_seconds) for c in chains),
             ("renew", self.rounds.renew, self.intervals.renew),
             ("deliver", self.rounds.deliver, self.intervals.deliver),
         ]
@@ -334,35 +334,35 @@ class Daemon:
         """Per chain: (consecutive failed polls, failed polls since the daemon started)."""
         return self.health.poll_failures()
 
-    def _paced_scan(self, chain: ChainSettings) -> None:
-        """One run of the chain's scan job: a poll, unless the chain is idle and was polled
-        less than ``idle_poll_seconds`` ago."""
-        if not self.pacer.due(chain, partial(chain_is_busy, self.ctx.engine, chain)):
-            return
-        began = self.pacer.began()
-        if not self._scan(chain):
-            return  # another daemon holds the chain: no poll of ours to pace from
-        complete = self.outages[chain.name].failures == 0  # _scan resets it on a good poll
-        self.pacer.polled(chain, began, complete=complete)
-
-    def _scan(self, chain: ChainSettings) -> bool:
-        """One poll of a chain: on a shared database only while this daemon holds its lease,
-        every transaction of the poll fenced by it. False: another daemon holds the chain."""
+    def _scan(self, chain: ChainSettings) -> None:
+        """One run of a chain's scan job. On a shared database only while this daemon holds
+        the chain's lease, asked at every run (so chains are shared out and taken over at the
+        job's pace, idle or not), every transaction of the poll fenced by it."""
         if self.leases is None:
-            self._poll(chain)
-            return True
+            self._paced_poll(chain)
+            return
         if not self.leases.hold(chain.name):
             self._held.discard(chain.name)
-            return False  # another daemon scans it
+            return  # another daemon scans it
         if chain.name not in self._held:  # (again) ours: its outage as the database knows it
             self.health.load(chain.name)
+            self.pacer.polled(chain, 0.0, complete=False)  # and polled at once
             self._held.add(chain.name)
         try:
             with fenced(self.leases.fence(chain.name)):
-                self._poll(chain)
+                self._paced_poll(chain)
         except LeaseLost as exc:
             log.warning("chain.lease_lost", chain=chain.name, error=str(exc))
-        return True
+
+    def _paced_poll(self, chain: ChainSettings) -> None:
+        """A poll, unless the chain is idle and was polled less than ``idle_poll_seconds``
+        ago."""
+        if not self.pacer.due(chain, partial(chain_is_busy, self.ctx.engine, chain)):
+            return
+        began = self.pacer.began()
+        self._poll(chain)
+        complete = self.outages[chain.name].failures == 0  # _poll resets it on a good poll
+        self.pacer.polled(chain, began, complete=complete)
 
     def _poll(self, chain: ChainSettings) -> None:
         outage = self.outages[chain.name]
