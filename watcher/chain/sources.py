@@ -15,9 +15,15 @@ at it (or the node lacks the old state to bisect):
   (``native=False``: no retainer in the native asset and no balance guard).
 
 One range costs one batched round trip (headers of ``first`` and ``last``, logs, traces,
-balances), plus one for the receipts of the hits and the headers of their blocks, plus the
-bisection rounds in ``off`` mode. The parent-hash link of ``first`` is checked against the
-cursor; every answer naming a block hash (log, trace, receipt) must name the header's.
+balances), plus one for the receipts of the hits, plus the bisection rounds in ``off`` mode.
+A hit block's time comes from the log or receipt when the node says it (``blockTimestamp``:
+Anvil, geth >= 1.16, reth); its header is read only when it does not (older nodes: in the
+receipts' round trip for log hits, one more for trace hits), or when the block is in the reorg
+window (the last ``reorg_depth`` blocks of the range: the stored parent hash keeps a rewind
+exact). The parent-hash link of
+``first`` is checked against the cursor; every answer naming a block hash (log, trace,
+receipt) must name the same hash as the header, or as every other answer for that block when
+no header is read (finality checks each transfer's block hash again).
 """
 
 from __future__ import annotations
@@ -241,10 +247,16 @@ class _Reader:
         known = dict(self.withdrawn)
         lo = self.first - 1 if self.first > 0 else 0
         found = bisect(self.pool, self.wallet, lo, self.last, at_lo, at_hi)
-        wanted = [n for n in found.changed if n not in self.blocks]
+        # A block known only from a receipt or log (no parent hash) may list withdrawals too.
+        headed = {n for n, b in self.blocks.items() if b.parent_hash}
+        wanted = [n for n in found.changed if n not in headed]
         answers = self.pool.batch([block_call(n) for n in wanted]) if wanted else []
         for n, raw in zip(wanted, answers, strict=True):
-            self.blocks[n] = self._header(raw, n)
+            header = self._header(raw, n)
+            seen = self.blocks.get(n)
+            if seen is not None and seen.hash != header.hash:
+                raise ChainMoved(f"block {n} changed while reading: the chain moved")
+            self.blocks[n] = header
         for number, wei in self.withdrawn.items():
             if number not in known:
                 chunk.explain(number, wei)
@@ -269,7 +281,18 @@ class _Reader:
         if not self.first <= number <= self.last:
             raise ChainMoved(f"{what} in block {number} is outside {self.first}..{self.last}")
         self.checks.append((number, item.get("blockHash"), what))
+        self._stamped(item)
         return number
+
+    def _stamped(self, item: Mapping[str, Any]) -> None:
+        """The block of a log or receipt that names its block's time (``blockTimestamp``:
+        Anvil, geth >= 1.16, reth): known without its header (``parent_hash`` "")."""
+        stamp = item.get("blockTimestamp")
+        if stamp is None or item.get("blockHash") is None:
+            return
+        number = quantity(item["blockNumber"])
+        if number not in self.blocks:
+            self.blocks[number] = Block(number, hex_value(item["blockHash"]), "", quantity(stamp))
 
     # -- the wallet's own transactions with traces -------------------------------------------
 
@@ -344,12 +367,30 @@ class _Reader:
             tx_blocks[f.tx_hash] = f.block_hash
         tx_hashes = sorted(tx_blocks)
         deep = sorted({f.tx_hash for f in frames if f.deep})
-        wanted = sorted({n for n, _, _ in self.checks} - set(self.blocks))
+        # A hit block's header is read in the reorg window (its parent hash, stored, makes a
+        # rewind land on the exact common ancestor); below it only for its time: not when a
+        # log or a receipt read here names it (``blockTimestamp``), and then only if the
+        # receipt did not (older nodes: one more round trip).
+        floor = self.last - self.chain.reorg_depth
+        covered = {f.block_number for f in frames}
+        headed = {n for n, b in self.blocks.items() if b.parent_hash}
+        hits = {n for n, _, _ in self.checks}
+        wanted = sorted(
+            n for n in hits - headed if n > floor or (n not in self.blocks and n not in covered)
+        )
         calls = receipt_calls(tx_hashes, deep) + [block_call(n) for n in wanted]
         answers = self.pool.batch(calls) if calls else []
         split = len(calls) - len(wanted)
         receipts, trees = parse_receipts(tx_hashes, deep, answers[:split])
         for n, raw in zip(wanted, answers[split:], strict=True):
+            self.blocks[n] = self._header(raw, n)
+        for tx_hash in tx_hashes:
+            receipt = receipts[tx_hash]
+            if receipt is not None and same(receipt.get("blockHash"), tx_blocks[tx_hash]):
+                self._stamped(receipt)
+        late = sorted(hits - set(self.blocks))
+        headers = self.pool.batch([block_call(n) for n in late]) if late else []
+        for n, raw in zip(late, headers, strict=True):
             self.blocks[n] = self._header(raw, n)
         for number, claimed, what in self.checks:
             if not same(self.blocks[number].hash, claimed):
