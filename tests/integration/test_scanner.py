@@ -31,6 +31,7 @@ from tests.support.scan_harness import (
     harness,
     make_pool,
 )
+from watcher.chain import sources
 from watcher.chain.calls import block_call, parse_block
 from watcher.chain.findings import PollRecord, Rewind, ScanReport, Verdict
 from watcher.chain.scanner import poll_chain
@@ -461,3 +462,41 @@ def test_block_time_is_exact_and_hit_headers_are_read_only_without_block_timesta
     without_hits = 2 + 2
     older = isinstance(ht.node, ScriptedDriver) and not ht.node.node.block_timestamps
     assert headers == (without_hits + 3 if older else without_hits)
+
+
+# --- balances carried from chunk to chunk ----------------------------------------------------
+
+
+@pytest.fixture(params=NODES)
+def hn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """A harness on each node, trace_filter mode."""
+    yield from harness(request, tmp_path, fast=False)
+
+
+def test_a_chunk_takes_its_start_balances_from_the_previous_chunks_end(
+    hn: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over three chunks the native and guarded token balances are read at the first chunk's
+    start and at each chunk's end only, and the guard still explains every payment."""
+    monkeypatch.setattr(sources, "SPARSE_WIDTH", 20)  # chunks of 20 blocks (max_log_range 10)
+    usdc = hn.token("USDC", 6)
+    hn.node.mine(20 - hn.node.head() % 20)
+    txs = []
+    for _ in range(3):  # a native and a token payment in each chunk
+        txs += [hn.pay(ETH), hn.node.pay_token(usdc, hn.payer, WALLET, 7_000_000)]
+        hn.node.mine(17)
+    with RpcProxy(hn.node.url) as proxy:
+        chain = hn.chain(
+            rpc_urls=(proxy.url,), internal="trace_filter", balance_guard=True, max_log_range=10
+        )
+        report = hn.scan(chain, hn.pool(chain))
+        calls = dict(proxy.calls)
+
+    chunks = hn.node.head() // 20 + 1
+    assert chunks >= 4
+    assert report.found == 6 and report.unexplained == 0
+    assert hn.events("watcher.unexplained_balance") == []
+    assert sorted(t.tx_hash for t in hn.transfers()) == sorted(txs)
+    assert calls["eth_getBalance"] == 1 + chunks  # first - 1 of the first chunk, each end
+    assert calls["eth_call"] == 1 + chunks  # balanceOf(wallet) the same way
+    assert hn.state().balance == hn.node.balance(WALLET)

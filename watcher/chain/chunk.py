@@ -17,7 +17,9 @@ The Chunk contract (what ``watcher.chain.scanner`` relies on):
 - ``inflows``: every successful transfer to the wallet found in the range, sorted.
 - ``explained``: per block, native wei in less wei the wallet spent (for the balance guard).
 - balances: the native balance at ``first - 1`` and ``last`` when read, token balances of
-  guarded tokens at both ends.
+  guarded tokens at both ends. The values at ``first - 1`` are the previous chunk's values at
+  its ``last`` when the scanner hands that chunk over (``fetch_chunk(start=...)``), read
+  otherwise; ``nonce_after`` goes with ``balance_after`` for the next chunk's bisection.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ class Chunk:
     explained: dict[int, int] = field(default_factory=dict)  # per block: native in - out, wei
     balance_before: int | None = None  # at first - 1, when it was read
     balance_after: int | None = None  # at last, when it was read
+    nonce_after: int | None = None  # at last, when read with the balance (0: not asked, traces)
     # Per guarded token (checksummed address): balanceOf(wallet) at first - 1 and at last.
     token_before: dict[str, int | None] = field(default_factory=dict)
     token_after: dict[str, int | None] = field(default_factory=dict)

@@ -110,6 +110,7 @@ def fetch_chunk(
     parent_hash: str | None,
     balance_before: bool = True,
     native: bool = True,
+    start: Chunk | None = None,
 ) -> Chunk:
     """Read blocks ``first..last`` and everything in them paid to the wallet.
 
@@ -118,10 +119,15 @@ def fetch_chunk(
     child of ``parent_hash``: the caller handles the reorg. Raises ``ChainMoved`` when the
     answers do not fit together, ``RpcError`` when a block or a receipt could not be read.
     The native balance at both ends is read whenever native reading needs it (the balance
-    guard, or bisection), whatever ``balance_before`` says (kept for callers).
+    guard, or bisection), whatever ``balance_before`` says (kept for callers). ``start`` is the
+    chunk that ended at ``first - 1`` on this chain, when there is one: the balances (and nonce)
+    it read at its end are this range's start, not read again.
     """
     del balance_before
-    return _Reader(pool, chain, first, last, sizers, native).read(parent_hash)
+    reader = _Reader(pool, chain, first, last, sizers, native)
+    if start is not None and start.last == first - 1 and start.linked:
+        reader.start = start
+    return reader.read(parent_hash)
 
 
 class _Reader:
@@ -145,6 +151,7 @@ class _Reader:
         self.checks: list[tuple[int, Any, str]] = []  # (block, the hash an answer names, what)
         self.no_state = ""  # why the node could not give the balance at a range end
         self.withdrawn: dict[int, int] = {}  # block -> wei the beacon chain paid the wallet
+        self.start: Chunk | None = None  # the chunk ending at first - 1: its end values
 
     # -- the range ---------------------------------------------------------------------------
 
@@ -162,10 +169,24 @@ class _Reader:
         batch.add("traces", [trace_filter_call(chain, a, b) for a, b in trace_ranges])
         batch.add("headers", [block_call(n) for n in numbers])
         ends = (self.before_at, last)
+        start = self.start
+        known_lo: Point | None = None  # (balance, nonce) at first - 1 from the previous chunk
+        if start is not None and None not in (start.balance_after, start.nonce_after):
+            known_lo = (start.balance_after or 0, start.nonce_after or 0)
+        known_tokens = {
+            t: start.token_after[t]
+            for t in guarded
+            if start is not None and start.token_after.get(t) is not None
+        }
         if self.ends:  # the nonce only for bisection: with traces the balance tells spending
-            batch.add("ends", [balance_call(wallet, n) for n in ends])
-            batch.add("nonces", [nonce_call(wallet, n) for n in ends] if self.mode == "off" else [])
-        batch.add("tokens", [token_balance_call(t, wallet, n) for t in guarded for n in ends])
+            asked = ends if known_lo is None else (last,)
+            batch.add("ends", [balance_call(wallet, n) for n in asked])
+            off = self.mode == "off"
+            batch.add("nonces", [nonce_call(wallet, n) for n in asked] if off else [])
+        token_ends = {t: (last,) if t in known_tokens else ends for t in guarded}
+        batch.add(
+            "tokens", [token_balance_call(t, wallet, n) for t in guarded for n in token_ends[t]]
+        )
         if dense:
             batch.add("debug", [debug_trace_call(n) for n in numbers])
         batch.send(self.pool)
@@ -180,16 +201,27 @@ class _Reader:
         chunk = Chunk(first, last, [])
         at_lo = at_hi = None
         if self.ends:
-            b0, b1 = batch["ends"]
-            n0, n1 = batch["nonces"] or ("0x0", "0x0")  # with traces: not asked, not used
-            chunk.balance_before, chunk.balance_after = balance_answer(b0), balance_answer(b1)
-            at_lo, at_hi = point(b0, n0), point(b1, n1)
+            balances = batch["ends"]
+            nonces = batch["nonces"] or ["0x0"] * len(balances)  # with traces: not asked
+            b1, n1 = balances[-1], nonces[-1]
+            if known_lo is None:
+                chunk.balance_before, at_lo = (
+                    balance_answer(balances[0]),
+                    point(balances[0], nonces[0]),
+                )
+            else:
+                chunk.balance_before, at_lo = known_lo[0], known_lo
+            chunk.balance_after, at_hi = balance_answer(b1), point(b1, n1)
+            chunk.nonce_after = None if at_hi is None else at_hi[1]
             answers = batch["ends"] + batch["nonces"]
             self.no_state = next(filter(None, map(missing_state, answers)), "")
-        answers = batch["tokens"]
-        for k, token in enumerate(guarded):
-            chunk.token_before[token] = word_answer(answers[2 * k])
-            chunk.token_after[token] = word_answer(answers[2 * k + 1])
+        words = iter(batch["tokens"])
+        for token in guarded:
+            if token in known_tokens:
+                chunk.token_before[token] = known_tokens[token]
+            else:
+                chunk.token_before[token] = word_answer(next(words))
+            chunk.token_after[token] = word_answer(next(words))
 
         if log_ranges:
             sizer = self.sizers["eth_getLogs"]
