@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import closing
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +15,9 @@ import pytest
 import structlog
 from sqlmodel import select
 
-from tests.support.chain_driver import ChainDriver
+from tests.support.chain_driver import ChainDriver, ScriptedDriver
 from tests.support.memory_ledger import MemoryLedger
+from tests.support.rpcproxy import RpcProxy
 from tests.support.scan_harness import (
     ETH,
     NODE_MODES,
@@ -29,6 +31,8 @@ from tests.support.scan_harness import (
     harness,
     make_pool,
 )
+from watcher.chain import sources
+from watcher.chain.calls import block_call, parse_block
 from watcher.chain.findings import PollRecord, Rewind, ScanReport, Verdict
 from watcher.chain.scanner import poll_chain
 from watcher.errors import FinalityViolation
@@ -402,3 +406,97 @@ def test_a_reorg_becomes_a_rewind_without_a_database(node: ChainDriver) -> None:
     assert ledger.status(tx) == ["orphaned"] and report.orphaned == report.reorgs == 1
     assert ledger.findings[-1].first == ancestor + 1
     assert ledger.findings[-1].cursor_hash == node.block_hash("latest")
+
+
+# --- block times without hit-block headers ---------------------------------------------------
+
+TIME_NODES = [
+    pytest.param("scripted"),  # no blockTimestamp in receipts and logs (older nodes)
+    pytest.param("stamped"),  # blockTimestamp in receipts and logs, as Anvil gives
+    pytest.param("anvil", marks=pytest.mark.anvil),
+]
+
+
+@pytest.fixture(params=TIME_NODES)
+def ht(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """A harness on a node with or without ``blockTimestamp`` in its receipts and logs."""
+    yield from harness(request, tmp_path, fast=False)
+
+
+def test_block_time_is_exact_and_hit_headers_are_read_only_without_block_timestamps(
+    ht: Harness,
+) -> None:
+    """Every payment's block_time is its block's timestamp, and a node naming blockTimestamp
+    in receipts and logs is asked no header of a payment's block (an older node is)."""
+    usdc = ht.token("USDC", 6)
+    forwarder = ht.node.forwarder()
+    ht.node.mine(3)
+    txs = [ht.node.pay_token(usdc, ht.payer, WALLET, 5_000_000)]
+    ht.node.mine(2)
+    txs += [ht.pay(ETH), ht.forward(forwarder, 10**15)]
+    ht.node.mine(3)
+    with RpcProxy(ht.node.url) as proxy:
+        # The payments are below the reorg window, where hit headers are read for their parent.
+        chain = ht.chain(rpc_urls=(proxy.url,), internal="trace_filter", reorg_depth=2)
+        pool = ht.pool(chain)
+        report = ht.scan(chain, pool)
+        headers = proxy.calls["eth_getBlockByNumber"]
+        stamps = {
+            n: parse_block(raw, n).timestamp
+            for n, raw in zip(
+                range(ht.node.head() + 1),
+                pool.batch([block_call(n) for n in range(ht.node.head() + 1)]),
+                strict=True,
+            )
+        }
+
+    rows = ht.transfers()
+    assert report.found == 3 and sorted(t.tx_hash for t in rows) == sorted(txs)
+    for t in rows:
+        stamp = stamps[t.block_number]
+        assert stamp is not None and t.block_time is not None
+        assert t.block_time.replace(tzinfo=UTC) == datetime.fromtimestamp(stamp, UTC)
+    hit_blocks = {t.block_number for t in rows}
+    assert len(hit_blocks) == 3 and not hit_blocks & {0, ht.node.head()}
+    # The head and finalized tags, then the boundary headers of the one chunk.
+    without_hits = 2 + 2
+    older = isinstance(ht.node, ScriptedDriver) and not ht.node.node.block_timestamps
+    assert headers == (without_hits + 3 if older else without_hits)
+
+
+# --- balances carried from chunk to chunk ----------------------------------------------------
+
+
+@pytest.fixture(params=NODES)
+def hn(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """A harness on each node, trace_filter mode."""
+    yield from harness(request, tmp_path, fast=False)
+
+
+def test_a_chunk_takes_its_start_balances_from_the_previous_chunks_end(
+    hn: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over three chunks the native and guarded token balances are read at the first chunk's
+    start and at each chunk's end only, and the guard still explains every payment."""
+    monkeypatch.setattr(sources, "SPARSE_WIDTH", 20)  # chunks of 20 blocks (max_log_range 10)
+    usdc = hn.token("USDC", 6)
+    hn.node.mine(20 - hn.node.head() % 20)
+    txs = []
+    for _ in range(3):  # a native and a token payment in each chunk
+        txs += [hn.pay(ETH), hn.node.pay_token(usdc, hn.payer, WALLET, 7_000_000)]
+        hn.node.mine(17)
+    with RpcProxy(hn.node.url) as proxy:
+        chain = hn.chain(
+            rpc_urls=(proxy.url,), internal="trace_filter", balance_guard=True, max_log_range=10
+        )
+        report = hn.scan(chain, hn.pool(chain))
+        calls = dict(proxy.calls)
+
+    chunks = hn.node.head() // 20 + 1
+    assert chunks >= 4
+    assert report.found == 6 and report.unexplained == 0
+    assert hn.events("watcher.unexplained_balance") == []
+    assert sorted(t.tx_hash for t in hn.transfers()) == sorted(txs)
+    assert calls["eth_getBalance"] == 1 + chunks  # first - 1 of the first chunk, each end
+    assert calls["eth_call"] == 1 + chunks  # balanceOf(wallet) the same way
+    assert hn.state().balance == hn.node.balance(WALLET)

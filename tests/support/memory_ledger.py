@@ -62,12 +62,12 @@ class MemoryLedger:
         if number in self.hashes:
             return self.hashes[number][0]
         child = self.hashes.get(number + 1)
-        return child[1] if child else None
+        return child[1] if child and child[1] else None
 
     def stored_hashes(self, up_to: int) -> dict[int, str]:
         stored = {n: h for n, (h, _) in self.hashes.items() if n <= up_to}
         for n in list(stored):  # each block's parent is known too (kept blocks may be sparse)
-            if n > 0:
+            if n > 0 and self.hashes[n][1]:  # "": the parent is unknown
                 stored.setdefault(n - 1, self.hashes[n][1])
         return stored
 

@@ -171,15 +171,15 @@ def make_pool(chain: ChainSettings) -> RpcPool:
 
 @contextmanager
 def driver(request: pytest.FixtureRequest, *, fast: bool) -> Iterator[ChainDriver]:
-    """The chain of the test's node parameter (``"anvil"`` or ``"scripted"``, or a
-    ``NODE_MODES`` pair)."""
+    """The chain of the test's node parameter (``"anvil"``, ``"scripted"``, ``"stamped"``: the
+    scripted node naming ``blockTimestamp`` in receipts and logs; or a ``NODE_MODES`` pair)."""
     kind = request.param[0] if isinstance(request.param, tuple) else request.param
     if kind == "anvil":
         node: AnvilNode = request.getfixturevalue("anvil_fast" if fast else "anvil")
         yield AnvilDriver(node)
         return
     lags = {"safe_lag": 1, "finalized_lag": 2} if fast else {}
-    with ScriptedNode(**lags) as scripted:
+    with ScriptedNode(**lags, block_timestamps=kind == "stamped") as scripted:
         yield ScriptedDriver(scripted)
 
 

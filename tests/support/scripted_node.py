@@ -8,7 +8,11 @@ client can ask: blocks by number or tag (``safe``/``finalized`` trail ``latest``
 ``safe_lag``/``finalized_lag``), receipts, ``eth_getLogs`` (address and topic filters),
 ``trace_filter`` (``toAddress``/``fromAddress``), ``trace_transaction``,
 ``debug_traceBlockByNumber`` with ``callTracer``, balances and ``balanceOf`` at any block,
-nonces. ``reorg(depth, txs)`` replaces the blocks above ``head - depth`` like ``anvil_reorg``
+nonces. ``block_timestamps=True`` models the newer nodes (Anvil, geth >= 1.16, reth) whose
+receipts and logs name their block's time (``blockTimestamp``: an int in receipts, hex in logs,
+as Anvil answers); without it, the older ones that do not.
+
+``reorg(depth, txs)`` replaces the blocks above ``head - depth`` like ``anvil_reorg``
 (new hashes; the old transactions vanish unless re-included).
 
 Served through ``RpcProxy`` with the node as its upstream handler, so the real ``RpcPool``
@@ -59,8 +63,10 @@ class ScriptedNode(Service):
         safe_lag: int = 32,
         finalized_lag: int = 64,
         accounts: int = 10,
+        block_timestamps: bool = False,
     ) -> None:
         self.chain_id, self.safe_lag, self.finalized_lag = chain_id, safe_lag, finalized_lag
+        self.block_timestamps = block_timestamps  # receipts and logs carry blockTimestamp
         self.accounts = [str(to_checksum_address(f"0x{0xDE0 + i:040x}")) for i in range(accounts)]
         self.genesis: dict[str, int] = dict.fromkeys(self.accounts, DEV_BALANCE)
         self.closed: set[str] = set()  # contract wallets whose plain ETH transfers revert
@@ -249,8 +255,9 @@ class ScriptedNode(Service):
         if found is None:
             return None
         block, index, tx = found
-        logs = [lg for lg in block_logs(block) if lg["transactionHash"] == tx.hash]
-        return {
+        logs = [self._stamp(lg) for lg in block_logs(block) if lg["transactionHash"] == tx.hash]
+        stamp = {"blockTimestamp": block.timestamp} if self.block_timestamps else {}
+        return stamp | {
             "transactionHash": tx.hash, "transactionIndex": q(index), "from": tx.frm,
             "to": tx.to, "blockNumber": q(block.number), "blockHash": block.hash,
             "status": q(tx.status), "gasUsed": q(tx.gas_used),
@@ -290,8 +297,14 @@ class ScriptedNode(Service):
                 if wanted is not None and log["address"].lower() not in wanted:
                     continue
                 if all(_topic_ok(want, log["topics"], i) for i, want in enumerate(topics)):
-                    out.append(log)
+                    out.append(self._stamp(log))
         return out
+
+    def _stamp(self, log: dict[str, Any]) -> dict[str, Any]:
+        """A log as this kind of node answers it: with its block's time (hex) or without."""
+        if not self.block_timestamps:
+            return log
+        return log | {"blockTimestamp": q(self.blocks[int(log["blockNumber"], 16)].timestamp)}
 
     def rpc_trace_filter(self, flt: Mapping[str, Any]) -> list[dict[str, Any]]:
         first, last = self._number(flt.get("fromBlock")), self._number(flt.get("toBlock"))

@@ -8,10 +8,18 @@ The Chunk contract (what ``watcher.chain.scanner`` relies on):
   every block holding an inflow (its timestamp is the payment's time), and any other block the
   reader happened to read in full. ``blocks[0]`` is block ``first`` (its ``parent_hash`` links
   to the cursor), ``blocks[-1]`` is block ``last``. In ``debug_trace`` mode every block is there.
+  A block known from a log's or receipt's ``blockTimestamp`` and ``blockHash`` instead of its
+  header has ``parent_hash`` "" (unknown): its hash and time are as sure as the answers that
+  named them (all must agree), and the ledger stores its hash but no parent for it. Blocks in
+  the reorg window (``number > last - reorg_depth``) always come from headers, so the hashes
+  the scanner keeps there (``scanner._window``) have their parents and a rewind lands on the
+  exact common ancestor.
 - ``inflows``: every successful transfer to the wallet found in the range, sorted.
 - ``explained``: per block, native wei in less wei the wallet spent (for the balance guard).
 - balances: the native balance at ``first - 1`` and ``last`` when read, token balances of
-  guarded tokens at both ends.
+  guarded tokens at both ends. The values at ``first - 1`` are the previous chunk's values at
+  its ``last`` when the scanner hands that chunk over (``fetch_chunk(start=...)``), read
+  otherwise; ``nonce_after`` goes with ``balance_after`` for the next chunk's bisection.
 """
 
 from __future__ import annotations
@@ -30,7 +38,7 @@ class ChainMoved(WatcherError):
 class Block:
     number: int
     hash: str
-    parent_hash: str
+    parent_hash: str  # "" when not read: the block is known from a log or receipt
     timestamp: int | None = None  # unix seconds, as the node reports the block's time
 
 
@@ -60,6 +68,7 @@ class Chunk:
     explained: dict[int, int] = field(default_factory=dict)  # per block: native in - out, wei
     balance_before: int | None = None  # at first - 1, when it was read
     balance_after: int | None = None  # at last, when it was read
+    nonce_after: int | None = None  # at last, when read with the balance (0: not asked, traces)
     # Per guarded token (checksummed address): balanceOf(wallet) at first - 1 and at last.
     token_before: dict[str, int | None] = field(default_factory=dict)
     token_after: dict[str, int | None] = field(default_factory=dict)

@@ -201,8 +201,13 @@ class _ChainScan(Reorgs):
                 if chunk.last < target:
                     nxt = min(target, chunk.last + width)
                     needs_balance = not self.chain.balance_guard or chunk.balance_after is None
-                    pending = worker.submit(
-                        self._fetch, chunk.last + 1, nxt, chunk.blocks[-1].hash, needs_balance
+                    pending = worker.submit(  # its start: this chunk's end (balances, nonce)
+                        self._fetch,
+                        chunk.last + 1,
+                        nxt,
+                        chunk.blocks[-1].hash,
+                        needs_balance,
+                        chunk,
                     )
                 try:
                     self._commit(chunk, events)
@@ -213,10 +218,14 @@ class _ChainScan(Reorgs):
                 if self.progress is not None:
                     self.progress(self.cursor, target)
 
-    def _fetch(self, first: int, last: int, parent_hash: str | None, balance_before: bool) -> Chunk:
+    def _fetch(
+        self, first: int, last: int, parent_hash: str | None, balance_before: bool,
+        start: Chunk | None = None,
+    ) -> Chunk:  # fmt: skip
         return sources.fetch_chunk(
             self.pool, self.chain, first, last, self.sizers,
             parent_hash=parent_hash, balance_before=balance_before, native=self.native,
+            start=start,
         )  # fmt: skip
 
     def _commit(self, chunk: Chunk, events: list[GuardEvent]) -> None:

@@ -15,9 +15,15 @@ at it (or the node lacks the old state to bisect):
   (``native=False``: no retainer in the native asset and no balance guard).
 
 One range costs one batched round trip (headers of ``first`` and ``last``, logs, traces,
-balances), plus one for the receipts of the hits and the headers of their blocks, plus the
-bisection rounds in ``off`` mode. The parent-hash link of ``first`` is checked against the
-cursor; every answer naming a block hash (log, trace, receipt) must name the header's.
+balances), plus one for the receipts of the hits, plus the bisection rounds in ``off`` mode.
+A hit block's time comes from the log or receipt when the node says it (``blockTimestamp``:
+Anvil, geth >= 1.16, reth); its header is read only when it does not (older nodes: in the
+receipts' round trip for log hits, one more for trace hits), or when the block is in the reorg
+window (the last ``reorg_depth`` blocks of the range: the stored parent hash keeps a rewind
+exact). The parent-hash link of
+``first`` is checked against the cursor; every answer naming a block hash (log, trace,
+receipt) must name the same hash as the header, or as every other answer for that block when
+no header is read (finality checks each transfer's block hash again).
 """
 
 from __future__ import annotations
@@ -104,6 +110,7 @@ def fetch_chunk(
     parent_hash: str | None,
     balance_before: bool = True,
     native: bool = True,
+    start: Chunk | None = None,
 ) -> Chunk:
     """Read blocks ``first..last`` and everything in them paid to the wallet.
 
@@ -112,10 +119,15 @@ def fetch_chunk(
     child of ``parent_hash``: the caller handles the reorg. Raises ``ChainMoved`` when the
     answers do not fit together, ``RpcError`` when a block or a receipt could not be read.
     The native balance at both ends is read whenever native reading needs it (the balance
-    guard, or bisection), whatever ``balance_before`` says (kept for callers).
+    guard, or bisection), whatever ``balance_before`` says (kept for callers). ``start`` is the
+    chunk that ended at ``first - 1`` on this chain, when there is one: the balances (and nonce)
+    it read at its end are this range's start, not read again.
     """
     del balance_before
-    return _Reader(pool, chain, first, last, sizers, native).read(parent_hash)
+    reader = _Reader(pool, chain, first, last, sizers, native)
+    if start is not None and start.last == first - 1 and start.linked:
+        reader.start = start
+    return reader.read(parent_hash)
 
 
 class _Reader:
@@ -139,6 +151,7 @@ class _Reader:
         self.checks: list[tuple[int, Any, str]] = []  # (block, the hash an answer names, what)
         self.no_state = ""  # why the node could not give the balance at a range end
         self.withdrawn: dict[int, int] = {}  # block -> wei the beacon chain paid the wallet
+        self.start: Chunk | None = None  # the chunk ending at first - 1: its end values
 
     # -- the range ---------------------------------------------------------------------------
 
@@ -156,10 +169,24 @@ class _Reader:
         batch.add("traces", [trace_filter_call(chain, a, b) for a, b in trace_ranges])
         batch.add("headers", [block_call(n) for n in numbers])
         ends = (self.before_at, last)
+        start = self.start
+        known_lo: Point | None = None  # (balance, nonce) at first - 1 from the previous chunk
+        if start is not None and None not in (start.balance_after, start.nonce_after):
+            known_lo = (start.balance_after or 0, start.nonce_after or 0)
+        known_tokens = {
+            t: start.token_after[t]
+            for t in guarded
+            if start is not None and start.token_after.get(t) is not None
+        }
         if self.ends:  # the nonce only for bisection: with traces the balance tells spending
-            batch.add("ends", [balance_call(wallet, n) for n in ends])
-            batch.add("nonces", [nonce_call(wallet, n) for n in ends] if self.mode == "off" else [])
-        batch.add("tokens", [token_balance_call(t, wallet, n) for t in guarded for n in ends])
+            asked = ends if known_lo is None else (last,)
+            batch.add("ends", [balance_call(wallet, n) for n in asked])
+            off = self.mode == "off"
+            batch.add("nonces", [nonce_call(wallet, n) for n in asked] if off else [])
+        token_ends = {t: (last,) if t in known_tokens else ends for t in guarded}
+        batch.add(
+            "tokens", [token_balance_call(t, wallet, n) for t in guarded for n in token_ends[t]]
+        )
         if dense:
             batch.add("debug", [debug_trace_call(n) for n in numbers])
         batch.send(self.pool)
@@ -174,16 +201,27 @@ class _Reader:
         chunk = Chunk(first, last, [])
         at_lo = at_hi = None
         if self.ends:
-            b0, b1 = batch["ends"]
-            n0, n1 = batch["nonces"] or ("0x0", "0x0")  # with traces: not asked, not used
-            chunk.balance_before, chunk.balance_after = balance_answer(b0), balance_answer(b1)
-            at_lo, at_hi = point(b0, n0), point(b1, n1)
+            balances = batch["ends"]
+            nonces = batch["nonces"] or ["0x0"] * len(balances)  # with traces: not asked
+            b1, n1 = balances[-1], nonces[-1]
+            if known_lo is None:
+                chunk.balance_before, at_lo = (
+                    balance_answer(balances[0]),
+                    point(balances[0], nonces[0]),
+                )
+            else:
+                chunk.balance_before, at_lo = known_lo[0], known_lo
+            chunk.balance_after, at_hi = balance_answer(b1), point(b1, n1)
+            chunk.nonce_after = None if at_hi is None else at_hi[1]
             answers = batch["ends"] + batch["nonces"]
             self.no_state = next(filter(None, map(missing_state, answers)), "")
-        answers = batch["tokens"]
-        for k, token in enumerate(guarded):
-            chunk.token_before[token] = word_answer(answers[2 * k])
-            chunk.token_after[token] = word_answer(answers[2 * k + 1])
+        words = iter(batch["tokens"])
+        for token in guarded:
+            if token in known_tokens:
+                chunk.token_before[token] = known_tokens[token]
+            else:
+                chunk.token_before[token] = word_answer(next(words))
+            chunk.token_after[token] = word_answer(next(words))
 
         if log_ranges:
             sizer = self.sizers["eth_getLogs"]
@@ -241,10 +279,16 @@ class _Reader:
         known = dict(self.withdrawn)
         lo = self.first - 1 if self.first > 0 else 0
         found = bisect(self.pool, self.wallet, lo, self.last, at_lo, at_hi)
-        wanted = [n for n in found.changed if n not in self.blocks]
+        # A block known only from a receipt or log (no parent hash) may list withdrawals too.
+        headed = {n for n, b in self.blocks.items() if b.parent_hash}
+        wanted = [n for n in found.changed if n not in headed]
         answers = self.pool.batch([block_call(n) for n in wanted]) if wanted else []
         for n, raw in zip(wanted, answers, strict=True):
-            self.blocks[n] = self._header(raw, n)
+            header = self._header(raw, n)
+            seen = self.blocks.get(n)
+            if seen is not None and seen.hash != header.hash:
+                raise ChainMoved(f"block {n} changed while reading: the chain moved")
+            self.blocks[n] = header
         for number, wei in self.withdrawn.items():
             if number not in known:
                 chunk.explain(number, wei)
@@ -269,7 +313,18 @@ class _Reader:
         if not self.first <= number <= self.last:
             raise ChainMoved(f"{what} in block {number} is outside {self.first}..{self.last}")
         self.checks.append((number, item.get("blockHash"), what))
+        self._stamped(item)
         return number
+
+    def _stamped(self, item: Mapping[str, Any]) -> None:
+        """The block of a log or receipt that names its block's time (``blockTimestamp``:
+        Anvil, geth >= 1.16, reth): known without its header (``parent_hash`` "")."""
+        stamp = item.get("blockTimestamp")
+        if stamp is None or item.get("blockHash") is None:
+            return
+        number = quantity(item["blockNumber"])
+        if number not in self.blocks:
+            self.blocks[number] = Block(number, hex_value(item["blockHash"]), "", quantity(stamp))
 
     # -- the wallet's own transactions with traces -------------------------------------------
 
@@ -344,12 +399,30 @@ class _Reader:
             tx_blocks[f.tx_hash] = f.block_hash
         tx_hashes = sorted(tx_blocks)
         deep = sorted({f.tx_hash for f in frames if f.deep})
-        wanted = sorted({n for n, _, _ in self.checks} - set(self.blocks))
+        # A hit block's header is read in the reorg window (its parent hash, stored, makes a
+        # rewind land on the exact common ancestor); below it only for its time: not when a
+        # log or a receipt read here names it (``blockTimestamp``), and then only if the
+        # receipt did not (older nodes: one more round trip).
+        floor = self.last - self.chain.reorg_depth
+        covered = {f.block_number for f in frames}
+        headed = {n for n, b in self.blocks.items() if b.parent_hash}
+        hits = {n for n, _, _ in self.checks}
+        wanted = sorted(
+            n for n in hits - headed if n > floor or (n not in self.blocks and n not in covered)
+        )
         calls = receipt_calls(tx_hashes, deep) + [block_call(n) for n in wanted]
         answers = self.pool.batch(calls) if calls else []
         split = len(calls) - len(wanted)
         receipts, trees = parse_receipts(tx_hashes, deep, answers[:split])
         for n, raw in zip(wanted, answers[split:], strict=True):
+            self.blocks[n] = self._header(raw, n)
+        for tx_hash in tx_hashes:
+            receipt = receipts[tx_hash]
+            if receipt is not None and same(receipt.get("blockHash"), tx_blocks[tx_hash]):
+                self._stamped(receipt)
+        late = sorted(hits - set(self.blocks))
+        headers = self.pool.batch([block_call(n) for n in late]) if late else []
+        for n, raw in zip(late, headers, strict=True):
             self.blocks[n] = self._header(raw, n)
         for number, claimed, what in self.checks:
             if not same(self.blocks[number].hash, claimed):

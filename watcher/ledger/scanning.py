@@ -157,7 +157,7 @@ class StoreLedger:
             if row is not None:
                 return row.hash
             child = session.get(BlockHash, (self.chain.name, number + 1))
-            return child.parent_hash if child is not None else None
+            return child.parent_hash if child is not None and child.parent_hash else None
 
     def stored_hashes(self, up_to: int) -> dict[int, str]:
         with read_session(self.engine) as session:
@@ -167,7 +167,7 @@ class StoreLedger:
             rows = list(session.exec(query))
         stored = {b.number: b.hash for b in rows}
         for b in rows:  # each block's parent is known too (the kept blocks may be sparse)
-            if b.number > 0:
+            if b.number > 0 and b.parent_hash:  # "": known from a receipt or log, not a header
                 stored.setdefault(b.number - 1, b.parent_hash)
         return stored
 
