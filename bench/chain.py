@@ -102,6 +102,13 @@ class Expected:
     ok: list[str] = field(default_factory=list)  # tx hashes that must have status 1
     payment_blocks: list[int] = field(default_factory=list)  # one per paying tx
 
+    def sent(self, pays: Sequence[tuple[str, int]], tx_hash: str, *, reverts: bool) -> None:
+        """A transaction sent: what it must pay the wallet (nothing if it reverts)."""
+        (self.reverted if reverts else self.ok).append(tx_hash)
+        for kind, amount in pays:
+            self.payments[(kind, tx_hash.lower(), amount)] += 1
+            self.by_kind[kind] += 1
+
 
 @dataclass
 class BuiltChain:
@@ -198,22 +205,10 @@ class ChainBuilder:
             empty = 0
             hashes = self.send([s.tx for s in batch])
             for spec, tx_hash in zip(batch, hashes, strict=True):
-                (expected.reverted if spec.reverts else expected.ok).append(tx_hash)
-                for kind, amount in spec.pays:
-                    expected.payments[(kind, tx_hash.lower(), amount)] += 1
-                    expected.by_kind[kind] += 1
+                expected.sent(spec.pays, tx_hash, reverts=spec.reverts)
             self.mine(1)
-        self.mine(empty + TAIL_BLOCKS)
-        self._check_mined(expected)
-        head = int(self.rpc.call("eth_blockNumber"), 16)
-        return BuiltChain(
-            head=head,
-            tokens={"USDC": (usdc, 6), "DAI": (dai, 18)},
-            expected=expected,
-            transactions=len(specs),
-            busy_blocks=len(slots),
-            seconds=time.perf_counter() - started,
-            mining=self.mining,
+        return self._finish(
+            expected, empty + TAIL_BLOCKS, (usdc, dai), started, len(specs), len(slots)
         )
 
     def build_busy(self, blocks: int, noise: int, every: int = 5) -> BuiltChain:
@@ -231,20 +226,31 @@ class ChainBuilder:
                 txs.append(spec.tx)
             hashes = self.send(txs)
             if spec is not None:
-                expected.ok.append(hashes[-1])
-                for kind, amount in spec.pays:
-                    expected.payments[(kind, hashes[-1].lower(), amount)] += 1
-                    expected.by_kind[kind] += 1
+                expected.sent(spec.pays, hashes[-1], reverts=False)
             self.mine(1)
-        self.mine(TAIL_BLOCKS)
+        sent = blocks * noise + sum(expected.by_kind.values())
+        return self._finish(expected, TAIL_BLOCKS, (usdc, dai), started, sent, blocks)
+
+    def _finish(
+        self,
+        expected: Expected,
+        tail: int,
+        tokens: tuple[str, str],
+        started: float,
+        transactions: int,
+        busy_blocks: int,
+    ) -> BuiltChain:
+        """Mine the ``tail`` of empty blocks, check every receipt, describe the chain."""
+        self.mine(tail)
         self._check_mined(expected)
         head = int(self.rpc.call("eth_blockNumber"), 16)
+        usdc, dai = tokens
         return BuiltChain(
             head=head,
             tokens={"USDC": (usdc, 6), "DAI": (dai, 18)},
             expected=expected,
-            transactions=blocks * noise + sum(expected.by_kind.values()),
-            busy_blocks=blocks,
+            transactions=transactions,
+            busy_blocks=busy_blocks,
             seconds=time.perf_counter() - started,
             mining=self.mining,
         )
