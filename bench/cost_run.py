@@ -203,6 +203,10 @@ def steady_state(
             )
         out(f"    {mode:16} {cells[0]:>24} {cells[1]:>26} {cells[2]:>22} {cells[3]:>24}")
     for mode, parts in got.items():
+        for key, t in parts.items():
+            methods = ", ".join(f"{m} {n}" for m, n in sorted(t.calls.items(), key=lambda x: -x[1]))
+            out(f"      {mode} {key}: {methods}")
+    for mode, parts in got.items():
         block, idle, pay = parts["block"], parts["idle"], parts["payment"]
         per_block_calls, per_block_bytes = (
             block.entries / STEADY_BLOCKS,
