@@ -48,17 +48,18 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.base import STATE_STOPPED, SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 
-from watcher.errors import RpcError, WatcherError
+from watcher.errors import WatcherError
 from watcher.ledger.context import Context
 from watcher.redact import redact_text
+from watcher.runtime.chain_jobs import ChainJobs, secrets_of
 from watcher.runtime.heartbeat import Registry
-from watcher.runtime.leases import ChainLeases, Clock, LeaseLost, new_holder, wall_clock
+from watcher.runtime.leases import ChainLeases, Clock, new_holder, wall_clock
 from watcher.runtime.locks import DaemonLocked, InstanceLock, make_lock
-from watcher.runtime.outages import DEGRADED_AFTER, DEGRADED_AFTER_FAILURES, ChainHealth, Outage
-from watcher.runtime.pacing import IdlePacer, chain_is_busy
+from watcher.runtime.outages import DEGRADED_AFTER, DEGRADED_AFTER_FAILURES, Outage
+from watcher.runtime.pacing import IdlePacer
 from watcher.runtime.status import HEARTBEAT_SECONDS
 from watcher.settings import ChainSettings
-from watcher.store.db import fenced, make_engine, sqlite_path
+from watcher.store.db import make_engine, sqlite_path
 
 log = structlog.get_logger("watcher.daemon")
 
@@ -125,7 +126,6 @@ class Daemon:
         self.lock = lock if lock is not None else make_lock(ctx.settings, ctx.engine, ctx.now)
         self.listen = listen if listen is not None else ctx.settings.status.listen
         self.install_signals = install_signals
-        self.pacer = pacer or IdlePacer()
         self.pid, self.host = os.getpid(), socket.gethostname()
         self.holder = new_holder(self.host, self.pid)
         self.shared = sqlite_path(ctx.settings.database_url) is None if shared is None else shared
@@ -140,19 +140,17 @@ class Daemon:
             if self.shared
             else None
         )
-        self.health = ChainHealth(ctx.engine, ctx.settings.chains, ctx.now)
-        self._held: set[str] = set()  # chains whose lease this daemon held at its last poll
-        self.outages = self.health.outages
+        self.chain_jobs = ChainJobs(
+            ctx, self.rounds, self.leases, pacer or IdlePacer(), error_text=self._error_text
+        )
+        self.health = self.chain_jobs.health
         self.started = threading.Event()  # the scheduler is running
         self.http_url: str | None = None
         self._stop = threading.Event()  # set by the stopper: jobs starting now do nothing
         self._stop_reason = ""
         self._wake_r, self._wake_w = os.pipe()
         self._lost_to: tuple[int | None, str | None] | None = None
-        self._secrets = (
-            *ctx.settings.secrets,
-            *(u for c in ctx.settings.chains for u in c.rpc_urls),
-        )
+        self._secrets = secrets_of(ctx.settings)
 
     # -- control ------------------------------------------------------------------------------
 
@@ -273,7 +271,7 @@ class Daemon:
         first = datetime.now(UTC)
         jobs: list[tuple[str, Callable[[], object], float]] = [
             ("heartbeat", self._heartbeat, self.intervals.heartbeat),
-            *((f"scan:{c.name}", partial(self._scan, c), c.poll_seconds) for c in chains),
+            *((f"scan:{c.name}", partial(self.chain_jobs.run, c), c.poll_seconds) for c in chains),
             ("renew", self.rounds.renew, self.intervals.renew),
             ("deliver", self.rounds.deliver, self.intervals.deliver),
         ]
@@ -317,6 +315,10 @@ class Daemon:
             text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
         return redact_text(text, self._secrets)[:500]
 
+    def poll_failures(self) -> dict[str, tuple[int, int]]:
+        """Per chain: (consecutive failed polls, failed polls since the daemon started)."""
+        return self.chain_jobs.health.poll_failures()
+
     # -- the daemon's rows --------------------------------------------------------------------
 
     def _heartbeat(self) -> None:
@@ -327,84 +329,6 @@ class Daemon:
             self._lost_to = lost_to
             log.error("daemon.lock_lost", holder_pid=lost_to[0], holder=lost_to[1])
             self.request_stop("lock lost")
-
-    # -- chains -------------------------------------------------------------------------------
-
-    def poll_failures(self) -> dict[str, tuple[int, int]]:
-        """Per chain: (consecutive failed polls, failed polls since the daemon started)."""
-        return self.health.poll_failures()
-
-    def _scan(self, chain: ChainSettings) -> None:
-        """One run of a chain's scan job. On a shared database only while this daemon holds
-        the chain's lease, asked at every run (so chains are shared out and taken over at the
-        job's pace, idle or not), every transaction of the poll fenced by it."""
-        if self.leases is None:
-            self._paced_poll(chain)
-            return
-        if not self.leases.hold(chain.name):
-            self._held.discard(chain.name)
-            return  # another daemon scans it
-        if chain.name not in self._held:  # (again) ours: its outage as the database knows it
-            self.health.load(chain.name)
-            self.pacer.polled(chain, 0.0, complete=False)  # and polled at once
-            self._held.add(chain.name)
-        try:
-            with fenced(self.leases.fence(chain.name)):
-                self._paced_poll(chain)
-        except LeaseLost as exc:
-            log.warning("chain.lease_lost", chain=chain.name, error=str(exc))
-
-    def _paced_poll(self, chain: ChainSettings) -> None:
-        """A poll, unless the chain is idle and was polled less than ``idle_poll_seconds``
-        ago."""
-        if not self.pacer.due(chain, partial(chain_is_busy, self.ctx.engine, chain)):
-            return
-        began = self.pacer.began()
-        self._poll(chain)
-        complete = self.outages[chain.name].failures == 0  # _poll resets it on a good poll
-        self.pacer.polled(chain, began, complete=complete)
-
-    def _poll(self, chain: ChainSettings) -> None:
-        outage = self.outages[chain.name]
-        began = self.ctx.now()
-        try:
-            report = self.rounds.scan(chain)
-        except Exception as exc:
-            if _lost_lease(exc):
-                raise LeaseLost(str(exc)) from exc
-            error = self._error_text(exc)
-            if not isinstance(exc, WatcherError):  # the scanner records only its own errors
-                log.error(
-                    "job.crashed",
-                    job=f"scan:{chain.name}",
-                    error=error,
-                    traceback=redact_text(traceback.format_exc(), self._secrets),
-                )
-            if outage.failed(self.ctx.now(), began):
-                self.health.degrade(chain, error, rpc=isinstance(exc, RpcError))
-            elif not isinstance(exc, WatcherError):
-                self.health.record_error(chain, error)
-            return
-        if getattr(report, "complete", True) is False:
-            # It stopped short of the head (the chain moved while it read): not a good poll.
-            # The scanner recorded why; repeated, it is an outage like any other.
-            if outage.failed(self.ctx.now(), began):
-                why = self.health.last_error(chain)
-                self.health.degrade(chain, why or "the poll stopped short of the head", rpc=False)
-            return
-        if outage.announced:
-            self.health.recover(chain)
-        outage.reset()
-
-
-def _lost_lease(exc: BaseException | None) -> bool:
-    """Whether ``exc`` is, or was caused by, a ``LeaseLost`` (the scanner may wrap it while
-    recording its own failure, which the fence refuses too)."""
-    while exc is not None:
-        if isinstance(exc, LeaseLost):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
