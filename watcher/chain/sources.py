@@ -111,6 +111,7 @@ def fetch_chunk(
     balance_before: bool = True,
     native: bool = True,
     start: Chunk | None = None,
+    headers: Mapping[int, Any] | None = None,
 ) -> Chunk:
     """Read blocks ``first..last`` and everything in them paid to the wallet.
 
@@ -121,12 +122,15 @@ def fetch_chunk(
     The native balance at both ends is read whenever native reading needs it (the balance
     guard, or bisection), whatever ``balance_before`` says (kept for callers). ``start`` is the
     chunk that ended at ``first - 1`` on this chain, when there is one: the balances (and nonce)
-    it read at its end are this range's start, not read again.
+    it read at its end are this range's start, not read again. ``headers`` are header answers
+    the caller already holds, by number (the head's): those blocks' headers are not asked again
+    (a one-block range at the head asks none: the head's parent hash is the link).
     """
     del balance_before
     reader = _Reader(pool, chain, first, last, sizers, native)
     if start is not None and start.last == first - 1 and start.linked:
         reader.start = start
+    reader.known = dict(headers or {})
     return reader.read(parent_hash)
 
 
@@ -152,6 +156,7 @@ class _Reader:
         self.no_state = ""  # why the node could not give the balance at a range end
         self.withdrawn: dict[int, int] = {}  # block -> wei the beacon chain paid the wallet
         self.start: Chunk | None = None  # the chunk ending at first - 1: its end values
+        self.known: dict[int, Any] = {}  # header answers already read, by number (the head's)
 
     # -- the range ---------------------------------------------------------------------------
 
@@ -167,7 +172,8 @@ class _Reader:
         batch = Batch()
         batch.add("logs", [logs_call(chain, a, b) for a, b in log_ranges])
         batch.add("traces", [trace_filter_call(chain, a, b) for a, b in trace_ranges])
-        batch.add("headers", [block_call(n) for n in numbers])
+        unknown = [n for n in numbers if n not in self.known]
+        batch.add("headers", [block_call(n) for n in unknown])
         ends = (self.before_at, last)
         start = self.start
         known_lo: Point | None = None  # (balance, nonce) at first - 1 from the previous chunk
@@ -191,7 +197,8 @@ class _Reader:
             batch.add("debug", [debug_trace_call(n) for n in numbers])
         batch.send(self.pool)
 
-        headers = [self._header(raw, n) for raw, n in zip(batch["headers"], numbers, strict=True)]
+        raws = {**dict(zip(unknown, batch["headers"], strict=True)), **self.known}
+        headers = [self._header(raws[n], n) for n in numbers]
         self.blocks = {b.number: b for b in headers}
         links = [(b.number, b.hash, b.parent_hash) for b in headers]
         if not chain_links(links[:1], parent_hash):
