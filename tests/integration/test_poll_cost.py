@@ -126,3 +126,30 @@ def test_after_a_reorg_the_start_balances_are_read_again(counted: Counted) -> No
     assert by_tx[old].status == "orphaned"
     assert h.events("watcher.unexplained_balance") == []
     assert h.state().balance == h.node.balance(WALLET)
+
+
+@pytest.fixture(params=[pytest.param("anvil", marks=pytest.mark.anvil)])
+def anvil_counted(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Counted]:
+    """The counted chain on a real Anvil node (it caps trace_filter at 300 blocks)."""
+    for h in harness(request, tmp_path, fast=True):
+        h.token("USDC", 6)
+        h.node.mine(10)
+        with RpcProxy(h.node.url) as proxy:
+            c = Counted(h, proxy)
+            c.poll()
+            yield c
+
+
+def test_trace_filter_takes_the_nodes_stated_limit_and_keeps_it(anvil_counted: Counted) -> None:
+    """1,000 quiet blocks cost one refused trace_filter and four at Anvil's stated limit of
+    300 (not a halving cascade), then four per 1,000 blocks with no refusal, ten calls in all
+    at most, also after the sizer's reprobe."""
+    c = anvil_counted
+    c.h.node.mine(1000)
+    first, _ = c.poll()
+    assert first["trace_filter"] == 1 + 4
+    for _ in range(3):
+        c.h.node.mine(1000)
+        calls, _ = c.poll()
+        assert calls["trace_filter"] == 4
+        assert sum(calls.values()) <= 10, calls
