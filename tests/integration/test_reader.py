@@ -242,6 +242,26 @@ def test_balance_guard_without_traces_still_locates_an_internal_payment(r: Reade
     assert event["block"] == block and event["actual_growth"] == "4321"
 
 
+def test_the_guards_rescan_and_locate_do_not_bisect_the_same_range_again(r: Reader) -> None:
+    """Without traces, a chunk holding an internal payment is bisected once: the balance
+    guard's rescan takes the first read's bisection points and locating the jump asks no
+    balance (only the range ends are asked twice, by the rescan)."""
+    forwarder = deploy(r.w3, "Forwarder")
+    r.node.mine(30)
+    tx = forwarder.functions.forward(r.wallet).transact({"from": r.payer, "value": 4321})
+    block = r.block_of(tx.to_0x_hex())
+    r.node.mine(30)
+    before = r.proxy.asked.copy()
+
+    report = r.scan(r.chain())
+
+    assert report.unexplained == 1 and r.events("watcher.unexplained_balance")[0]["block"] == block
+    balances = {k: n for k, n in (r.proxy.asked - before).items() if k[0] == "eth_getBalance"}
+    twice = sorted(json.loads(params)[1] for (_, params), n in balances.items() if n > 1)
+    assert len(twice) <= 2, twice  # first - 1 and last, read again by the rescan
+    assert all(n <= 2 for n in balances.values())
+
+
 # --- with traces: no full blocks ------------------------------------------------------------
 
 

@@ -27,10 +27,11 @@ client's timeout); ``fail_next(n, 429, retry_after=s)`` is a rate limit with ``R
 serve them, so the client fails over for exactly those requests).
 
 Counters: ``posts`` (HTTP POSTs), ``calls`` (JSON-RPC entries by method, plus
-``FULL_BLOCK`` for each block asked for with its transactions) and ``bytes_sent`` (body bytes
-answered). ``raw=True`` (for measuring, e.g. bench/scan.py) forwards each POST's
-body to the node unchanged and answers the node's bytes as they are, never decoding the
-answer: the counters stay exact and the proxy costs little; faults do not apply then.
+``FULL_BLOCK`` for each block asked for with its transactions), ``asked`` (entries by method
+and parameters) and ``bytes_sent`` (body bytes answered). ``raw=True`` (for measuring, e.g.
+bench/scan.py) forwards each POST's body to the node unchanged and answers the node's bytes
+as they are, never decoding the answer: the counters stay exact and the proxy costs little;
+faults do not apply then.
 """
 
 from __future__ import annotations
@@ -108,6 +109,7 @@ class RpcProxy(Service):
         self.disagree = False
         self.fail_methods: set[str] = set()
         self.calls: Counter[str] = Counter()
+        self.asked: Counter[tuple[str, str]] = Counter()  # (method, params as JSON) per entry
         self.posts = 0
         self.bytes_sent = 0  # response bodies, as a provider would bill them
         self.url = ""
@@ -216,6 +218,11 @@ class RpcProxy(Service):
             self.posts += 1
             self.calls.update(e["method"] for e in entries if isinstance(e, dict) and "method" in e)
             self.calls.update(FULL_BLOCK for e in entries if _full_block(e))
+            self.asked.update(
+                (e["method"], json.dumps(e.get("params", []), sort_keys=True))
+                for e in entries
+                if isinstance(e, dict) and "method" in e
+            )
         if self.raw and isinstance(self.upstream, str):
             self._pass_through(handler, body)
             return

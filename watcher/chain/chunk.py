@@ -73,6 +73,9 @@ class Chunk:
     token_before: dict[str, int | None] = field(default_factory=dict)
     token_after: dict[str, int | None] = field(default_factory=dict)
     full_blocks: int = 0  # blocks read in full for this chunk (balance bisection, fallback)
+    # (balance, nonce) of the wallet at the blocks balance bisection asked (off mode): a rescan
+    # of the same range and the guard's locate take them instead of asking again.
+    points: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def token_inflows(self, address: str) -> int:
         """Base units of ``address`` the found inflows brought in over the chunk."""

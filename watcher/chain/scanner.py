@@ -18,7 +18,7 @@ do not explain rescans the chunk before it alerts (``watcher.chain.guards``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -253,6 +253,7 @@ class _ChainScan(Reorgs):
     def _fetch(
         self, first: int, last: int, parent_hash: str | None, balance_before: bool,
         start: Chunk | None = None, *, reuse_head: bool = True,
+        points: Mapping[int, tuple[int, int]] | None = None,
     ) -> Chunk:  # fmt: skip
         """Read ``first..last``; the chunk ending at the head takes the head's header read by
         ``_head`` (``reuse_head``: not on a rescan, which reads everything again)."""
@@ -260,7 +261,7 @@ class _ChainScan(Reorgs):
         return sources.fetch_chunk(
             self.pool, self.chain, first, last, self.sizers,
             parent_hash=parent_hash, balance_before=balance_before, native=self.native,
-            start=start, headers=known,
+            start=start, headers=known, points=points,
         )  # fmt: skip
 
     def _commit(self, chunk: Chunk, events: list[GuardEvent]) -> None:
@@ -327,13 +328,19 @@ class _ChainScan(Reorgs):
                          assets=[u.asset for u in found])  # fmt: skip
         parent = chunk.blocks[0].parent_hash
         moved = self.pool.fail_over("balance growth not explained: rescanning from another URL")
+
+        def rescan() -> Chunk:  # everything read again, but not the bisection already done
+            return self._fetch(
+                chunk.first, chunk.last, parent, True, reuse_head=False, points=chunk.points
+            )
+
         try:
-            again = self._fetch(chunk.first, chunk.last, parent, True, reuse_head=False)
+            again = rescan()
         except RpcError:
             if not moved:
                 raise
             self.pool.fail_over("the other URL could not give the rescan")  # e.g. it lags
-            again = self._fetch(chunk.first, chunk.last, parent, True, reuse_head=False)
+            again = rescan()
         if not again.linked or again.blocks[-1].hash != chunk.blocks[-1].hash:
             raise sources.ChainMoved(f"blocks {chunk.first}..{chunk.last} changed on a rescan")
         native_before = self.balance if self.balance is not None else again.balance_before
@@ -351,6 +358,7 @@ class _ChainScan(Reorgs):
                         again.last,
                         u.before,
                         again.explained,
+                        {n: p[0] for n, p in again.points.items()},  # bisection's balances
                     )
                 except RpcError as exc:
                     self.log.warning("scan.balance_locate_failed", reason=str(exc))

@@ -112,6 +112,7 @@ def fetch_chunk(
     native: bool = True,
     start: Chunk | None = None,
     headers: Mapping[int, Any] | None = None,
+    points: Mapping[int, Point] | None = None,
 ) -> Chunk:
     """Read blocks ``first..last`` and everything in them paid to the wallet.
 
@@ -124,13 +125,16 @@ def fetch_chunk(
     chunk that ended at ``first - 1`` on this chain, when there is one: the balances (and nonce)
     it read at its end are this range's start, not read again. ``headers`` are header answers
     the caller already holds, by number (the head's): those blocks' headers are not asked again
-    (a one-block range at the head asks none: the head's parent hash is the link).
+    (a one-block range at the head asks none: the head's parent hash is the link). ``points``
+    are an earlier read's bisection points of the same range (``Chunk.points``): bisection
+    takes them when the range's ends still give the same balance and nonce.
     """
     del balance_before
     reader = _Reader(pool, chain, first, last, sizers, native)
     if start is not None and start.last == first - 1 and start.linked:
         reader.start = start
     reader.known = dict(headers or {})
+    reader.prior = dict(points or {})
     return reader.read(parent_hash)
 
 
@@ -157,6 +161,8 @@ class _Reader:
         self.withdrawn: dict[int, int] = {}  # block -> wei the beacon chain paid the wallet
         self.start: Chunk | None = None  # the chunk ending at first - 1: its end values
         self.known: dict[int, Any] = {}  # header answers already read, by number (the head's)
+        self.prior: dict[int, Point] = {}  # an earlier read's bisection points of this range
+        self.points: dict[int, Point] = {}  # this read's bisection points
 
     # -- the range ---------------------------------------------------------------------------
 
@@ -255,7 +261,7 @@ class _Reader:
                 spent += sent if chain.balance_guard else []
         elif self.mode == "off" and self.ends:
             numbers = self._changed_blocks(at_lo, at_hi)
-            chunk.full_blocks = len(numbers)
+            chunk.full_blocks, chunk.points = len(numbers), self.points
             candidates, sent = self._full_blocks(numbers)
             spent += sent if chain.balance_guard else []
         self._receipts(chunk, frames, candidates, spent)
@@ -352,7 +358,8 @@ class _Reader:
         if at_lo is None or at_hi is None:
             self._no_state(first, last, f"no balance at the range ends: {self.no_state}")
             return list(range(lo + 1, last + 1))
-        found = bisect(self.pool, self.wallet, lo, last, at_lo, at_hi)
+        found = bisect(self.pool, self.wallet, lo, last, at_lo, at_hi, self.prior)
+        self.points = found.known
         if found.unreadable:
             total = sum(b - a + 1 for a, b in found.unreadable)
             self._no_state(found.unreadable[0][0], found.unreadable[-1][1], found.reason, total)
