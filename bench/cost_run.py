@@ -150,6 +150,7 @@ def steady_state(
     """Poll costs after the catch-up, per mode: per new block, per idle poll, per 1,000 quiet
     blocks, and a block with a payment."""
     pollers = {mode: pw.poller() for mode, pw in installs.items()}
+    meter.proxy.count_method_bytes = True  # bytes by method: the steady state is not timed
     for poll in pollers.values():  # the blocks the previous contenders did not see: none
         poll()
     got: dict[str, dict[str, Tally]] = {m: {} for m in pollers}
@@ -202,9 +203,14 @@ def steady_state(
                 "-" if t is None else f"{t.entries / n:.1f} calls {t.bytes / n / 1e3:,.1f} kB"
             )
         out(f"    {mode:16} {cells[0]:>24} {cells[1]:>26} {cells[2]:>22} {cells[3]:>24}")
+    meter.proxy.count_method_bytes = False
+    out("    calls by method (kB of their answers), summed over the polls of each kind:")
     for mode, parts in got.items():
         for key, t in parts.items():
-            methods = ", ".join(f"{m} {n}" for m, n in sorted(t.calls.items(), key=lambda x: -x[1]))
+            methods = ", ".join(
+                f"{m} {n} ({t.method_bytes[m] / 1e3:,.1f} kB)"
+                for m, n in sorted(t.calls.items(), key=lambda x: -x[1])
+            )
             out(f"      {mode} {key}: {methods}")
     for mode, parts in got.items():
         block, idle, pay = parts["block"], parts["idle"], parts["payment"]
