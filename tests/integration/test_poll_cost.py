@@ -9,11 +9,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import structlog
 
-from tests.support.rpcproxy import RpcProxy
+from tests.support.rpcproxy import RpcFault, RpcProxy
 from tests.support.scan_harness import ETH, NODE_MODES, WALLET, Harness, harness
+from tests.support.scripted_node import ScriptedNode
 from watcher.chain.rpc import RpcPool
 from watcher.settings import ChainSettings
 
@@ -63,13 +66,19 @@ def test_a_quiet_one_block_poll_reads_only_the_head_header(counted: Counted) -> 
     assert counted.h.state().cursor == counted.h.node.head()
 
 
-def test_a_quiet_range_reads_its_first_header_and_the_head_header_once(counted: Counted) -> None:
+def test_a_quiet_range_reads_the_head_header_once_and_links_by_state(counted: Counted) -> None:
     """A poll over several new quiet blocks asks the head's header once (the chunk ending
-    there reuses it) and its first block's header; debug_trace reads every other block's."""
+    there reuses it) and links to the cursor by a state read at the cursor's block hash
+    (EIP-1898), not by its first block's header; debug_trace reads every other block's."""
+    cursor_hash = counted.h.state().cursor_hash
     counted.h.node.mine(8)
+    before = counted.proxy.asked.copy()
     calls, _ = counted.poll()
-    per_block = 8 - 1 if counted.h.internal == "debug_trace" else 1
-    assert calls[HEADER] == 1 + per_block
+    dense = counted.h.internal == "debug_trace"
+    assert calls[HEADER] == 1 + (8 - 1 if dense else 0)
+    probes = [k for k in counted.proxy.asked - before if "blockHash" in k[1]]
+    assert probes == ([] if dense else [("eth_getBalance", probes[0][1])])
+    assert dense or cursor_hash in probes[0][1]
     assert counted.h.state().cursor_hash == counted.h.node.block_hash("latest")
 
 
@@ -78,7 +87,8 @@ def test_start_balances_come_from_the_previous_polls_end(counted: Counted) -> No
     token's balance at its range's end only: its start is the previous poll's end."""
     counted.h.node.mine(3)
     calls, _ = counted.poll()
-    assert calls["eth_getBalance"] == 1
+    link = 0 if counted.h.internal == "debug_trace" else 1  # the state link to the cursor
+    assert calls["eth_getBalance"] == 1 + link
     assert calls["eth_call"] == 1  # balanceOf(wallet) of the one guarded token
     assert calls["eth_getTransactionCount"] == (1 if counted.h.internal == "off" else 0)
 
@@ -153,3 +163,43 @@ def test_trace_filter_takes_the_nodes_stated_limit_and_keeps_it(anvil_counted: C
         calls, _ = c.poll()
         assert calls["trace_filter"] == 4
         assert sum(calls.values()) <= 10, calls
+
+
+@pytest.fixture(params=["scripted"])
+def old_node(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Counted]:
+    """The counted chain on a scripted node that does not take a block by hash (EIP-1898)."""
+    number = ScriptedNode._number
+
+    def by_number_only(node: ScriptedNode, ref: Any) -> int:
+        if isinstance(ref, dict):
+            raise RpcFault(-32602, "invalid argument 1: hex string without 0x prefix")
+        return number(node, ref)
+
+    monkeypatch.setattr(ScriptedNode, "_number", by_number_only)
+    for h in harness(request, tmp_path, fast=True):
+        h.node.mine(10)
+        with RpcProxy(h.node.url) as proxy:
+            c = Counted(h, proxy)
+            c.poll()
+            yield c
+
+
+def test_a_node_refusing_the_state_link_is_linked_by_header_from_then_on(
+    old_node: Counted,
+) -> None:
+    """A node that refuses a block by hash gets block first's header instead (the range
+    still links and scans), one log line says so, and it is not asked that way again."""
+    c = old_node
+    c.h.node.mine(5)
+    with structlog.testing.capture_logs() as logs:
+        calls, _ = c.poll()
+    assert calls[HEADER] == 2  # the head, then block first's
+    assert [e["event"] for e in logs].count("scan.link_by_header") == 1
+    assert c.h.state().cursor == c.h.node.head()
+    c.h.node.mine(5)
+    before = c.proxy.asked.copy()
+    calls, _ = c.poll()
+    assert [k for k in c.proxy.asked - before if "blockHash" in k[1]] == []
+    assert calls[HEADER] == 2 and c.h.state().cursor == c.h.node.head()

@@ -162,7 +162,8 @@ def test_bisection_reads_only_the_blocks_where_balance_or_nonce_moved(r: Reader)
 
 def test_quiet_range_without_traces_costs_one_round_trip(r: Reader) -> None:
     """A range in which the wallet's balance and nonce did not move needs one batch: no
-    bisection, no full block, and only its end balance (its start is the last poll's end)."""
+    bisection, no full block, its end balance only (its start is the last poll's end) and
+    the balance at the cursor's block by hash (the link to the cursor, EIP-1898)."""
     send_eth(r.w3, r.payer, r.wallet, 10**17)
     r.node.mine(100)
     chain = r.chain()
@@ -175,7 +176,8 @@ def test_quiet_range_without_traces_costs_one_round_trip(r: Reader) -> None:
     assert report.found == 0 and report.cursor_after == r.node.block_number()
     assert r.proxy.posts - posts == 2  # the head, then the one chunk's batch
     assert r.proxy.calls[FULL_BLOCK] == calls[FULL_BLOCK]
-    assert r.proxy.calls["eth_getBalance"] - calls["eth_getBalance"] == 1  # the range's end
+    assert r.proxy.calls["eth_getBalance"] - calls["eth_getBalance"] == 2  # end, state link
+    assert r.proxy.calls["eth_getBlockByNumber"] - calls["eth_getBlockByNumber"] == 1  # head
 
 
 def test_node_without_old_state_reads_that_range_in_full_only(pruned: Reader) -> None:

@@ -498,6 +498,8 @@ def test_a_chunk_takes_its_start_balances_from_the_previous_chunks_end(
     assert report.found == 6 and report.unexplained == 0
     assert hn.events("watcher.unexplained_balance") == []
     assert sorted(t.tx_hash for t in hn.transfers()) == sorted(txs)
-    assert calls["eth_getBalance"] == 1 + chunks  # first - 1 of the first chunk, each end
+    # first - 1 of the first chunk, each end, and each later chunk's link to the one before it
+    # (the balance at its last block by hash, EIP-1898)
+    assert calls["eth_getBalance"] == 1 + chunks + (chunks - 1)
     assert calls["eth_call"] == 1 + chunks  # balanceOf(wallet) the same way
     assert hn.state().balance == hn.node.balance(WALLET)

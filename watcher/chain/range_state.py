@@ -12,7 +12,7 @@ from typing import Any
 
 from watcher.chain.calls import GWEI, as_dict, hex_value, parse_block, quantity, same
 from watcher.chain.chunk import Block, ChainMoved, Chunk
-from watcher.chain.native import Point
+from watcher.chain.native import Point, missing_state
 from watcher.chain.rpc import RpcPool
 from watcher.domain.finality import RangeSizer
 from watcher.settings import ChainSettings
@@ -43,6 +43,7 @@ class RangeState:
         self.known: dict[int, Any] = {}  # header answers already read, by number (the head's)
         self.prior: dict[int, Point] = {}  # an earlier read's bisection points of this range
         self.points: dict[int, Point] = {}  # this read's bisection points
+        self.link_error = ""  # why the state link was refused, when not for missing state
 
     def _header(self, raw: Any, number: int) -> Block:
         """A block answer (header or full) for ``number``; the withdrawals to the wallet it
@@ -76,3 +77,12 @@ class RangeState:
         number = quantity(item["blockNumber"])
         if number not in self.blocks:
             self.blocks[number] = Block(number, hex_value(item["blockHash"]), "", quantity(stamp))
+
+    def _linked_by_state(self, answer: Any) -> bool:
+        """Whether the state link's ``answer`` proves the cursor's block canonical (a balance);
+        else ``link_error`` says why, unless the node only lacks that old state."""
+        if answer is not None and not isinstance(answer, BaseException):
+            quantity(answer)  # a malformed answer raises
+            return True
+        self.link_error = "" if missing_state(answer) else str(answer)
+        return False

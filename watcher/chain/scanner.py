@@ -326,7 +326,7 @@ class _ChainScan(Reorgs):
             return chunk, []
         self.log.warning("scan.balance_rescan", first=chunk.first, last=chunk.last,
                          assets=[u.asset for u in found])  # fmt: skip
-        parent = chunk.blocks[0].parent_hash
+        parent = chunk.parent_hash
         moved = self.pool.fail_over("balance growth not explained: rescanning from another URL")
 
         def rescan() -> Chunk:  # everything read again, but not the bisection already done

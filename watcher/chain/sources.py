@@ -60,6 +60,7 @@ from watcher.chain.calls import (
 from watcher.chain.chunk import Block, ChainMoved, Chunk, Inflow
 from watcher.chain.erc20 import erc20_inflows, token_outflows
 from watcher.chain.hit_reads import HitReads
+from watcher.chain.links import canonical_call, links_by_state, stop_links_by_state
 from watcher.chain.native import LOCATE_FANOUT, Point, locate_jump, missing_state, point
 from watcher.chain.receipts import (
     block_hashes,
@@ -144,6 +145,14 @@ class _Reader(BalanceReads, HitReads):
         chain, first, last, wallet = self.chain, self.first, self.last, self.wallet
         dense = self.mode == "debug_trace"
         numbers = list(range(first, last + 1)) if dense else sorted({first, last})
+        # The link to the cursor by state (EIP-1898) instead of block first's header, which
+        # on a busy chain is mostly transaction hashes: the cursor block must be canonical.
+        probe = (
+            parent_hash is not None and not dense and first < last and first not in self.known
+            and links_by_state(self.pool)
+        )  # fmt: skip
+        if probe:
+            numbers = [last]
         log_ranges = list(self.sizers["eth_getLogs"].ranges(first, last)) if chain.tokens else []
         trace_ranges: list[tuple[int, int]] = []
         if self.mode == "trace_filter":
@@ -154,6 +163,7 @@ class _Reader(BalanceReads, HitReads):
         batch.add("traces", [trace_filter_call(chain, a, b) for a, b in trace_ranges])
         unknown = [n for n in numbers if n not in self.known]
         batch.add("headers", [block_call(n) for n in unknown])
+        batch.add("link", [canonical_call(wallet, parent_hash)] if probe and parent_hash else [])
         ends = (self.before_at, last)
         start = self.start
         known_lo: Point | None = None  # (balance, nonce) at first - 1 from the previous chunk
@@ -179,13 +189,19 @@ class _Reader(BalanceReads, HitReads):
 
         raws = {**dict(zip(unknown, batch["headers"], strict=True)), **self.known}
         headers = [self._header(raws[n], n) for n in numbers]
+        linked_by_state = probe and self._linked_by_state(batch["link"][0])
+        if probe and not linked_by_state:  # not canonical, or no answer: block first's header
+            headers.insert(0, self._header(self.pool.batch([block_call(first)])[0], first))
         self.blocks = {b.number: b for b in headers}
         links = [(b.number, b.hash, b.parent_hash) for b in headers]
-        if not chain_links(links[:1], parent_hash):
+        if not linked_by_state and not chain_links(links[:1], parent_hash):
             return Chunk(first, last, sorted({headers[0], headers[-1]}, key=_number), linked=False)
+        if probe and not linked_by_state and self.link_error:
+            stop_links_by_state(self.pool, self.chain.name, self.link_error)
         if dense and not chain_links(links, None):
             raise ChainMoved(f"blocks {first}..{last} do not link: the chain moved while reading")
-        chunk = Chunk(first, last, [])
+        linked_to = parent_hash if parent_hash is not None else headers[0].parent_hash
+        chunk = Chunk(first, last, [], parent_hash=linked_to)
         at_lo = at_hi = None
         if self.ends:
             balances = batch["ends"]
