@@ -176,9 +176,11 @@ def steady_state(
     for _ in range(IDLE_POLLS):
         blocks(IDLE_BLOCKS)
         poll_all("idle")
-    if quiet_thousand:
+    if quiet_thousand:  # twice: the first in a process may teach the sizer the node's limit
         builder.mine(1000)
         poll_all("thousand")
+        builder.mine(1000)
+        poll_all("thousand again")
     spec = builder.payment("native", builder.usdc, builder.dai, builder.payers)
     txs = [spec.tx]
     if noise:
@@ -196,7 +198,7 @@ def steady_state(
     )
     for mode, parts in got.items():
         cells = []
-        for key, n in (("block", STEADY_BLOCKS), ("idle", IDLE_POLLS), ("thousand", 1),
+        for key, n in (("block", STEADY_BLOCKS), ("idle", IDLE_POLLS), ("thousand again", 1),
                        ("payment", 1)):  # fmt: skip
             t = parts.get(key)
             cells.append(
@@ -288,11 +290,14 @@ def summary(results: list[ChainResult], out: Out) -> None:
                 out(f"    ethereum-etl's time / proofwatch's: {speed:.1f} (target >= 10 on 20,000 "
                     "blocks)")  # fmt: skip
             thousand = r.steady.get(mode, {}).get("thousand")
-            if thousand is not None:
+            again = r.steady.get(mode, {}).get("thousand again")
+            if thousand is not None and again is not None:
                 limit = 10 if mode == "trace_filter" else 20
-                verdict = "MET" if thousand.entries <= limit else "MISSED"
-                out(f"    calls per 1,000 quiet blocks: {thousand.entries} (target <= {limit}: "
-                    f"{verdict})")  # fmt: skip
+                verdict = "MET" if again.entries <= limit else "MISSED"
+                extra = thousand.calls["trace_filter"] - again.calls["trace_filter"]
+                out(f"    calls per 1,000 quiet blocks: {again.entries} (target <= {limit}: "
+                    f"{verdict}); the first such poll in the process: {thousand.entries} "
+                    f"({extra} more trace_filter: the refusal that taught the sizer)")  # fmt: skip
             block = r.steady.get(mode, {}).get("block")
             if block is not None:
                 per_hour = block.bytes / STEADY_BLOCKS * BLOCKS_PER_HOUR
