@@ -14,16 +14,18 @@ at it (or the node lacks the old state to bisect):
 - Native reading is skipped entirely when the caller says no native inflow matters
   (``native=False``: no retainer in the native asset and no balance guard).
 
-One range costs one batched round trip (headers of ``first`` and ``last``, logs, traces,
-balances), plus one for the receipts of the hits, plus the bisection rounds in ``off`` mode.
+One range costs one batched round trip (the header of ``last`` unless the caller holds it:
+the head's; the link to the cursor, ``watcher.chain.links``, or ``first``'s header; logs,
+traces, balances at the end), plus one for the receipts of the hits, plus the bisection rounds
+in ``off`` mode.
 A hit block's time comes from the log or receipt when the node says it (``blockTimestamp``:
 Anvil, geth >= 1.16, reth); its header is read only when it does not (older nodes: in the
 receipts' round trip for log hits, one more for trace hits), or when the block is in the reorg
 window (the last ``reorg_depth`` blocks of the range: the stored parent hash keeps a rewind
-exact). The parent-hash link of
-``first`` is checked against the cursor; every answer naming a block hash (log, trace,
-receipt) must name the same hash as the header, or as every other answer for that block when
-no header is read (finality checks each transfer's block hash again).
+exact). The link of ``first`` to the cursor is checked (by state, or by its header's parent
+hash); every answer naming a block hash (log, trace, receipt) must name the same hash as the
+header, or as every other answer for that block when no header is read (finality checks each
+transfer's block hash again).
 """
 
 from __future__ import annotations
