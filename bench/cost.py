@@ -63,6 +63,7 @@ class Tally:
     found: Counter[tuple[str, str, int]] = field(default_factory=Counter)
     notes: list[str] = field(default_factory=list)
     full_blocks: int = 0  # eth_getBlockByNumber entries that asked for the transactions
+    method_bytes: Counter[str] = field(default_factory=Counter)  # when the proxy counts them
 
     @property
     def entries(self) -> int:
@@ -83,6 +84,7 @@ class Tally:
         self.bytes += other.bytes
         self.found.update(other.found)
         self.full_blocks += other.full_blocks
+        self.method_bytes.update(other.method_bytes)
 
 
 class Meter:
@@ -93,11 +95,13 @@ class Meter:
         self._posts = 0
         self._bytes = 0
         self._calls: Counter[str] = Counter()
+        self._method_bytes: Counter[str] = Counter()
         self._started = 0.0
 
     def start(self) -> None:
         self._posts, self._bytes = self.proxy.posts, self.proxy.bytes_sent
         self._calls = Counter(self.proxy.calls)
+        self._method_bytes = Counter(self.proxy.method_bytes)
         self._started = time.perf_counter()
 
     def stop(self, label: str) -> Tally:
@@ -106,6 +110,8 @@ class Meter:
         calls.subtract(self._calls)
         calls = +calls
         full = calls.pop(FULL_BLOCK, 0)  # a pseudo-method: not a call of its own
+        method_bytes = Counter(self.proxy.method_bytes)
+        method_bytes.subtract(self._method_bytes)
         return Tally(
             label,
             seconds,
@@ -113,6 +119,7 @@ class Meter:
             calls,
             self.proxy.bytes_sent - self._bytes,
             full_blocks=full,
+            method_bytes=+method_bytes,
         )
 
 

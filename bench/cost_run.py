@@ -150,6 +150,7 @@ def steady_state(
     """Poll costs after the catch-up, per mode: per new block, per idle poll, per 1,000 quiet
     blocks, and a block with a payment."""
     pollers = {mode: pw.poller() for mode, pw in installs.items()}
+    meter.proxy.count_method_bytes = True  # bytes by method: the steady state is not timed
     for poll in pollers.values():  # the blocks the previous contenders did not see: none
         poll()
     got: dict[str, dict[str, Tally]] = {m: {} for m in pollers}
@@ -175,9 +176,11 @@ def steady_state(
     for _ in range(IDLE_POLLS):
         blocks(IDLE_BLOCKS)
         poll_all("idle")
-    if quiet_thousand:
+    if quiet_thousand:  # twice: the first in a process may teach the sizer the node's limit
         builder.mine(1000)
         poll_all("thousand")
+        builder.mine(1000)
+        poll_all("thousand again")
     spec = builder.payment("native", builder.usdc, builder.dai, builder.payers)
     txs = [spec.tx]
     if noise:
@@ -195,16 +198,21 @@ def steady_state(
     )
     for mode, parts in got.items():
         cells = []
-        for key, n in (("block", STEADY_BLOCKS), ("idle", IDLE_POLLS), ("thousand", 1),
+        for key, n in (("block", STEADY_BLOCKS), ("idle", IDLE_POLLS), ("thousand again", 1),
                        ("payment", 1)):  # fmt: skip
             t = parts.get(key)
             cells.append(
                 "-" if t is None else f"{t.entries / n:.1f} calls {t.bytes / n / 1e3:,.1f} kB"
             )
         out(f"    {mode:16} {cells[0]:>24} {cells[1]:>26} {cells[2]:>22} {cells[3]:>24}")
+    meter.proxy.count_method_bytes = False
+    out("    calls by method (kB of their answers), summed over the polls of each kind:")
     for mode, parts in got.items():
         for key, t in parts.items():
-            methods = ", ".join(f"{m} {n}" for m, n in sorted(t.calls.items(), key=lambda x: -x[1]))
+            methods = ", ".join(
+                f"{m} {n} ({t.method_bytes[m] / 1e3:,.1f} kB)"
+                for m, n in sorted(t.calls.items(), key=lambda x: -x[1])
+            )
             out(f"      {mode} {key}: {methods}")
     for mode, parts in got.items():
         block, idle, pay = parts["block"], parts["idle"], parts["payment"]
@@ -282,11 +290,14 @@ def summary(results: list[ChainResult], out: Out) -> None:
                 out(f"    ethereum-etl's time / proofwatch's: {speed:.1f} (target >= 10 on 20,000 "
                     "blocks)")  # fmt: skip
             thousand = r.steady.get(mode, {}).get("thousand")
-            if thousand is not None:
+            again = r.steady.get(mode, {}).get("thousand again")
+            if thousand is not None and again is not None:
                 limit = 10 if mode == "trace_filter" else 20
-                verdict = "MET" if thousand.entries <= limit else "MISSED"
-                out(f"    calls per 1,000 quiet blocks: {thousand.entries} (target <= {limit}: "
-                    f"{verdict})")  # fmt: skip
+                verdict = "MET" if again.entries <= limit else "MISSED"
+                extra = thousand.calls["trace_filter"] - again.calls["trace_filter"]
+                out(f"    calls per 1,000 quiet blocks: {again.entries} (target <= {limit}: "
+                    f"{verdict}); the first such poll in the process: {thousand.entries} "
+                    f"({extra} more trace_filter: the refusal that taught the sizer)")  # fmt: skip
             block = r.steady.get(mode, {}).get("block")
             if block is not None:
                 per_hour = block.bytes / STEADY_BLOCKS * BLOCKS_PER_HOUR

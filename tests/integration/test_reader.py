@@ -162,7 +162,8 @@ def test_bisection_reads_only_the_blocks_where_balance_or_nonce_moved(r: Reader)
 
 def test_quiet_range_without_traces_costs_one_round_trip(r: Reader) -> None:
     """A range in which the wallet's balance and nonce did not move needs one batch: no
-    bisection, no full block."""
+    bisection, no full block, its end balance only (its start is the last poll's end) and
+    the balance at the cursor's block by hash (the link to the cursor, EIP-1898)."""
     send_eth(r.w3, r.payer, r.wallet, 10**17)
     r.node.mine(100)
     chain = r.chain()
@@ -175,7 +176,8 @@ def test_quiet_range_without_traces_costs_one_round_trip(r: Reader) -> None:
     assert report.found == 0 and report.cursor_after == r.node.block_number()
     assert r.proxy.posts - posts == 2  # the head, then the one chunk's batch
     assert r.proxy.calls[FULL_BLOCK] == calls[FULL_BLOCK]
-    assert r.proxy.calls["eth_getBalance"] - calls["eth_getBalance"] == 2  # the range ends
+    assert r.proxy.calls["eth_getBalance"] - calls["eth_getBalance"] == 2  # end, state link
+    assert r.proxy.calls["eth_getBlockByNumber"] - calls["eth_getBlockByNumber"] == 1  # head
 
 
 def test_node_without_old_state_reads_that_range_in_full_only(pruned: Reader) -> None:
@@ -240,6 +242,26 @@ def test_balance_guard_without_traces_still_locates_an_internal_payment(r: Reade
     assert r.transfers() == [] and report.unexplained == 1
     (event,) = r.events("watcher.unexplained_balance")
     assert event["block"] == block and event["actual_growth"] == "4321"
+
+
+def test_the_guards_rescan_and_locate_do_not_bisect_the_same_range_again(r: Reader) -> None:
+    """Without traces, a chunk holding an internal payment is bisected once: the balance
+    guard's rescan takes the first read's bisection points and locating the jump asks no
+    balance (only the range ends are asked twice, by the rescan)."""
+    forwarder = deploy(r.w3, "Forwarder")
+    r.node.mine(30)
+    tx = forwarder.functions.forward(r.wallet).transact({"from": r.payer, "value": 4321})
+    block = r.block_of(tx.to_0x_hex())
+    r.node.mine(30)
+    before = r.proxy.asked.copy()
+
+    report = r.scan(r.chain())
+
+    assert report.unexplained == 1 and r.events("watcher.unexplained_balance")[0]["block"] == block
+    balances = {k: n for k, n in (r.proxy.asked - before).items() if k[0] == "eth_getBalance"}
+    twice = sorted(json.loads(params)[1] for (_, params), n in balances.items() if n > 1)
+    assert len(twice) <= 2, twice  # first - 1 and last, read again by the rescan
+    assert all(n <= 2 for n in balances.values())
 
 
 # --- with traces: no full blocks ------------------------------------------------------------

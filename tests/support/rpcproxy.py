@@ -27,10 +27,12 @@ client's timeout); ``fail_next(n, 429, retry_after=s)`` is a rate limit with ``R
 serve them, so the client fails over for exactly those requests).
 
 Counters: ``posts`` (HTTP POSTs), ``calls`` (JSON-RPC entries by method, plus
-``FULL_BLOCK`` for each block asked for with its transactions) and ``bytes_sent`` (body bytes
-answered). ``raw=True`` (for measuring, e.g. bench/scan.py) forwards each POST's
-body to the node unchanged and answers the node's bytes as they are, never decoding the
-answer: the counters stay exact and the proxy costs little; faults do not apply then.
+``FULL_BLOCK`` for each block asked for with its transactions), ``asked`` (entries by method
+and parameters), ``bytes_sent`` (body bytes answered) and, when ``count_method_bytes`` is
+on (raw mode), ``method_bytes`` (answer entries' bytes by method). ``raw=True`` (for measuring, e.g.
+bench/scan.py) forwards each POST's body to the node unchanged and answers the node's bytes
+as they are, never decoding the answer: the counters stay exact and the proxy costs little;
+faults do not apply then.
 """
 
 from __future__ import annotations
@@ -108,6 +110,11 @@ class RpcProxy(Service):
         self.disagree = False
         self.fail_methods: set[str] = set()
         self.calls: Counter[str] = Counter()
+        self.asked: Counter[tuple[str, str]] = Counter()  # (method, params as JSON) per entry
+        # With ``count_method_bytes`` (raw mode), each answer entry's size (compact JSON) by the
+        # method it answers: slower, so a bench turns it on only where it does not time.
+        self.count_method_bytes = False
+        self.method_bytes: Counter[str] = Counter()
         self.posts = 0
         self.bytes_sent = 0  # response bodies, as a provider would bill them
         self.url = ""
@@ -216,6 +223,11 @@ class RpcProxy(Service):
             self.posts += 1
             self.calls.update(e["method"] for e in entries if isinstance(e, dict) and "method" in e)
             self.calls.update(FULL_BLOCK for e in entries if _full_block(e))
+            self.asked.update(
+                (e["method"], json.dumps(e.get("params", []), sort_keys=True))
+                for e in entries
+                if isinstance(e, dict) and "method" in e
+            )
         if self.raw and isinstance(self.upstream, str):
             self._pass_through(handler, body)
             return
@@ -329,7 +341,26 @@ class RpcProxy(Service):
         except requests.RequestException:
             handler.reply(502, b"upstream unreachable")
             return
+        if self.count_method_bytes:
+            self._count_method_bytes(body, response.content)
         handler.reply(response.status_code, response.content, {"Content-Type": "application/json"})
+
+    def _count_method_bytes(self, body: bytes, answer: bytes) -> None:
+        """Each answer entry's compact JSON size, by the method of the request with its id."""
+        try:
+            asked, got = json.loads(body), json.loads(answer)
+        except ValueError:
+            return
+        asked = asked if isinstance(asked, list) else [asked]
+        got = got if isinstance(got, list) else [got]
+        methods = {e.get("id"): e.get("method") for e in asked if isinstance(e, dict)}
+        sizes: Counter[str] = Counter()
+        for entry in got:
+            if isinstance(entry, dict):
+                method = str(methods.get(entry.get("id"), "?"))
+                sizes[method] += len(json.dumps(entry, separators=(",", ":")))
+        with self._lock:
+            self.method_bytes.update(sizes)
 
     def _upstream_post(self, payload: Any) -> Any:
         assert isinstance(self.upstream, str)

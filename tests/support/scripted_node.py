@@ -210,6 +210,11 @@ class ScriptedNode(Service):
             return total
 
     def _number(self, ref: Any) -> int:
+        if isinstance(ref, Mapping):  # EIP-1898: a block by hash (only on this branch here)
+            for block in self.blocks:
+                if block.hash == str(ref.get("blockHash", "")).lower():
+                    return block.number
+            raise RpcFault(-32001, "Resource not found")
         if ref in ("latest", "pending", None):
             return self.head
         if ref == "earliest":

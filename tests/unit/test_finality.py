@@ -178,6 +178,25 @@ def test_success_grows_back_after_a_run_of_successes() -> None:
     assert sizer.size == 800
 
 
+def test_a_stated_limit_sets_the_width_and_stays_the_cap_after_a_reprobe() -> None:
+    """A refusal naming the node's limit sets the width to it at once (no halving), and the
+    reprobe after a run of successes does not ask above it again."""
+    sizer = RangeSizer(2000, reprobe_after=3)
+    assert sizer.refused(1000, stated=300)
+    assert sizer.size == 300
+    for _ in range(10):
+        sizer.succeeded(sizer.size)
+        assert sizer.size == 300
+    assert list(sizer.ranges(1, 1000)) == [(1, 300), (301, 600), (601, 900), (901, 1000)]
+
+
+def test_a_stated_limit_not_below_the_refused_width_halves_as_before() -> None:
+    """A stated number that would not narrow the refused range is ignored: the width halves."""
+    sizer = RangeSizer(2000)
+    assert sizer.refused(1000, stated=5000)
+    assert sizer.size == 500
+
+
 def test_single_block_refusal_cannot_be_split() -> None:
     """A refused one-block range reports that there is nothing left to split."""
     sizer = RangeSizer(10)

@@ -15,6 +15,7 @@ from eth_utils import keccak, to_bytes, to_checksum_address
 
 from watcher.chain.chunk import Block
 from watcher.chain.rpc import Call, RpcPool
+from watcher.chain.rpc_errors import stated_range_limit
 from watcher.domain.finality import RangeSizer
 from watcher.errors import RangeTooLarge, RpcError
 from watcher.settings import ChainSettings
@@ -185,14 +186,15 @@ def collect_ranged(
     answers: Sequence[Any],
 ) -> list[Any]:
     """The items of the ``answers`` to ``build(a, b)`` over ``ranges``; a refused range is
-    split at the sizer's narrowed width and asked again (``RangeTooLarge`` if one block is)."""
+    split at the sizer's narrowed width (the node's stated limit when the refusal names one)
+    and asked again (``RangeTooLarge`` if one block is)."""
     items: list[Any] = []
     pending = list(zip(ranges, answers, strict=True))
     while pending:
         retry: list[tuple[int, int]] = []
         for (a, b), got in pending:
             if isinstance(got, RangeTooLarge):
-                if not sizer.refused(b - a + 1):
+                if not sizer.refused(b - a + 1, stated_range_limit(str(got))):
                     raise got
                 retry += sizer.ranges(a, b)
                 continue

@@ -6,8 +6,10 @@ The Chunk contract (what ``watcher.chain.scanner`` relies on):
   the expected parent (then only the boundary blocks are set, the caller handles the reorg).
 - ``blocks``: sparse, ascending, by number: the boundary headers (``first`` and ``last``),
   every block holding an inflow (its timestamp is the payment's time), and any other block the
-  reader happened to read in full. ``blocks[0]`` is block ``first`` (its ``parent_hash`` links
-  to the cursor), ``blocks[-1]`` is block ``last``. In ``debug_trace`` mode every block is there.
+  reader happened to read in full. ``blocks[-1]`` is block ``last``; ``blocks[0]`` is block
+  ``first`` (its ``parent_hash`` links to the cursor) unless the link was proven by state
+  (``watcher.chain.links``: then block ``first`` is there only if read for another reason).
+  ``parent_hash`` is the hash the range was linked to. In ``debug_trace`` mode every block is there.
   A block known from a log's or receipt's ``blockTimestamp`` and ``blockHash`` instead of its
   header has ``parent_hash`` "" (unknown): its hash and time are as sure as the answers that
   named them (all must agree), and the ledger stores its hash but no parent for it. Blocks in
@@ -64,6 +66,7 @@ class Chunk:
     last: int
     blocks: list[Block]
     linked: bool = True  # False: the first block is not a child of the expected parent
+    parent_hash: str | None = None  # the hash of block first - 1 it was linked to
     inflows: list[Inflow] = field(default_factory=list)
     explained: dict[int, int] = field(default_factory=dict)  # per block: native in - out, wei
     balance_before: int | None = None  # at first - 1, when it was read
@@ -73,6 +76,9 @@ class Chunk:
     token_before: dict[str, int | None] = field(default_factory=dict)
     token_after: dict[str, int | None] = field(default_factory=dict)
     full_blocks: int = 0  # blocks read in full for this chunk (balance bisection, fallback)
+    # (balance, nonce) of the wallet at the blocks balance bisection asked (off mode): a rescan
+    # of the same range and the guard's locate take them instead of asking again.
+    points: dict[int, tuple[int, int]] = field(default_factory=dict)
 
     def token_inflows(self, address: str) -> int:
         """Base units of ``address`` the found inflows brought in over the chunk."""

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 from watcher.chain.calls import balance_call, nonce_call, quantity
@@ -61,6 +62,7 @@ class Bisection:
     unreadable: list[tuple[int, int]] = field(default_factory=list)  # ranges without state
     reason: str = ""  # why the node could not give a balance (the first such answer)
     rounds: int = 0
+    known: dict[int, Point] = field(default_factory=dict)  # every (balance, nonce) it used
 
     def blocks(self) -> list[int]:
         """Every block to read in full, ascending."""
@@ -70,12 +72,23 @@ class Bisection:
         return sorted(numbers)
 
 
-def bisect(pool: RpcPool, wallet: str, lo: int, hi: int, at_lo: Point, at_hi: Point) -> Bisection:
+def bisect(
+    pool: RpcPool, wallet: str, lo: int, hi: int, at_lo: Point, at_hi: Point,
+    prior: Mapping[int, Point] | None = None,
+) -> Bisection:  # fmt: skip
     """Blocks in ``lo + 1 .. hi`` where the wallet's (balance, nonce) changed, given their
-    values at ``lo`` and ``hi``. Every open range is halved in the same round trip."""
+    values at ``lo`` and ``hi``. Every open range is halved in the same round trip.
+
+    ``prior`` are the points an earlier bisection of the same range found (``Bisection.known``):
+    when its ends equal ``at_lo`` and ``at_hi`` its inner points are taken as they are, so the
+    same range is not bisected twice (the guard's rescan)."""
     found = Bisection()
     known: dict[int, Point] = {lo: at_lo, hi: at_hi}
-    pending = [(lo, hi)]
+    if prior and prior.get(lo) == at_lo and prior.get(hi) == at_hi:
+        known.update({n: p for n, p in prior.items() if lo < n < hi})
+    marks = sorted(known)
+    pending = list(pairwise(marks))
+    found.known = known
     while pending:
         split: list[tuple[int, int, int]] = []
         for a, b in pending:
@@ -115,16 +128,25 @@ def locate_jump(
     last: int,
     before: int,
     explained: Mapping[int, int],
+    known: Mapping[int, int] | None = None,
 ) -> int:
     """The first block in ``first..last`` at which the wallet's balance exceeds ``before`` plus
     what the found inflows explain up to that block (searched over historical balances,
-    ``LOCATE_FANOUT`` per round trip). ``last`` is assumed to exceed it."""
+    ``LOCATE_FANOUT`` per round trip). ``last`` is assumed to exceed it. ``known`` balances
+    by block (the chunk's bisection points) narrow the search before anything is asked: a
+    jump bisection found between two adjacent points costs no request."""
     prefix: dict[int, int] = {}
     total = 0
     for n in range(first, last + 1):
         total += explained.get(n, 0)
         prefix[n] = total
     lo, hi = first - 1, last  # the excess is not there at lo (by definition), there at hi
+    for at in sorted(n for n in (known or {}) if first <= n < last):
+        assert known is not None
+        if known[at] - before > prefix[at]:
+            hi = at
+            break
+        lo = at
     while hi - lo > 1:
         step = max(1, (hi - lo) // (LOCATE_FANOUT + 1))
         points: Sequence[int] = list(range(lo + step, hi, step))[:LOCATE_FANOUT]

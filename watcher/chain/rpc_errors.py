@@ -6,6 +6,7 @@ Pure functions over the raw error objects; ``watcher.chain.rpc`` decides what to
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +27,29 @@ _BUSY_WORDS = (
     "capacity", "compute units", "throughput", "try again", "temporarily unavailable",
     "overloaded", "request count exceeded", "quota",
 )  # fmt: skip
+
+
+# "block range too large, currently limited to 300" (Anvil), "exceeds maximum of 100 blocks",
+# "max range: 10,000": a number after one of these words, in a refusal about a block range.
+_STATED_LIMIT = re.compile(
+    r"(?:limited to|limit is|limit of|maximum|max range|max|up to|at most)"
+    r"(?:\s*block range)?\s*(?:is|of)?\s*:?\s*(?:a\s+)?(\d[\d,_]*)",
+    re.IGNORECASE,
+)
+_NOT_BLOCKS = ("result", "response", "logs in", "size", "second", "byte")
+
+
+def stated_range_limit(message: str) -> int | None:
+    """The widest block range a range refusal says the node allows ("limited to 300"), or
+    None when it states none, or its number is about something else (results, bytes)."""
+    lower = message.lower()
+    if not ("range" in lower or "block" in lower) or any(w in lower for w in _NOT_BLOCKS):
+        return None
+    match = _STATED_LIMIT.search(message)
+    if match is None:
+        return None
+    limit = int(match.group(1).replace(",", "").replace("_", ""))
+    return limit if limit >= 1 else None
 
 
 class RpcResponseError(RpcError):

@@ -13,6 +13,7 @@ from weakref import WeakKeyDictionary
 
 import structlog
 
+from watcher.chain.chunk import Chunk
 from watcher.chain.findings import PollRecord
 from watcher.chain.port import ScanLedger
 from watcher.chain.rpc import RpcPool
@@ -25,10 +26,15 @@ log = structlog.get_logger("watcher.chain.scanner")
 
 # Range widths learned per pool (one pool per chain, living as long as the daemon).
 _SIZERS: WeakKeyDictionary[RpcPool, dict[str, RangeSizer]] = WeakKeyDictionary()
+# The last chunk committed per pool, with the chain and mode that read it: its end balances
+# (native, nonce, guarded tokens) are the next poll's start while the cursor still links.
+_CARRIED: WeakKeyDictionary[RpcPool, tuple[str, str, Chunk]] = WeakKeyDictionary()
 
 
 class ScanState:
     """One poll's state of one chain; the ledger keeps it between polls."""
+
+    native = True  # whether native inflows are read (``poll_chain``)
 
     def __init__(
         self,
@@ -70,6 +76,27 @@ class ScanState:
     def _moved(self, cursor: int, cursor_hash: str | None, balance: int | None) -> None:
         """The ledger committed a new cursor: follow it."""
         self.cursor, self.cursor_hash, self.balance = cursor, cursor_hash, balance
+
+    def _carry(self, chunk: Chunk) -> None:
+        """Keep the committed ``chunk`` (the cursor's block is its last) for the next poll."""
+        _CARRIED[self.pool] = (self.chain.name, self._mode(), chunk)
+
+    def _carried(self) -> Chunk | None:
+        """The last chunk committed through this pool when it ends at the cursor's block (same
+        number and hash, same chain and mode): its end balances are this poll's start, not read
+        again. None after a rewind, a reorg, another process moving the cursor, or a restart."""
+        kept = _CARRIED.get(self.pool)
+        if kept is None or self.cursor_hash is None:
+            return None
+        name, mode, chunk = kept
+        same_mode = (name, mode) == (self.chain.name, self._mode())
+        end = chunk.blocks[-1] if chunk.blocks else None
+        if not same_mode or end is None or chunk.last != self.cursor or end.number != self.cursor:
+            return None
+        return chunk if end.hash.lower() == self.cursor_hash.lower() else None
+
+    def _mode(self) -> str:
+        return f"{self.chain.internal}:{self.native}"
 
     # -- chain state -------------------------------------------------------------------------
 

@@ -18,7 +18,7 @@ do not explain rescans the chunk before it alerts (``watcher.chain.guards``).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict
 
@@ -40,6 +40,7 @@ __all__ = ["ScanReport", "poll_chain"]
 
 POSTS_PER_CHUNK = 2  # a chunk's blocks fill this many batches of pool.max_batch entries
 MAX_REORGS_PER_POLL = 3
+ANY_BLOCK = 2**62  # ``ledger.waiting(ANY_BLOCK)``: every seen transfer, whatever its block
 
 
 def poll_chain(
@@ -74,7 +75,9 @@ class _ChainScan(Reorgs):
     """One poll: the head, the chunks up to it, the balance guard (reorgs and finality:
     ``Reorgs``; cursor and chain state: ``ScanState``)."""
 
-    native = True  # whether native inflows are read (``poll_chain``)
+    final_read = True  # whether this poll read the final block (False: the last one seen)
+    head_raw: object = None  # the head's header as the node answered it (``_head``)
+    head_number = -1
 
     # -- the poll ----------------------------------------------------------------------------
 
@@ -109,18 +112,27 @@ class _ChainScan(Reorgs):
 
     def _poll(self, head: int, head_hash: str, final: int, to_block: int | None) -> int:
         """Reorg check, scan to the head, finality; the final block used (never lower than
-        one seen before)."""
+        one seen before).
+
+        The finality tag's header is read only when it matters (``_head``); otherwise ``final``
+        is the last final block seen, a block that stays final. A poll over more than one
+        chunk (catching up) reads it before scanning, so transfers in blocks already final
+        become final at once; one that found transfers reads it after scanning."""
         if final < self.final_seen:  # a lagging backend's tag: never a reorg by itself
             self.log.info("scan.final_behind", final=final, final_seen=self.final_seen)
             final = self.final_seen
-        self.final_at_start = final
         target = head if to_block is None else min(head, to_block)
+        if not self.final_read and target - self.cursor > self._chunk_width():
+            final = max(final, self._read_final(head))
+        self.final_at_start = final
         if self.cursor_hash is not None and (
             head < self.cursor or (head == self.cursor and head_hash != self.cursor_hash)
         ):
             self._reorg(head)
         if self.cursor < target or self.ledger.waiting(final):
             self._scan_to(target)
+            if not self.final_read and self.counts["found"]:
+                final = max(final, self._read_final(head))
             self._finalize(final)
         else:
             self.log.debug("scan.idle", head=head, cursor=self.cursor)
@@ -153,13 +165,32 @@ class _ChainScan(Reorgs):
         return head, head_hash, final, True
 
     def _head(self) -> tuple[int, str, int]:
-        """Head number and hash and the final block, in one request."""
+        """Head number and hash and the final block, in one request.
+
+        The finality tag's header is asked only when something awaits finality, or no final
+        block was ever recorded; otherwise the final block is the last one seen
+        (``final_read`` False: ``_poll`` reads the tag later if the poll needs it). The head's
+        header is kept (``head_raw``): the chunk ending at the head does not read it again."""
         tag = finality_tag(self.chain.finality)
-        calls = [sources.block_call("latest")] + ([sources.block_call(tag)] if tag else [])
+        ask_tag = tag is not None and (self.final_seen < 0 or bool(self.ledger.waiting(ANY_BLOCK)))
+        calls = [sources.block_call("latest")]
+        calls += [sources.block_call(tag)] if tag is not None and ask_tag else []
         answers = self.pool.batch(calls)
         head = sources.parse_block(answers[0], -1)
+        self.head_raw, self.head_number = answers[0], head.number
+        self.final_read = tag is None or ask_tag
+        if not self.final_read:
+            return head.number, head.hash, max(self.final_seen, -1)
         tag_number = sources.parse_block(answers[1], -1).number if tag else None
         return head.number, head.hash, final_block(self.chain.finality, head.number, tag_number)
+
+    def _read_final(self, head: int) -> int:
+        """The finality tag's block now (its header, one request), at most ``head``."""
+        tag = finality_tag(self.chain.finality)
+        assert tag is not None
+        (raw,) = self.pool.batch([sources.block_call(tag)])
+        self.final_read = True
+        return final_block(self.chain.finality, head, sources.parse_block(raw, -1).number)
 
     # -- scanning ----------------------------------------------------------------------------
 
@@ -181,10 +212,11 @@ class _ChainScan(Reorgs):
             pending: Future[Chunk] | None = None
             while self.cursor < target:
                 first, last = self.cursor + 1, min(target, self.cursor + width)
-                if pending is None:
+                if pending is None:  # its start: the last chunk committed, if it still links
                     pending = worker.submit(
-                        self._fetch, first, last, self.cursor_hash, self.balance is None
-                    )
+                        self._fetch, first, last, self.cursor_hash, self.balance is None,
+                        self._carried(),
+                    )  # fmt: skip
                 try:
                     chunk = pending.result()
                     pending = None
@@ -220,12 +252,16 @@ class _ChainScan(Reorgs):
 
     def _fetch(
         self, first: int, last: int, parent_hash: str | None, balance_before: bool,
-        start: Chunk | None = None,
+        start: Chunk | None = None, *, reuse_head: bool = True,
+        points: Mapping[int, tuple[int, int]] | None = None,
     ) -> Chunk:  # fmt: skip
+        """Read ``first..last``; the chunk ending at the head takes the head's header read by
+        ``_head`` (``reuse_head``: not on a rescan, which reads everything again)."""
+        known = {self.head_number: self.head_raw} if reuse_head and last == self.head_number else {}
         return sources.fetch_chunk(
             self.pool, self.chain, first, last, self.sizers,
             parent_hash=parent_hash, balance_before=balance_before, native=self.native,
-            start=start,
+            start=start, headers=known, points=points,
         )  # fmt: skip
 
     def _commit(self, chunk: Chunk, events: list[GuardEvent]) -> None:
@@ -253,6 +289,7 @@ class _ChainScan(Reorgs):
         )
         result = self.ledger.commit_chunk(findings)
         self._moved(chunk.last, last.hash, balance)
+        self._carry(chunk)
         self.counts["found"] += result.found
         self.counts["finalized"] += result.finalized
         self.log.info("scan.chunk", first=chunk.first, last=chunk.last, found=result.found)
@@ -289,15 +326,21 @@ class _ChainScan(Reorgs):
             return chunk, []
         self.log.warning("scan.balance_rescan", first=chunk.first, last=chunk.last,
                          assets=[u.asset for u in found])  # fmt: skip
-        parent = chunk.blocks[0].parent_hash
+        parent = chunk.parent_hash
         moved = self.pool.fail_over("balance growth not explained: rescanning from another URL")
+
+        def rescan() -> Chunk:  # everything read again, but not the bisection already done
+            return self._fetch(
+                chunk.first, chunk.last, parent, True, reuse_head=False, points=chunk.points
+            )
+
         try:
-            again = self._fetch(chunk.first, chunk.last, parent, True)
+            again = rescan()
         except RpcError:
             if not moved:
                 raise
             self.pool.fail_over("the other URL could not give the rescan")  # e.g. it lags
-            again = self._fetch(chunk.first, chunk.last, parent, True)
+            again = rescan()
         if not again.linked or again.blocks[-1].hash != chunk.blocks[-1].hash:
             raise sources.ChainMoved(f"blocks {chunk.first}..{chunk.last} changed on a rescan")
         native_before = self.balance if self.balance is not None else again.balance_before
@@ -315,6 +358,7 @@ class _ChainScan(Reorgs):
                         again.last,
                         u.before,
                         again.explained,
+                        {n: p[0] for n, p in again.points.items()},  # bisection's balances
                     )
                 except RpcError as exc:
                     self.log.warning("scan.balance_locate_failed", reason=str(exc))

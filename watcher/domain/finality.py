@@ -141,7 +141,9 @@ class RangeSizer:
     provider with a hard limit is not asked for a refused width again and again); each success
     doubles the width again, up to the ceiling. After
     ``reprobe_after`` successes in a row the ceiling is forgotten, so a provider that refused a
-    range once (a burst of logs, a busy moment) gets asked for wide ranges again.
+    range once (a burst of logs, a busy moment) gets asked for wide ranges again. A refusal
+    that states the node's limit (``stated``: "limited to 300") sets the width to that limit at
+    once, and the limit stays the cap: a reprobe never asks above it again.
     """
 
     def __init__(self, maximum: int, *, reprobe_after: int = 32) -> None:
@@ -151,14 +153,21 @@ class RangeSizer:
         self.reprobe_after = reprobe_after
         self.size = maximum
         self.ceiling = maximum
+        self.cap = maximum  # the node's stated limit, once it said one
         self._streak = 0
 
-    def refused(self, width: int) -> bool:
-        """Record that a range of ``width`` blocks was refused; False if it cannot be split."""
+    def refused(self, width: int, stated: int | None = None) -> bool:
+        """Record that a range of ``width`` blocks was refused (``stated``: the widest range
+        the refusal says the node allows); False if it cannot be split."""
         self._streak = 0
         if width <= 1:
             self.size = 1
             return False
+        if stated is not None and 1 <= stated < width:
+            self.cap = min(self.cap, stated)
+            self.ceiling = min(self.ceiling, self.cap)
+            self.size = min(self.size, self.ceiling)
+            return True
         self.ceiling = min(self.ceiling, width // 2)
         self.size = min(self.size, self.ceiling)
         return True
@@ -167,7 +176,7 @@ class RangeSizer:
         """Record that a range of ``width`` blocks was answered; grow if it was a full one."""
         self._streak += 1
         if self._streak >= self.reprobe_after:
-            self.ceiling, self._streak = self.maximum, 0
+            self.ceiling, self._streak = self.cap, 0
         if width >= self.size:
             self.size = min(self.ceiling, self.size * 2)
 

@@ -1,0 +1,205 @@
+"""What one steady-state poll asks the node for, counted at a proxy in front of the scripted
+node and of a real Anvil node, in each ``internal`` mode: each header once (the head's serves
+the chunk ending there), the finality tag only while something awaits finality, and the
+balances at a range's start taken from the previous poll's end while the cursor still links.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+
+from tests.support.rpcproxy import RpcFault, RpcProxy
+from tests.support.scan_harness import ETH, NODE_MODES, WALLET, Harness, harness
+from tests.support.scripted_node import ScriptedNode
+from watcher.chain.rpc import RpcPool
+from watcher.settings import ChainSettings
+
+HEADER = "eth_getBlockByNumber"
+
+
+@pytest.fixture(params=NODE_MODES)
+def hc(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Harness]:
+    """A harness on each node and mode, finalized = latest - 2."""
+    yield from harness(request, tmp_path, fast=True)
+
+
+class Counted:
+    """One chain polled through one pool (as the daemon keeps it), behind a counting proxy."""
+
+    def __init__(self, h: Harness, proxy: RpcProxy) -> None:
+        self.h, self.proxy = h, proxy
+        self.chain: ChainSettings = h.chain(rpc_urls=(proxy.url,))
+        self.pool: RpcPool = h.pool(self.chain)
+
+    def poll(self) -> tuple[Counter[str], int]:
+        """One poll: the calls it sent by method, and the transfers it found."""
+        before = self.proxy.calls.copy()
+        report = self.h.scan(self.chain, self.pool)
+        return self.proxy.calls - before, report.found
+
+
+@pytest.fixture
+def counted(hc: Harness) -> Iterator[Counted]:
+    """A guarded token, some blocks, and a first poll that caught up (nothing awaits
+    finality afterwards: there is no transfer yet)."""
+    hc.token("USDC", 6)
+    hc.node.mine(10)
+    with RpcProxy(hc.node.url) as proxy:
+        c = Counted(hc, proxy)
+        c.poll()
+        yield c
+
+
+def test_a_quiet_one_block_poll_reads_only_the_head_header(counted: Counted) -> None:
+    """With nothing awaiting finality a poll over one new block asks one header, the head's
+    (its parent hash is the link to the cursor), and no finality tag."""
+    counted.h.node.mine(1)
+    calls, found = counted.poll()
+    assert found == 0
+    assert calls[HEADER] == 1
+    assert counted.h.state().cursor == counted.h.node.head()
+
+
+def test_a_quiet_range_reads_the_head_header_once_and_links_by_state(counted: Counted) -> None:
+    """A poll over several new quiet blocks asks the head's header once (the chunk ending
+    there reuses it) and links to the cursor by a state read at the cursor's block hash
+    (EIP-1898), not by its first block's header; debug_trace reads every other block's."""
+    cursor_hash = counted.h.state().cursor_hash
+    counted.h.node.mine(8)
+    before = counted.proxy.asked.copy()
+    calls, _ = counted.poll()
+    dense = counted.h.internal == "debug_trace"
+    assert calls[HEADER] == 1 + (8 - 1 if dense else 0)
+    probes = [k for k in counted.proxy.asked - before if "blockHash" in k[1]]
+    assert probes == ([] if dense else [("eth_getBalance", probes[0][1])])
+    assert dense or cursor_hash in probes[0][1]
+    assert counted.h.state().cursor_hash == counted.h.node.block_hash("latest")
+
+
+def test_start_balances_come_from_the_previous_polls_end(counted: Counted) -> None:
+    """A quiet poll reads the native balance (and the nonce without traces) and each guarded
+    token's balance at its range's end only: its start is the previous poll's end."""
+    counted.h.node.mine(3)
+    calls, _ = counted.poll()
+    link = 0 if counted.h.internal == "debug_trace" else 1  # the state link to the cursor
+    assert calls["eth_getBalance"] == 1 + link
+    assert calls["eth_call"] == 1  # balanceOf(wallet) of the one guarded token
+    assert calls["eth_getTransactionCount"] == (1 if counted.h.internal == "off" else 0)
+
+
+def test_finality_tag_is_read_while_a_transfer_waits_and_never_makes_it_final_early(
+    counted: Counted,
+) -> None:
+    """The poll that finds a payment reads the finality tag after scanning and leaves the
+    payment seen (the tag is below it); polls while it waits read the tag again; once final,
+    quiet polls stop asking for it, and the recorded final block never moves down."""
+    h = counted.h
+    tx = h.pay(ETH)
+    h.node.mine(1)
+    calls, found = counted.poll()
+    assert found == 1
+    assert [t.status for t in h.transfers(tx_hash=tx)] == ["seen"]
+    head_and_tag = 2
+    assert calls[HEADER] >= head_and_tag
+    finals = [h.state().final_block]
+    h.node.mine(3)  # finalized = latest - 2 passes the payment's block
+    calls, _ = counted.poll()
+    assert [t.status for t in h.transfers(tx_hash=tx)] == ["final"]
+    finals.append(h.state().final_block)
+    h.node.mine(1)
+    calls, _ = counted.poll()
+    assert calls[HEADER] == 1  # nothing waits: the head's header only
+    finals.append(h.state().final_block)
+    assert finals == sorted(finals) and finals[-1] == finals[-2]  # kept, not re-read
+    assert h.state().balance == h.node.balance(WALLET)
+
+
+def test_after_a_reorg_the_start_balances_are_read_again(counted: Counted) -> None:
+    """A reorg that replaces a payment with a smaller one rewinds the cursor: the balances
+    kept from before it are not reused, the guard stays quiet and the stored balance is the
+    node's."""
+    h = counted.h
+    old = h.pay(1000)  # in the head block: not final yet (finalized = latest - 2)
+    counted.poll()
+    replacement = h.node.new_payment(h.payer, WALLET, 777)
+    h.node.reorg(1, [(replacement, 0)])
+    h.node.mine(1)
+    _, found = counted.poll()
+    assert found == 1
+    by_tx = {t.tx_hash: t for t in h.transfers()}
+    assert by_tx[old].status == "orphaned"
+    assert h.events("watcher.unexplained_balance") == []
+    assert h.state().balance == h.node.balance(WALLET)
+
+
+@pytest.fixture(params=[pytest.param("anvil", marks=pytest.mark.anvil)])
+def anvil_counted(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Counted]:
+    """The counted chain on a real Anvil node (it caps trace_filter at 300 blocks)."""
+    for h in harness(request, tmp_path, fast=True):
+        h.token("USDC", 6)
+        h.node.mine(10)
+        with RpcProxy(h.node.url) as proxy:
+            c = Counted(h, proxy)
+            c.poll()
+            yield c
+
+
+def test_trace_filter_takes_the_nodes_stated_limit_and_keeps_it(anvil_counted: Counted) -> None:
+    """1,000 quiet blocks cost one refused trace_filter and four at Anvil's stated limit of
+    300 (not a halving cascade), then four per 1,000 blocks with no refusal, ten calls in all
+    at most, also after the sizer's reprobe."""
+    c = anvil_counted
+    c.h.node.mine(1000)
+    first, _ = c.poll()
+    assert first["trace_filter"] == 1 + 4
+    for _ in range(3):
+        c.h.node.mine(1000)
+        calls, _ = c.poll()
+        assert calls["trace_filter"] == 4
+        assert sum(calls.values()) <= 10, calls
+
+
+@pytest.fixture(params=["scripted"])
+def old_node(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Counted]:
+    """The counted chain on a scripted node that does not take a block by hash (EIP-1898)."""
+    number = ScriptedNode._number
+
+    def by_number_only(node: ScriptedNode, ref: Any) -> int:
+        if isinstance(ref, dict):
+            raise RpcFault(-32602, "invalid argument 1: hex string without 0x prefix")
+        return number(node, ref)
+
+    monkeypatch.setattr(ScriptedNode, "_number", by_number_only)
+    for h in harness(request, tmp_path, fast=True):
+        h.node.mine(10)
+        with RpcProxy(h.node.url) as proxy:
+            c = Counted(h, proxy)
+            c.poll()
+            yield c
+
+
+def test_a_node_refusing_the_state_link_is_linked_by_header_from_then_on(
+    old_node: Counted,
+) -> None:
+    """A node that refuses a block by hash gets block first's header instead (the range
+    still links and scans), one log line says so, and it is not asked that way again."""
+    c = old_node
+    c.h.node.mine(5)
+    with structlog.testing.capture_logs() as logs:
+        calls, _ = c.poll()
+    assert calls[HEADER] == 2  # the head, then block first's
+    assert [e["event"] for e in logs].count("scan.link_by_header") == 1
+    assert c.h.state().cursor == c.h.node.head()
+    c.h.node.mine(5)
+    before = c.proxy.asked.copy()
+    calls, _ = c.poll()
+    assert [k for k in c.proxy.asked - before if "blockHash" in k[1]] == []
+    assert calls[HEADER] == 2 and c.h.state().cursor == c.h.node.head()
