@@ -33,6 +33,7 @@ from bench.chain import WALLET, BuiltChain, ChainBuilder
 from bench.contenders import Proofwatch, ethereum_etl, floor_process
 from bench.cost import CU_SOURCE, Meter, Tally, megabytes, table
 from bench.floor import Batcher, floor_scan
+from bench.kept_chain import standard_chain
 from tests.support.anvil import AnvilNode
 from tests.support.rpcproxy import RpcProxy
 
@@ -236,9 +237,7 @@ def cost_section(args: Any, tmp: Path, out: Out, check: Check) -> list[ChainResu
     chain; prints each and a summary against the issue's targets."""
     results = []
     node_args = ["--max-persisted-states", "100000"]
-    with AnvilNode(no_mining=True, extra_args=node_args) as node:
-        builder = ChainBuilder(node, random.Random(args.seed))
-        built = builder.build(args.blocks)
+    with standard_chain(args, node_args) as (node, builder, built):  # --keep-chain: kept
         out(
             f"\n== cost: standard chain, {built.head + 1:,} blocks, "
             f"{sum(built.expected.by_kind.values())} payments {dict(built.expected.by_kind)}, "
