@@ -13,11 +13,13 @@ from typing import Any
 import pytest
 import structlog
 from sqlalchemy import event
-from sqlmodel import func, select
+from sqlmodel import Session, func, select
 
 from tests.support.base_ledger import PAYER, USDC, base_context
-from watcher.chain.chunk import Inflow
+from watcher.chain.chunk import Block, Inflow
+from watcher.chain.findings import Findings
 from watcher.ledger.context import Context
+from watcher.ledger.scanning import NoHooks, StoreLedger
 from watcher.ledger.scanning_rows import store_inflows
 from watcher.ledger.settlement import Settlement
 from watcher.store.db import read_session, transaction
@@ -51,19 +53,26 @@ def _inflows(ctx: Context, n: int) -> list[Inflow]:
 
 
 class Statements:
-    """Counts the SQL statements sent on an engine (an executemany counts once)."""
+    """Counts the SQL statements sent on an engine: ``seen`` per driver call (an executemany
+    counts once), ``runs`` per time the database runs one (an executemany once per row)."""
 
     def __init__(self, engine: Any) -> None:
         self.seen: Counter[str] = Counter()
+        self.runs: Counter[str] = Counter()
         event.listen(engine, "before_cursor_execute", self._count)
 
-    def _count(self, _c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+    def _count(
+        self, _c: Any, _cur: Any, statement: str, params: Any, _ctx: Any, many: bool
+    ) -> None:
         words = statement.split()
         verb = words[0].upper()
         table = words[2] if verb in ("INSERT", "DELETE") else ""
+        if verb == "UPDATE":
+            table = words[1]
         if verb == "SELECT" and "FROM" in words:
             table = words[words.index("FROM") + 1]
         self.seen[f"{verb} {table}".strip()] += 1
+        self.runs[f"{verb} {table}".strip()] += len(params) if many else 1
 
 
 def test_storing_mixed_inflows_is_one_insert(ctx: Context) -> None:
@@ -103,3 +112,39 @@ def test_matching_a_chunk_reads_each_tokens_decimals_once(ctx: Context) -> None:
     with read_session(ctx.engine) as session:
         query = select(func.count()).select_from(OutboxEvent)
         assert session.exec(query.where(OutboxEvent.type == "transfer.unassigned")).one() == 300
+
+
+class Recorder(NoHooks):
+    """Hooks that keep what ``finalized`` was given, and the status each row had then."""
+
+    def __init__(self) -> None:
+        self.final: list[tuple[str, str]] = []
+
+    def finalized(self, session: Session, transfers: list[Transfer]) -> None:
+        self.final += [(t.uid, t.status) for t in transfers]
+
+
+def test_a_chunk_read_from_final_blocks_turns_final_in_two_updates(ctx: Context) -> None:
+    """600 inflows read from blocks already final become ``final`` in the chunk's transaction
+    by one set-based UPDATE per 500 rows (not the ORM's UPDATE run once per row), and the
+    finalized hook sees them final."""
+    chain = ctx.settings.chain("base")
+    hooks = Recorder()
+    ledger = StoreLedger(chain, ctx.engine, ctx.now, hooks)
+    ledger.load(None)
+    inflows = _inflows(ctx, 600)
+    last, head = inflows[-1].block_number, "0x" + "ee" * 32
+    findings = Findings(
+        first=0, last=last, inflows=tuple(inflows), times={i.block_number: NOW for i in inflows},
+        hashes=(Block(last, head, "0x" + "dd" * 32),), forget_up_to=-1, cursor_hash=head,
+        cursor_time=NOW, balance=None,
+        final_at_once=last,
+    )  # fmt: skip
+    counted = Statements(ctx.engine)
+    result = ledger.commit_chunk(findings)
+    assert (result.found, result.finalized) == (600, 600)
+    assert counted.runs["UPDATE transfers"] == 2
+    assert len(hooks.final) == 600 and {s for _, s in hooks.final} == {"final"}
+    with read_session(ctx.engine) as session:
+        rows = session.exec(select(Transfer)).all()
+    assert {(t.status, t.final_block, t.finalized_at) for t in rows} == {("final", last, NOW)}
