@@ -25,7 +25,7 @@ import random
 import statistics
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,8 @@ from bench.chain import WALLET, BuiltChain, ChainBuilder
 from bench.contenders import Proofwatch, ethereum_etl, floor_process
 from bench.cost import CU_SOURCE, Meter, Tally, megabytes, table
 from bench.floor import Batcher, floor_scan
+from bench.kept_chain import standard_chain
+from bench.speed import speed_summary
 from tests.support.anvil import AnvilNode
 from tests.support.rpcproxy import RpcProxy
 
@@ -56,6 +58,8 @@ class ChainResult:
     scans: dict[str, Tally]
     etl: Tally | None
     steady: dict[str, dict[str, Tally]]
+    startup: dict[str, float] = field(default_factory=dict)  # mode -> an idle scan's seconds
+    floor_inside: float = 0.0  # the floor in process (no interpreter start-up), seconds
 
 
 def without_internal(payments: Counter[tuple[str, str, int]]) -> Counter[tuple[str, str, int]]:
@@ -103,6 +107,7 @@ def run_chain(
             + f"; in process (no start-up): {inside.seconds:.2f} s"
         )
         scans: dict[str, Tally] = {}
+        startup: dict[str, float] = {}
         installs: dict[str, Proofwatch] = {}
         for mode in MODES:
             pw = Proofwatch(tmp / f"{name}-{mode}", proxy.url, WALLET, built.tokens, mode)
@@ -116,6 +121,7 @@ def run_chain(
                 tally.notes.append(f"internal payments it cannot see (missed): {missed}")
             compare(check, f"{name}: proofwatch {mode}", tally.found, want)
             idle = pw.scan(meter, "idle")  # nothing new: start-up + one idle poll
+            startup[mode] = idle.seconds
             tally.notes.append(
                 f"a second `proofwatch scan` with nothing to read took {idle.seconds:.2f} s "
                 f"({idle.entries} calls): the process start-up; catch-up work without it "
@@ -140,7 +146,7 @@ def run_chain(
         )
         for pw in installs.values():
             pw.close()
-    return ChainResult(name, last + 1, floor, scans, etl, steady)
+    return ChainResult(name, last + 1, floor, scans, etl, steady, startup, inside.seconds)
 
 
 def steady_state(
@@ -244,9 +250,7 @@ def cost_section(args: Any, tmp: Path, out: Out, check: Check) -> list[ChainResu
     chain; prints each and a summary against the issue's targets."""
     results = []
     node_args = ["--max-persisted-states", "100000"]
-    with AnvilNode(no_mining=True, extra_args=node_args) as node:
-        builder = ChainBuilder(node, random.Random(args.seed))
-        built = builder.build(args.blocks)
+    with standard_chain(args, node_args) as (node, builder, built):  # --keep-chain: kept
         out(
             f"\n== cost: standard chain, {built.head + 1:,} blocks, "
             f"{sum(built.expected.by_kind.values())} payments {dict(built.expected.by_kind)}, "
@@ -274,6 +278,7 @@ def cost_section(args: Any, tmp: Path, out: Out, check: Check) -> list[ChainResu
 
 
 def summary(results: list[ChainResult], out: Out) -> None:
+    speed_summary(results, out)  # bench/speed.py: whole-process times side by side
     out("\n== cost summary (targets of issue 11; reported, not enforced) ==")
     for r in results:
         for mode, t in r.scans.items():

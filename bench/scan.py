@@ -281,9 +281,9 @@ class Proofwatch:
         self.phases = Phases()
         self.watcher = Watcher(self.ctx)
         pool = self.watcher.pool(self.chain)
-        pool._session.close()
-        pool._session = CountingSession()
-        pool._session.headers.update({"Content-Type": "application/json", "User-Agent": "pw"})
+        pool._http.session.close()
+        pool._http.session = CountingSession()
+        pool._http.session.headers.update({"Content-Type": "application/json", "User-Agent": "pw"})
         self.pool = pool
 
     def poll(self, label: str, profile: Path | None = None) -> tuple[Poll, Any]:
@@ -688,6 +688,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--busy-blocks", type=int, default=500, help="blocks of the busy chain (0: no busy chain)"
     )
     parser.add_argument("--busy-noise", type=int, default=120, help="noise txs per busy block")
+    parser.add_argument(
+        "--keep-chain", type=Path, metavar="DIR",
+        help="cost section: keep the standard chain's node alive in DIR and reuse it next time "
+        "(bench/kept_chain.py; stop it with `bench/kept_chain.py stop DIR`)",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     out: Callable[..., None] = print
     check = Checks()

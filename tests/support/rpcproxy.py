@@ -444,6 +444,10 @@ class _QuietServer(ThreadingHTTPServer):
 class _ProxyHandler(BaseHTTPRequestHandler):
     owner: RpcProxy
     protocol_version = "HTTP/1.1"  # keep-alive, like real providers
+    # The headers and the body go out in two writes: with Nagle's algorithm on, a small body
+    # waits for the client's delayed ACK of the headers, 40 ms per small answer (measured:
+    # eth_blockNumber 44 ms through the proxy, 0.6 ms straight to Anvil).
+    disable_nagle_algorithm = True
 
     def setup(self) -> None:
         super().setup()

@@ -1,5 +1,8 @@
 """Raw JSON-RPC over HTTP for one chain: several URLs, failover, backoff, batching, redaction.
 
+One POST (the HTTP session, the timeout, what an HTTP status means) is
+``watcher.chain.rpc_http``; how to read a node's refusals is ``watcher.chain.rpc_errors``.
+
 Results stay raw JSON (hex strings, dicts): callers decode. URLs often carry API keys, so only
 their redacted form (``watcher.redact``) ever reaches a log line, an exception message or
 the status attributes.
@@ -17,7 +20,6 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import requests
 import structlog
 from structlog.typing import FilteringBoundLogger
 
@@ -30,8 +32,8 @@ from watcher.chain.rpc_errors import (
     is_busy,
     is_range_refusal,
     json_default,
-    retry_after_seconds,
 )
+from watcher.chain.rpc_http import HttpTransport
 from watcher.domain.finality import RangeSizer
 from watcher.errors import BadInput, RangeTooLarge, RpcError
 from watcher.redact import redact_text, redact_url
@@ -93,10 +95,7 @@ class RpcPool:
         self._redacted = tuple(redact_url(u) for u in self._urls)
         self._sleep = sleep
         self._log = logger if logger is not None else structlog.get_logger("watcher.chain.rpc")
-        self._session = requests.Session()
-        self._session.headers.update(
-            {"Content-Type": "application/json", "User-Agent": "proofwatch"}
-        )
+        self._http = HttpTransport(timeout, self._redact)
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self._jitter = random.Random()  # noqa: S311 - backoff jitter, not cryptography
@@ -195,7 +194,7 @@ class RpcPool:
 
     def close(self) -> None:
         """Close the pooled HTTP connections."""
-        self._session.close()
+        self._http.close()
         for witness in self._witnesses.values():
             witness.close()
 
@@ -333,35 +332,7 @@ class RpcPool:
         with self._lock:
             self.request_count += 1
             self.counts_by_method.update(e["method"] for e in entries)
-        try:
-            response = self._session.post(self._urls[index], data=body, timeout=self.timeout)
-        except requests.Timeout:
-            raise AttemptFailed(f"no answer within {self.timeout:g} s", timeout=True) from None
-        except requests.RequestException as exc:
-            reason = f"{type(exc).__name__}: {self._redact(str(exc))}"
-            raise AttemptFailed(reason) from None
-        status = response.status_code
-        if status == 413:
-            raise BatchTooLarge(f"HTTP 413 for a batch of {len(entries)}")
-        if status == 429:
-            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
-            raise AttemptFailed("HTTP 429 Too Many Requests", retry_after)
-        if status >= 300 and status != 400:
-            # 5xx, but also 401/403/404: a bad key or path on this URL, another may work.
-            raise AttemptFailed(f"HTTP {status}")
-        try:
-            answer = json.loads(response.content)
-        except ValueError:
-            raise AttemptFailed(f"HTTP {status} with an answer that is not JSON") from None
-        if isinstance(answer, dict) and ("result" in answer or "error" in answer):
-            # One answer: to a single request, or one error for a whole refused batch.
-            if len(entries) > 1 and is_batch_refusal(answer.get("error")):
-                code, message = error_text(answer["error"])
-                raise BatchTooLarge(f"JSON-RPC error {code}: {self._redact(message)}")
-            return {e["id"]: answer for e in entries}
-        if isinstance(answer, list):
-            return {a.get("id"): a for a in answer if isinstance(a, dict)}
-        raise AttemptFailed(f"HTTP {status} without a JSON-RPC answer")
+        return self._http.post(self._urls[index], body, [e["id"] for e in entries])
 
     def _verify(self, index: int) -> None:
         """Ask URL ``index`` for its chain id; RpcError if it is not the expected one."""

@@ -85,7 +85,7 @@ __all__ = [  # importers of the reader's parts through this module keep working
 
 log = structlog.get_logger("watcher.chain.sources")
 
-SPARSE_WIDTH = 2000  # blocks per chunk when nothing is read per block
+SPARSE_WIDTH = 10_000  # blocks per chunk when nothing is read per block (a few POSTs each)
 MAX_DENSE_WIDTH = 1000  # debug_trace: blocks per chunk at most
 
 

@@ -37,7 +37,7 @@ from watcher.chain.findings import (
 from watcher.chain.rpc import RpcPool
 from watcher.chain.scanner import poll_chain
 from watcher.errors import Refused
-from watcher.ledger.scanning_rows import load_transfers, pending, store_inflows
+from watcher.ledger.scanning_rows import load_transfers, mark_final, pending, store_inflows
 from watcher.settings import ChainSettings
 from watcher.store.db import read_session, transaction
 from watcher.store.outbox import emit
@@ -200,11 +200,8 @@ class StoreLedger:
                 self.hooks.found(session, found)
             at_once = -1 if f.final_at_once is None else f.final_at_once
             final_now = [t for t in found if t.block_number <= at_once]
-            for t in final_now:
-                t.status, t.finalized_at, t.final_block = "final", self.now(), f.final_at_once
-                session.add(t)
             if final_now:
-                session.flush()
+                mark_final(session, final_now, self.now(), at_once)
                 self.hooks.finalized(session, final_now)
             self._drop_hashes(session, col(BlockHash.number).between(f.first, f.last))
             self._drop_hashes(session, col(BlockHash.number) <= f.forget_up_to)

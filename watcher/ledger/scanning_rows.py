@@ -7,7 +7,8 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import insert, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import Session, col, select
 
 from watcher.chain.findings import Pending, transfer_uid
@@ -35,6 +36,20 @@ def load_transfers(session: Session, ids: list[int]) -> dict[int | None, Transfe
         query = select(Transfer).where(col(Transfer.id).in_(ids[start : start + IN_BATCH]))
         rows.update((t.id, t) for t in session.exec(query))
     return rows
+
+
+def mark_final(session: Session, rows: Sequence[Transfer], now: datetime, final_block: int) -> None:
+    """Turn ``rows`` (stored in this transaction) ``final``: one UPDATE per IN_BATCH rows,
+    the loaded objects given the same values (no per-row UPDATE from the ORM's flush)."""
+    session.flush()  # anything pending on these rows first
+    ids = [t.id for t in rows]
+    values = {"status": "final", "finalized_at": now, "final_block": final_block}
+    for start in range(0, len(ids), IN_BATCH):
+        query = update(Transfer).where(col(Transfer.id).in_(ids[start : start + IN_BATCH]))
+        session.execute(query.values(**values).execution_options(synchronize_session=False))
+    for row in rows:
+        for name, value in values.items():
+            set_committed_value(row, name, value)
 
 
 def _by_uid(session: Session, uids: list[str]) -> list[Transfer]:
@@ -87,7 +102,10 @@ def store_inflows(
         if refound:
             found.append(row)
     if fresh:  # one executemany, then load the rows back (cheaper than ORM construction)
-        session.execute(insert(Transfer), fresh)
+        # render_nulls: the ORM would otherwise leave out each row's None columns and split
+        # the rows into one INSERT per run of the same missing columns (native rows have no
+        # log index or token): 630 statements for 1,000 mixed transfers instead of 1.
+        session.execute(insert(Transfer).execution_options(render_nulls=True), fresh)
         found.extend(_by_uid(session, [str(r["uid"]) for r in fresh]))
     session.flush()
     found.sort(key=lambda t: (t.block_number, t.tx_hash, t.kind, t.log_index or 0))

@@ -35,6 +35,7 @@ from watcher.store.tables import (
 
 log = structlog.get_logger("watcher.settlement")
 T = TypeVar("T")
+Reasons = dict[tuple[str, str | None], str | None]  # (chain, token) -> why not trusted
 
 
 def _inflow(t: Transfer) -> matching.Inflow:
@@ -101,7 +102,9 @@ class Settlement(Settler):
 
     def found(self, session: Session, transfers: list[Transfer]) -> None:
         """Match newly seen inflows to invoices: allocate, flag for review, or report unassigned."""
-        fresh = [t for t in transfers if t.status != "orphaned" and not self._untrusted(session, t)]
+        memo: Reasons = {}  # the stored decimals looked up once per token, not per transfer
+        fresh = [t for t in transfers if t.status != "orphaned"]
+        fresh = [t for t in fresh if not self._untrusted(session, t, memo)]
         if not fresh:
             return
         allocated = _allocated_ids(session, [t.id for t in fresh if t.id is not None])
@@ -195,12 +198,14 @@ class Settlement(Settler):
             )
         return early
 
-    def _untrusted(self, session: Session, transfer: Transfer) -> bool:
+    def _untrusted(self, session: Session, transfer: Transfer, memo: Reasons | None = None) -> bool:
         """A transfer of a token whose configured decimals disagree with the chain's is never
-        counted (left unassigned; the alert was raised when the mismatch was read)."""
-        reason = token_decimals.mismatch(
-            session, self.settings, transfer.chain, transfer.token_address
-        )
+        counted (left unassigned; the alert was raised when the mismatch was read). ``memo``
+        keeps the answer per (chain, token) for the other transfers of a batch."""
+        key, memo = (transfer.chain, transfer.token_address), {} if memo is None else memo
+        if key not in memo:
+            memo[key] = token_decimals.mismatch(session, self.settings, *key)
+        reason = memo[key]
         if reason is not None:
             log.warning("transfer.not_counted", tx=transfer.tx_hash, reason=reason)
         return reason is not None

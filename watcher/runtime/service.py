@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import structlog
 
@@ -20,9 +21,11 @@ from watcher.ledger.context import Context
 from watcher.ledger.renewals import RenewalReport, run_renewals
 from watcher.ledger.scanning import ScanReport, scan_chain
 from watcher.ledger.settlement import Settlement
-from watcher.notify.outbox import Channel, DeliveryReport, build_channels, deliver_due
 from watcher.settings import ChainSettings
 from watcher.store.db import read_session, transaction
+
+if TYPE_CHECKING:  # delivery imports apprise: loaded when a round delivers, not by `scan`
+    from watcher.notify.outbox import Channel, DeliveryReport
 
 log = structlog.get_logger("watcher.service")
 
@@ -112,6 +115,8 @@ class Watcher:
         return run_renewals(self.ctx.engine, self.ctx.settings, self.ctx.now())
 
     def deliver(self) -> DeliveryReport:
+        from watcher.notify.outbox import build_channels, deliver_due
+
         if self._channels is None:
             self._channels = build_channels(self.ctx.settings)
         return deliver_due(

@@ -123,6 +123,13 @@ SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """WAL with ``synchronous = NORMAL``: a commit is written to the WAL before it returns and
+    survives the process being killed (kill -9, OOM): that is the crash safety the scanner
+    relies on (a chunk's findings, hooks and cursor in one transaction). What NORMAL gives up
+    against FULL is only on power loss or an OS crash: the transactions since the WAL was last
+    synced may roll back (the database stays consistent, never half a transaction); the
+    scanner then rescans from the older cursor and writes the same facts again (same event
+    ids). FULL would sync the WAL at every commit, a disk flush per chunk."""
     cursor = dbapi_conn.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA foreign_keys = ON")

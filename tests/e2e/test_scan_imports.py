@@ -1,0 +1,77 @@
+"""``proofwatch scan --json`` starts without what scanning does not use (issue 11, the
+whole-process time of ``scan``): the real program in a subprocess with ``-X importtime``
+against a real Anvil node, the modules it imported read from that list."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.anvil import AnvilNode
+
+WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
+REPO = Path(__file__).resolve().parents[2]
+
+# Not for a scan: the notifier (apprise), ABI codecs and eth_utils (the reader decodes words
+# and checksums itself), web3, a terminal's progress bar, SQLAlchemy's PostgreSQL dialect on
+# a SQLite database.
+NOT_FOR_SCAN = (
+    "apprise",
+    "web3",
+    "eth_abi",
+    "eth_utils",
+    "rich.progress",
+    "sqlalchemy.dialects.postgresql",
+)
+
+
+def imported(stderr: str) -> set[str]:
+    """Every module name in an ``-X importtime`` report."""
+    return {
+        line.rsplit("|", 1)[-1].strip()
+        for line in stderr.splitlines()
+        if line.startswith("import time:") and "|" in line
+    }
+
+
+@pytest.fixture
+def node() -> Iterator[AnvilNode]:
+    with AnvilNode() as anvil:
+        anvil.mine(3)
+        yield anvil
+
+
+def test_scan_imports_only_what_scanning_needs(node: AnvilNode, tmp_path: Path) -> None:
+    """A scan to the head (exit 0, JSON report) imports neither the notifier, web3, the ABI
+    codecs, the progress bar nor the PostgreSQL dialect."""
+    config = tmp_path / "watcher.toml"
+    config.write_text(
+        f"""[database]
+url = "sqlite:///{tmp_path / "watcher.db"}"
+[[chains]]
+name = "anvil"
+chain_id = 31337
+rpc_urls = ["{node.url}"]
+receiving_address = "{WALLET}"
+internal = "trace_filter"
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
+    base = [sys.executable, "-X", "importtime", "-m", "watcher", "--config", str(config)]
+    init = subprocess.run(
+        [*base, "init"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert init.returncode == 0, init.stderr[-2000:]
+    traced = subprocess.run(
+        [*base, "scan", "--json"], cwd=REPO, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert traced.returncode == 0, traced.stderr[-2000:]
+    assert '"cursor_after": 3' in traced.stdout
+    names = imported(traced.stderr)
+    assert {"sqlmodel", "requests", "watcher.chain.scanner"} <= names  # the list we think it is
+    assert sorted(n for n in NOT_FOR_SCAN if n in names) == []
