@@ -7,10 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from eth_utils import to_checksum_address
-
 from watcher.chain.rpc import RpcPool
 from watcher.chain.sources import TRANSFER_TOPIC, decode_amount, quantity, same
+from watcher.domain.addresses import to_checksum_address
 from watcher.domain.proof_rules import check
 from watcher.errors import RpcError, WatcherError
 
