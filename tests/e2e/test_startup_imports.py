@@ -23,6 +23,9 @@ from tests.unit.test_proof_schema import bundle
 
 NEVER = ("web3", "apprise")
 NOT_FOR_READS = ("eth_utils", "eth_abi", "requests", "segno", "jsonschema")
+#: What ``status --json`` reads without: the store's ORM (it reads through the DB-API), the
+#: logging library (it logs nothing) and Rich (it prints JSON).
+NOT_FOR_STATUS = ("sqlalchemy", "sqlmodel", "structlog", "rich", "psycopg")
 
 
 def imported(stderr: str) -> set[str]:
@@ -75,7 +78,27 @@ def test_read_command_imports_neither_web3_nor_apprise(
     )
     assert traced.returncode == 0, traced.stderr[-2000:]
     names = imported(traced.stderr)
-    assert "sqlmodel" in names  # the report is the import list we think it is
+    assert "watcher" in names and "pydantic" in names  # the report is the import list
     assert [n for n in NEVER if n in names] == []
     allowed = {"segno"} if "html" in args else set()
     assert [n for n in NOT_FOR_READS if n in names and n not in allowed] == []
+
+
+def test_status_reads_without_the_orm_logging_or_rich(paid: Workspace) -> None:
+    """``status --json`` on SQLite prints its document without importing SQLAlchemy, SQLModel,
+    structlog, Rich or psycopg."""
+    argv = [sys.executable, "-X", "importtime", "-m", "watcher", "--config", str(paid.config)]
+    traced = subprocess.run(
+        [*argv, "status", "--json"],
+        cwd=paid.root,
+        env=paid.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert traced.returncode == 0, traced.stderr[-2000:]
+    assert json.loads(traced.stdout)["invoices"]["open"] >= 1
+    names = imported(traced.stderr)
+    assert "watcher" in names
+    assert [n for n in NOT_FOR_STATUS if n in names] == []

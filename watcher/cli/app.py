@@ -13,7 +13,6 @@ import typer
 from watcher.cli import chain_cmds, export_cmds, ledger_cmds, ops_cmds, proof_cmds
 from watcher.cli.common import GLOBALS, context, fail, load, print_json
 from watcher.errors import WatcherError
-from watcher.store.db import make_engine, migrate
 
 app = typer.Typer(
     name="proofwatch",
@@ -51,6 +50,8 @@ def _root(
 @app.command()
 def init() -> None:
     """Create or migrate the database; safe to repeat."""
+    from watcher.store.db import make_engine, migrate
+
     settings = load()
     old, new = migrate(make_engine(settings.database_url))
     if old is None:

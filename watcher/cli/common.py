@@ -1,4 +1,9 @@
-"""What every command shares: the loaded context, JSON output, one-line errors."""
+"""What every command shares: the loaded context, JSON output, one-line errors.
+
+Start-up matters for the read commands (issue 11): this module, and every command module at
+import time, imports only Typer and the standard library. The settings, the store (SQLAlchemy,
+SQLModel), the ledger and Rich are imported by the commands that use them, when they run.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,31 @@ import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from watcher.errors import WatcherError
-from watcher.ledger.context import Context
-from watcher.settings import Settings, clock_from_env, config_path_from_env, load_settings
-from watcher.store.db import database_exists, make_engine, require_schema
 
-console = Console(highlight=False)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from watcher.ledger.context import Context
+    from watcher.settings import Settings
+
+
+class _LazyConsole:
+    """Rich's console, built on first use: commands that print JSON never import Rich."""
+
+    _console: Console | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._console is None:
+            from rich.console import Console
+
+            type(self)._console = Console(highlight=False)
+        return getattr(self._console, name)
+
+
+console: Console = _LazyConsole()  # type: ignore[assignment]
 
 
 @dataclass
@@ -31,12 +51,25 @@ GLOBALS = Globals()
 
 
 def load() -> Settings:
+    from watcher.settings import config_path_from_env, load_settings
+
     return load_settings(config_path_from_env(GLOBALS.config), GLOBALS.env_file)
 
 
 def context(*, readonly: bool = False, check_schema: bool = True) -> Context:
     """Settings, an engine on the configured database, and the clock (``$WATCHER_NOW``)."""
     settings = load()
+    return context_for(settings, readonly=readonly, check_schema=check_schema)
+
+
+def context_for(
+    settings: Settings, *, readonly: bool = False, check_schema: bool = True
+) -> Context:
+    """``context`` for settings already loaded."""
+    from watcher.ledger.context import Context
+    from watcher.settings import clock_from_env
+    from watcher.store.db import database_exists, make_engine, require_schema
+
     if check_schema and not database_exists(settings.database_url):
         # before make_engine, which would leave an empty SQLite file behind
         raise WatcherError("database is not initialised: run `proofwatch init`")

@@ -13,7 +13,6 @@ import typer.core
 
 from watcher.cli.common import context, load, print_json
 from watcher.errors import BadInput
-from watcher.ledger.proof import load_proof
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 _INVOICE_REF = re.compile(r"^INV-[0-9]+$", re.IGNORECASE)
@@ -44,6 +43,8 @@ def proof_show(
     """The proof bundle of a paid invoice (`proof INV` for short)."""
     if fmt not in ("json", "html"):
         raise BadInput(f"--format {fmt!r} must be json or html")
+    from watcher.ledger.proof import load_proof
+
     bundle = load_proof(context(readonly=True).engine, invoice)
     if fmt == "json":
         text = json.dumps(bundle, indent=2) + "\n"
@@ -122,6 +123,8 @@ def proof_verify(
 def _read_bundle(source: str) -> Any:
     path = Path(source)
     if _INVOICE_REF.match(source) and not path.exists():
+        from watcher.ledger.proof import load_proof
+
         return load_proof(context(readonly=True).engine, source)
     try:
         text = path.read_text(encoding="utf-8")
