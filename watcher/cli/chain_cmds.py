@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from watcher.cli.common import console, context, print_json
+from watcher.cli.common import console, context, print_json, read
 from watcher.errors import BadInput
 
 if TYPE_CHECKING:
@@ -203,14 +203,14 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Inflows seen on chain."""
-        from rich.table import Table
-
         from watcher.ledger import queries
 
-        rows = queries.payments(context(readonly=True).engine, unassigned=unassigned)
+        rows = read(lambda source: queries.payments(source, unassigned=unassigned))
         if as_json:
             print_json(rows)
             return
+        from rich.table import Table
+
         table = Table("block", "tx", "from", "amount", "status", "invoice")
         for r in rows:
             table.add_row(
@@ -231,14 +231,14 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Funded months."""
-        from rich.table import Table
-
         from watcher.ledger import queries
 
-        rows = queries.cycles(context(readonly=True).engine, retainer=retainer)
+        rows = read(lambda source: queries.cycles(source, retainer=retainer))
         if as_json:
             print_json(rows)
             return
+        from rich.table import Table
+
         table = Table("id", "retainer", "month", "starts", "ends", "status", "invoice", "proof tx")
         for r in rows:
             table.add_row(

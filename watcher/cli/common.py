@@ -9,17 +9,22 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from watcher.errors import WatcherError
 
 if TYPE_CHECKING:
     from rich.console import Console
+    from sqlalchemy.engine import Engine
 
     from watcher.ledger.context import Context
     from watcher.settings import Settings
+    from watcher.store.dbapi import Reader
+
+T = TypeVar("T")
 
 
 class _LazyConsole:
@@ -77,6 +82,23 @@ def context_for(
     if check_schema:
         require_schema(engine)
     return Context(settings=settings, engine=engine, now=clock_from_env())
+
+
+def read(query: Callable[[Engine | Reader], T], settings: Settings | None = None) -> T:
+    """``query`` on the configured database, read-only: through the DB-API reader
+    (``watcher.store.dbapi``, no SQLAlchemy to import) when it can answer, else through an
+    engine as ``context(readonly=True)`` gives it, which words every error as before."""
+    from watcher.settings import clock_from_env
+    from watcher.store.dbapi import Unanswered, open_reader
+
+    settings = settings if settings is not None else load()
+    try:
+        with open_reader(settings.database_url) as reader:
+            clock_from_env()  # a bad $WATCHER_NOW is refused here too, as by ``context``
+            return query(reader)
+    except Unanswered:
+        pass
+    return query(context_for(settings, readonly=True).engine)
 
 
 def print_json(document: Any) -> None:

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from watcher.cli.common import console, context, print_json
+from watcher.cli.common import console, context, print_json, read
 from watcher.domain.billing import InvoiceStatus
 from watcher.errors import BadInput
 from watcher.ids import fmt_id
@@ -111,14 +111,14 @@ def retainer_update(
 @retainer_app.command("list")
 def retainer_list(as_json: JsonOpt = False) -> None:
     """All retainers."""
-    from rich.table import Table
-
     from watcher.ledger import queries
 
-    rows = queries.retainers(context(readonly=True).engine)
+    rows = read(queries.retainers)
     if as_json:
         print_json(rows)
         return
+    from rich.table import Table
+
     table = Table("id", "client", "chain", "monthly", "status", "approved by")
     for r in rows:
         table.add_row(
@@ -140,7 +140,7 @@ def retainer_show(
     """One retainer with its approval, invoices and cycles."""
     from watcher.ledger import queries
 
-    row = queries.retainer(context(readonly=True).engine, retainer)
+    row = read(lambda source: queries.retainer(source, retainer))
     if as_json:
         print_json(row)
         return
@@ -226,18 +226,18 @@ def invoice_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Invoices, optionally by status or retainer."""
-    from rich.table import Table
-
     from watcher.ledger import queries
 
     if status is not None and status not in {s.value for s in InvoiceStatus}:
         raise BadInput(
             f"status {status!r} must be one of {', '.join(s.value for s in InvoiceStatus)}"
         )
-    rows = queries.invoices(context(readonly=True).engine, status=status, retainer=retainer)
+    rows = read(lambda source: queries.invoices(source, status=status, retainer=retainer))
     if as_json:
         print_json(rows)
         return
+    from rich.table import Table
+
     table = Table("id", "retainer", "client", "kind", "month", "amount", "status", "due")
     for r in rows:
         table.add_row(
@@ -279,7 +279,7 @@ def invoice_show(
         doc = invoice_document(context(readonly=True).engine, invoice)
         write_out(render_invoice(doc), output)
         return
-    row = queries.invoice(context(readonly=True).engine, invoice)
+    row = read(lambda source: queries.invoice(source, invoice))
     if as_json:
         print_json(row)
         return

@@ -7,11 +7,14 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from watcher.cli.common import context, context_for, load, print_json
+from watcher.cli.common import context, load, print_json, read
 from watcher.errors import WatcherError
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
     from watcher.settings import Settings
+    from watcher.store.dbapi import Reader
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
@@ -63,27 +66,23 @@ def register(app: typer.Typer) -> None:
 
 
 def status_now(settings: Settings) -> tuple[dict[str, Any], datetime]:
-    """The status document and the time it was read at.
-
-    Read through the DB-API (``watcher.store.dbapi``: no SQLAlchemy to import) when it can
-    answer exactly; otherwise (no database file, another schema version, any driver error)
-    through the engine, which also words every error as before.
-    """
-    from watcher.runtime import status_read
+    """The status document and the time it was read at: through the DB-API reader
+    (``watcher.runtime.status_read``) when it can answer, else through the engine path
+    (``watcher.runtime.status``), which prints the same document and words every error."""
     from watcher.settings import clock_from_env
-    from watcher.store.dbapi import Unanswered, open_reader
+    from watcher.store.dbapi import Reader
 
-    try:
-        with open_reader(settings.database_url) as reader:
-            now = clock_from_env()()
-            return status_read.status_document(reader, settings, now), now
-    except Unanswered:
-        pass
-    from watcher.runtime.status import status_document
+    def document(source: Engine | Reader) -> tuple[dict[str, Any], datetime]:
+        now = clock_from_env()()
+        if isinstance(source, Reader):
+            from watcher.runtime import status_read
 
-    ctx = context_for(settings, readonly=True)
-    now = ctx.now()
-    return status_document(ctx.engine, ctx.settings, now), now
+            return status_read.status_document(source, settings, now), now
+        from watcher.runtime.status import status_document
+
+        return status_document(source, settings, now), now
+
+    return read(document, settings)
 
 
 @notify_app.command("retry")

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from watcher.cli.common import context, load, print_json
+from watcher.cli.common import load, print_json, read
 from watcher.errors import BadInput
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
@@ -45,7 +45,7 @@ def proof_show(
         raise BadInput(f"--format {fmt!r} must be json or html")
     from watcher.ledger.proof import load_proof
 
-    bundle = load_proof(context(readonly=True).engine, invoice)
+    bundle = read(lambda source: load_proof(source, invoice))
     if fmt == "json":
         text = json.dumps(bundle, indent=2) + "\n"
     else:
@@ -125,7 +125,7 @@ def _read_bundle(source: str) -> Any:
     if _INVOICE_REF.match(source) and not path.exists():
         from watcher.ledger.proof import load_proof
 
-        return load_proof(context(readonly=True).engine, source)
+        return read(lambda db: load_proof(db, source))
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

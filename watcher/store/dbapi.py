@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 #: ``watcher.store.db.SCHEMA_VERSION``, which cannot be imported here without SQLAlchemy;
@@ -38,18 +38,18 @@ class Unanswered(Exception):
     """This reader cannot answer exactly; the caller takes the SQLAlchemy path instead."""
 
 
-class Reader(Protocol):
+class Reader:
     """A read-only connection: ``dialect`` is "sqlite" or "postgresql"."""
 
-    dialect: str
+    dialect = ""
 
     def rows(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         """Every row of ``sql`` (``:name`` placeholders) as a plain dict; a driver error
         raises ``Unanswered``."""
-        ...
+        raise NotImplementedError
 
 
-class _SqliteReader:
+class _SqliteReader(Reader):
     dialect = "sqlite"
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -64,7 +64,7 @@ class _SqliteReader:
             raise Unanswered(str(exc)) from exc
 
 
-class _PostgresReader:
+class _PostgresReader(Reader):
     dialect = "postgresql"
 
     def __init__(self, conn: Any, error: type[Exception]) -> None:

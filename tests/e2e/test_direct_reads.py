@@ -1,10 +1,11 @@
-"""``proofwatch status`` reads through the DB-API (issue 11 item 5) and prints what the engine
-path prints: the same bytes on a populated database, the same one-line errors and exit codes
-when it cannot read one. Every test runs on SQLite and on PostgreSQL.
+"""The read commands read through the DB-API (issue 11 item 5) and print what the engine path
+prints: the same bytes on a populated database, the same one-line errors and exit codes when
+they cannot read one. Every test runs on SQLite and on PostgreSQL.
 
-The engine path is ``watcher.runtime.status.status_document`` on a read-only engine, run
-in-process on the same database at the same ``WATCHER_NOW``: what ``status --json`` printed
-before the DB-API reader existed, and what the daemon's status server still serves.
+The engine path is the same read on a read-only engine, run in-process on the same database
+at the same ``WATCHER_NOW``: for ``status``, ``watcher.runtime.status.status_document`` (what
+``status --json`` printed before the DB-API reader existed, and what the daemon's status
+server still serves); for the others, the ``watcher.ledger`` query the command runs.
 """
 
 from __future__ import annotations
@@ -22,18 +23,24 @@ import sqlalchemy as sa
 
 from tests.e2e.conftest import NOW, Templates, Workspace
 from tests.e2e.test_startup_imports import imported
+from watcher.ledger import queries
+from watcher.ledger.proof import load_proof
 from watcher.runtime.status import health_problems, status_document
 from watcher.settings import load_settings
 from watcher.store.db import SCHEMA_VERSION, make_engine, transaction
 from watcher.store.tables import (
+    Allocation,
     ChainLease,
     ChainResume,
     ChainState,
+    Cycle,
     Daemon,
     DaemonInstance,
     Delivery,
     DisabledChannel,
     OutboxEvent,
+    Proof,
+    Transfer,
 )
 
 STORES = ("sqlite", "postgresql")
@@ -131,11 +138,15 @@ def test_status_json_prints_what_the_engine_path_prints(invoiced: Workspace, sha
 
 
 def direct_status(ws: Workspace) -> subprocess.CompletedProcess[str]:
-    """``status --json`` run as the real program, checked to have read through the DB-API
+    return direct(ws, "status", "--json")
+
+
+def direct(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
+    """A read command run as the real program, checked to have read through the DB-API
     (SQLAlchemy never imported), not through the engine path it falls back to."""
     argv = [sys.executable, "-X", "importtime", "-m", "watcher", "--config", str(ws.config)]
     result = subprocess.run(
-        [*argv, "status", "--json"],
+        [*argv, *args],
         cwd=ws.root,
         env=ws.env(),
         capture_output=True,
@@ -212,3 +223,107 @@ def test_status_with_a_bad_config_is_refused_with_the_config_error(invoiced: Wor
     assert result.stdout == ""
     assert result.stderr == check.stderr
     assert "billing.due_days" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+def paid_rows(ws: Workspace) -> None:
+    """INV-1 paid by two final USDC transfers (one of them above 2**64 base units), with its
+    cycle and frozen proof; a native transfer matched to nothing."""
+    settings = load_settings(ws.config)
+    engine = make_engine(settings.database_url)
+    usdc = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
+    payer = "0x52908400098527886E0F7030069857D2E4169EE7"
+    wallet = "0xB3e9568A9cbB624403743340358c85CCce130893"
+
+    def transfer(n: int, amount: int, token: str | None) -> Transfer:
+        return Transfer(
+            uid=f"8453:0x{n:064x}:{'erc20' if token else 'native'}:{n}",
+            chain="base",
+            chain_id=8453,
+            kind="erc20" if token else "native",
+            tx_hash=f"0x{n:064x}",
+            log_index=n if token else None,
+            block_number=100 + n,
+            block_hash=f"0x{n + 7:064x}",
+            block_time=AT - timedelta(hours=n),
+            from_address=payer,
+            to_address=wallet,
+            asset="USDC" if token else "ETH",
+            token_address=token,
+            decimals=6 if token else 18,
+            amount=amount,
+            status="final" if token else "seen",
+            detected_at=AT,
+            finalized_at=AT if token else None,
+            final_block=200 if token else None,
+        )
+
+    try:
+        with transaction(engine) as session:
+            rows = [transfer(1, 1_000_000_000, usdc), transfer(2, 2**64 + 5, usdc),
+                    transfer(3, 10**18 + 1, None)]  # fmt: skip
+            for row in rows:
+                session.add(row)
+            session.flush()
+            for row in rows[:2]:
+                assert row.id is not None
+                session.add(Allocation(transfer_id=row.id, invoice_id=1, rule="amount",
+                                       created_at=AT))  # fmt: skip
+            session.add(Cycle(retainer_id=2, period_index=1, anchor_at=AT, anchor_index=1,
+                              starts_at=AT, ends_at=AT + timedelta(days=28), status="open",
+                              funded_by_invoice=1, proof_tx_hash=f"0x{1:064x}"))  # fmt: skip
+            bundle = {"invoice": {"id": "INV-1"}, "payments": [{"tx_hash": f"0x{1:064x}"}]}
+            session.add(Proof(invoice_id=1, bundle=json.dumps(bundle), created_at=AT))
+    finally:
+        engine.dispose()
+
+
+def _printed(value: Any) -> str:
+    return json.dumps(value, indent=2, default=str) + "\n"
+
+
+#: Each read command and the engine-path read it must print the same bytes as.
+READS: dict[tuple[str, ...], Callable[[Any], str]] = {
+    ("retainer", "list", "--json"): lambda e: _printed(queries.retainers(e)),
+    ("retainer", "show", "RET-2", "--json"): lambda e: _printed(queries.retainer(e, "RET-2")),
+    ("invoice", "list", "--json"): lambda e: _printed(queries.invoices(e)),
+    ("invoice", "list", "--status", "open", "--retainer", "RET-2", "--json"): lambda e: _printed(
+        queries.invoices(e, status="open", retainer="RET-2")
+    ),
+    ("invoice", "show", "INV-1", "--json"): lambda e: _printed(queries.invoice(e, "INV-1")),
+    ("transfers", "--json"): lambda e: _printed(queries.payments(e)),
+    ("transfers", "--unassigned", "--json"): lambda e: _printed(
+        queries.payments(e, unassigned=True)
+    ),
+    ("cycles", "--json"): lambda e: _printed(queries.cycles(e)),
+    ("proof", "INV-1"): lambda e: json.dumps(load_proof(e, "INV-1"), indent=2) + "\n",
+}
+
+
+def test_read_commands_print_what_the_engine_path_prints(invoiced: Workspace) -> None:
+    """Retainers, invoices (filtered too), transfers, cycles and a proof: each read command
+    reads without SQLAlchemy and prints exactly the engine path's bytes."""
+    paid_rows(invoiced)
+    engine = make_engine(load_settings(invoiced.config).database_url, readonly=True)
+    try:
+        expected = {args: read(engine) for args, read in READS.items()}
+    finally:
+        engine.dispose()
+    invoice = json.loads(expected[("invoice", "show", "INV-1", "--json")])
+    assert [p["amount_base_units"] for p in invoice["payments"]] == ["1000000000", str(2**64 + 5)]
+    assert len(json.loads(expected[("transfers", "--unassigned", "--json")])) == 1
+    for args, want in expected.items():
+        assert direct(invoiced, *args).stdout == want, args
+
+
+def test_read_commands_keep_their_refusals(invoiced: Workspace) -> None:
+    """An unknown id (exit 2) and a proof of an unpaid invoice (exit 3): the same one line."""
+    for args, code, line in [
+        (("invoice", "show", "INV-9", "--json"), 2, "unknown invoice 'INV-9'"),
+        (("invoice", "list", "--retainer", "RET-9", "--json"), 2, "unknown retainer 'RET-9'"),
+        (("retainer", "show", "bogus"), 2, "retainer id 'bogus' is not like RET-1"),
+        (("proof", "INV-2"), 3, "INV-2 is open: a proof exists only once it is paid by final"),
+    ]:
+        result = invoiced.run(*args)
+        assert (result.returncode, result.stdout) == (code, ""), (args, result.stderr)
+        assert result.stderr.startswith(f"proofwatch: error: {line}"), result.stderr
+        assert len(result.stderr.splitlines()) == 1
