@@ -7,7 +7,6 @@ import traceback
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from watcher.cli import chain_cmds, export_cmds, ledger_cmds, ops_cmds, proof_cmds
@@ -111,16 +110,21 @@ def _hoist_globals(argv: list[str]) -> list[str]:
     return front + rest
 
 
-# Typer >= 0.20 vendors click as ``typer._click``: its exceptions are not click's own.
-_EXIT: tuple[type[click.exceptions.Exit] | type[typer.Exit], ...] = (
-    click.exceptions.Exit,
-    typer.Exit,
-)
-_ABORT: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort)
-_USAGE: tuple[type[click.ClickException] | type[typer.TyperException], ...] = (
-    click.ClickException,
-    getattr(typer, "TyperException", click.ClickException),
-)
+# Typer >= 0.20 vendors click as ``typer._click``: its exceptions are not click's own. Plain
+# click's can only be raised once something imported click (typer itself does not): it is not
+# imported here for them (about 10 ms of every command's start-up).
+def _with_click(name: str, *ours: type[BaseException]) -> tuple[type[BaseException], ...]:
+    """``ours``, plus ``click.exceptions.<name>`` when click is loaded."""
+    click = sys.modules.get("click")
+    theirs = getattr(getattr(click, "exceptions", None), name, None)
+    return ours if theirs is None else (*ours, theirs)
+
+
+class _NoTyperError(Exception):
+    """Stands for ``typer.TyperException`` where Typer has none (before 0.20: click's)."""
+
+
+_TYPER_ERROR: type[Exception] = getattr(typer, "TyperException", _NoTyperError)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,14 +138,14 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             traceback.print_exc()
         sys.exit(fail(exc))
-    except _EXIT as exc:
-        sys.exit(exc.exit_code)
-    except _USAGE as exc:
-        message = " ".join(exc.format_message().split())
+    except _with_click("Exit", typer.Exit) as exc:
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+    except _with_click("ClickException", _TYPER_ERROR) as exc:
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
         if message:  # empty when the help was shown instead (no arguments)
             sys.stderr.write(f"proofwatch: error: {message}\n")
         sys.exit(2)
-    except _ABORT:
+    except _with_click("Abort", typer.Abort):
         sys.stderr.write("proofwatch: aborted\n")
         sys.exit(1)
     except KeyboardInterrupt:
