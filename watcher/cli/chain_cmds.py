@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from watcher.cli.common import console, context, print_json, read
+from watcher.cli.common import console, context, print_json, read, real_console
 from watcher.errors import BadInput
 
 if TYPE_CHECKING:
@@ -118,7 +118,7 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
                         BarColumn(),
                         MofNCompleteColumn(),
                         TimeRemainingColumn(),
-                        console=console,
+                        console=real_console(),
                         transient=True,
                     ) as bar:
                         task = bar.add_task("scan", total=None)

@@ -28,16 +28,24 @@ T = TypeVar("T")
 
 
 class _LazyConsole:
-    """Rich's console, built on first use: commands that print JSON never import Rich."""
+    """Rich's console, built on first use: commands that print JSON never import Rich.
+
+    Stands in for the console in ``console.print(...)``; where Rich itself wants a
+    ``Console`` (a progress bar), pass ``real_console()``."""
 
     _console: Console | None = None
 
     def __getattr__(self, name: str) -> Any:
-        if self._console is None:
-            from rich.console import Console
+        return getattr(real_console(), name)
 
-            type(self)._console = Console(highlight=False)
-        return getattr(self._console, name)
+
+def real_console() -> Console:
+    """The one Rich console of the process (stdout, no highlighting)."""
+    if _LazyConsole._console is None:
+        from rich.console import Console
+
+        _LazyConsole._console = Console(highlight=False)
+    return _LazyConsole._console
 
 
 console: Console = _LazyConsole()  # type: ignore[assignment]
