@@ -2,7 +2,8 @@
 
 Run: ``.venv/bin/python bench/startup.py [--runs 10] [--compare DIR]``.
 
-Writes a minimal config and an initialised SQLite database to a temporary directory, then runs
+Writes a minimal config and an initialised SQLite database to a temporary directory (with
+``--database postgresql``: a database on a PostgreSQL server started for the run), then runs
 ``python -m watcher status --json``, ``invoice list --json`` and ``proof INV-1`` (exit 2: no
 such invoice; it still pays the whole start-up) ``--runs`` times each and prints the median
 wall time, and which of web3 / apprise / SQLAlchemy each command imported (``-X importtime``).
@@ -71,17 +72,41 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--compare", type=Path, metavar="DIR", help="another checkout to time")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="postgresql: start a PostgreSQL server for the run (tests/support/postgres.py)",
+    )
     args = parser.parse_args(argv)
+    server = None
+    if args.database == "postgresql":
+        sys.path.insert(0, str(REPO))
+        from tests.support.postgres import PostgresServer
+
+        server = PostgresServer().start()
+    try:
+        url = server.url(server.create_database()) if server else "sqlite:///watcher.db"
+        return _bench(args, url)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _bench(args: argparse.Namespace, url: str) -> int:
+    """Time every command (and the references) on a fresh database at ``url``."""
     trees = {"this": REPO}
     if args.compare:
         trees["compare"] = args.compare.resolve()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"start-up of read commands, {args.runs} runs each, median (load {load})")
+    print(
+        f"start-up of read commands on {args.database}, {args.runs} runs each, median (load {load})"
+    )
     for tree in trees.values():
         subprocess.run([sys.executable, "-m", "compileall", "-q", "watcher"], cwd=tree, check=True)
     with tempfile.TemporaryDirectory(prefix="pw-startup-") as tmp:
         config = Path(tmp) / "watcher.toml"
-        config.write_text(CONFIG)
+        config.write_text(CONFIG.replace("sqlite:///watcher.db", url))
         subprocess.run(
             [sys.executable, "-m", "watcher", "init", "--config", str(config)],
             cwd=REPO,
@@ -102,14 +127,14 @@ def main(argv: list[str] | None = None) -> int:
                     f"imports {', '.join(heavy) or 'none of ' + '/'.join(HEAVY)}  [{tree}]"
                 )
         for reference in REFERENCES:
-            times = []
+            spent: list[float] = []
             for _ in range(args.runs):
                 started = time.perf_counter()
                 subprocess.run([sys.executable, "-c", reference], cwd=REPO, check=True)
-                times.append(time.perf_counter() - started)
+                spent.append(time.perf_counter() - started)
             print(
-                f"  reference: python -c {reference!r}: median {statistics.median(times):.3f} s "
-                f"(min {min(times):.3f})"
+                f"  reference: python -c {reference!r}: median {statistics.median(spent):.3f} s "
+                f"(min {min(spent):.3f})"
             )
     return 0
 
