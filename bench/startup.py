@@ -2,16 +2,19 @@
 
 Run: ``.venv/bin/python bench/startup.py [--runs 10] [--compare DIR]``.
 
-Writes a minimal config and an initialised SQLite database to a temporary directory, then runs
+Writes a minimal config and an initialised SQLite database to a temporary directory (with
+``--database postgresql``: a database on a PostgreSQL server started for the run), then runs
 ``python -m watcher status --json``, ``invoice list --json`` and ``proof INV-1`` (exit 2: no
 such invoice; it still pays the whole start-up) ``--runs`` times each and prints the median
-wall time, and which of web3 / apprise each command imported (``-X importtime``). With
-``--compare DIR`` (another checkout of the project, e.g. ``git worktree add /tmp/before
+wall time, and which of web3 / apprise / SQLAlchemy each command imported (``-X importtime``).
+With ``--compare DIR`` (another checkout of the project, e.g. ``git worktree add /tmp/before
 <commit>``) the same commands run from DIR too, interleaved run by run with this checkout so
-that both see the same machine load. As a reference it also times a bare interpreter that
-only imports the libraries every command needs (SQLAlchemy, SQLModel, pydantic, Typer, Rich's
-console, structlog): the least a read command can cost while it is built on them. Nothing is
-asserted: it prints.
+that both see the same machine load. Each tree's ``watcher`` package is byte-compiled first
+(``compileall``), as an installed package is: otherwise, under ``PYTHONDONTWRITEBYTECODE``,
+every changed module would be compiled again in every run. As references it times a bare
+interpreter, and one that imports only what every command is built on: Typer and the
+settings (pydantic): the least a command can cost while it parses its arguments with Typer
+and checks the whole config with pydantic. Nothing is asserted: it prints.
 """
 
 from __future__ import annotations
@@ -27,8 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 COMMANDS = (("status", "--json"), ("invoice", "list", "--json"), ("proof", "INV-1"))
-HEAVY = ("web3", "apprise")
-LIBRARIES = "import sqlalchemy.orm, sqlmodel, pydantic, typer, rich.console, structlog"
+HEAVY = ("web3", "apprise", "sqlalchemy")
+REFERENCES = ("pass", "import typer, watcher.settings")
 CONFIG = """\
 [database]
 url = "sqlite:///watcher.db"
@@ -69,15 +72,41 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--compare", type=Path, metavar="DIR", help="another checkout to time")
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="postgresql: start a PostgreSQL server for the run (tests/support/postgres.py)",
+    )
     args = parser.parse_args(argv)
+    server = None
+    if args.database == "postgresql":
+        sys.path.insert(0, str(REPO))
+        from tests.support.postgres import PostgresServer
+
+        server = PostgresServer().start()
+    try:
+        url = server.url(server.create_database()) if server else "sqlite:///watcher.db"
+        return _bench(args, url)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+def _bench(args: argparse.Namespace, url: str) -> int:
+    """Time every command (and the references) on a fresh database at ``url``."""
     trees = {"this": REPO}
     if args.compare:
         trees["compare"] = args.compare.resolve()
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"start-up of read commands, {args.runs} runs each, median (load {load})")
+    print(
+        f"start-up of read commands on {args.database}, {args.runs} runs each, median (load {load})"
+    )
+    for tree in trees.values():
+        subprocess.run([sys.executable, "-m", "compileall", "-q", "watcher"], cwd=tree, check=True)
     with tempfile.TemporaryDirectory(prefix="pw-startup-") as tmp:
         config = Path(tmp) / "watcher.toml"
-        config.write_text(CONFIG)
+        config.write_text(CONFIG.replace("sqlite:///watcher.db", url))
         subprocess.run(
             [sys.executable, "-m", "watcher", "init", "--config", str(config)],
             cwd=REPO,
@@ -95,17 +124,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"  {' '.join(command):20} {name:8} median {median:.3f} s "
                     f"(min {min(times[name]):.3f}, max {max(times[name]):.3f}); "
-                    f"imports {', '.join(heavy) or 'neither web3 nor apprise'}  [{tree}]"
+                    f"imports {', '.join(heavy) or 'none of ' + '/'.join(HEAVY)}  [{tree}]"
                 )
-        libraries = []
-        for _ in range(args.runs):
-            started = time.perf_counter()
-            subprocess.run([sys.executable, "-c", LIBRARIES], check=True)
-            libraries.append(time.perf_counter() - started)
-        print(
-            f"  reference: python -c {LIBRARIES!r}: median {statistics.median(libraries):.3f} s "
-            f"(min {min(libraries):.3f})"
-        )
+        for reference in REFERENCES:
+            spent: list[float] = []
+            for _ in range(args.runs):
+                started = time.perf_counter()
+                subprocess.run([sys.executable, "-c", reference], cwd=REPO, check=True)
+                spent.append(time.perf_counter() - started)
+            print(
+                f"  reference: python -c {reference!r}: median {statistics.median(spent):.3f} s "
+                f"(min {min(spent):.3f})"
+            )
     return 0
 
 

@@ -23,6 +23,9 @@ from tests.unit.test_proof_schema import bundle
 
 NEVER = ("web3", "apprise")
 NOT_FOR_READS = ("eth_utils", "eth_abi", "requests", "segno", "jsonschema")
+#: What the read commands read without: the store's ORM (they read through the DB-API), the
+#: logging library (they log nothing) and Rich (they print JSON).
+NOT_FOR_JSON_READS = ("sqlalchemy", "sqlmodel", "structlog", "rich", "psycopg")
 
 
 def imported(stderr: str) -> set[str]:
@@ -75,7 +78,43 @@ def test_read_command_imports_neither_web3_nor_apprise(
     )
     assert traced.returncode == 0, traced.stderr[-2000:]
     names = imported(traced.stderr)
-    assert "sqlmodel" in names  # the report is the import list we think it is
+    assert "watcher" in names and "pydantic" in names  # the report is the import list
     assert [n for n in NEVER if n in names] == []
     allowed = {"segno"} if "html" in args else set()
     assert [n for n in NOT_FOR_READS if n in names and n not in allowed] == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("status", "--json"),
+        ("invoice", "list", "--json"),
+        ("proof", "INV-1"),
+        ("proof", "INV-1", "--format", "html"),
+        ("retainer", "list", "--json"),
+        ("invoice", "show", "INV-1", "--json"),
+        ("transfers", "--json"),
+        ("cycles", "--json"),
+    ],
+    ids=" ".join,
+)
+def test_read_command_reads_without_the_orm_logging_or_rich(
+    paid: Workspace, args: tuple[str, ...]
+) -> None:
+    """A read command on SQLite prints its answer without importing SQLAlchemy, SQLModel,
+    structlog, Rich or psycopg: it reads through the DB-API."""
+    argv = [sys.executable, "-X", "importtime", "-m", "watcher", "--config", str(paid.config)]
+    traced = subprocess.run(
+        [*argv, *args],
+        cwd=paid.root,
+        env=paid.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert traced.returncode == 0, traced.stderr[-2000:]
+    assert traced.stdout.strip()
+    names = imported(traced.stderr)
+    assert "watcher" in names
+    assert [n for n in NOT_FOR_JSON_READS if n in names] == []

@@ -1,8 +1,13 @@
 """The status document and health verdict, read from a real database (no node needed): every
-test runs on a SQLite file and on PostgreSQL (the ``db_url`` fixture)."""
+test runs on a SQLite file and on PostgreSQL (the ``db_url`` fixture).
+
+Every document a test reads is read twice: through the engine (``watcher.runtime.status``,
+the daemon's status server) and through the DB-API (``watcher.runtime.status_read``, the
+``status`` command), and the two must print the same bytes."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,9 +20,11 @@ from sqlalchemy.engine import Engine
 
 from watcher.ledger import invoices as ledger
 from watcher.ledger.context import Context
+from watcher.runtime import status_read
 from watcher.runtime.status import RUNNING_WITHIN, health_problems, status_document
 from watcher.settings import Settings, load_settings
 from watcher.store.db import make_engine, migrate, transaction
+from watcher.store.dbapi import open_reader
 from watcher.store.tables import ChainState, Daemon, Delivery, OutboxEvent
 
 NOW = datetime(2026, 11, 21, 15, 0, 0, tzinfo=UTC)
@@ -64,7 +71,16 @@ class Db:
     reader: Engine  # what `proofwatch status` uses
 
     def document(self, now: datetime = NOW) -> dict[str, Any]:
-        return status_document(self.reader, self.settings, now)
+        document = status_document(self.reader, self.settings, now)
+        with open_reader(self.settings.database_url) as reader:
+            direct = status_read.status_document(reader, self.settings, now)
+        assert _printed(direct) == _printed(document)
+        return document
+
+
+def _printed(document: dict[str, Any]) -> str:
+    """As ``proofwatch status --json`` prints it."""
+    return json.dumps(document, indent=2, default=str)
 
 
 @pytest.fixture

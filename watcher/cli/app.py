@@ -7,21 +7,25 @@ import traceback
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
+import typer.main
 
 from watcher.cli import chain_cmds, export_cmds, ledger_cmds, ops_cmds, proof_cmds
 from watcher.cli.common import GLOBALS, context, fail, load, print_json
 from watcher.errors import WatcherError
-from watcher.store.db import make_engine, migrate
 
-app = typer.Typer(
-    name="proofwatch",
-    help="Watch-only payment-proof watcher for monthly retainers paid on EVM chains.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+
+def _new_app() -> typer.Typer:
+    return typer.Typer(
+        name="proofwatch",
+        help="Watch-only payment-proof watcher for monthly retainers paid on EVM chains.",
+        no_args_is_help=True,
+        add_completion=False,
+        pretty_exceptions_enable=False,
+    )
+
+
+app = _new_app()
 config_app = typer.Typer(help="Validate the configuration.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(ledger_cmds.retainer_app, name="retainer")
@@ -51,6 +55,8 @@ def _root(
 @app.command()
 def init() -> None:
     """Create or migrate the database; safe to repeat."""
+    from watcher.store.db import make_engine, migrate
+
     settings = load()
     old, new = migrate(make_engine(settings.database_url))
     if old is None:
@@ -110,16 +116,63 @@ def _hoist_globals(argv: list[str]) -> list[str]:
     return front + rest
 
 
-# Typer >= 0.20 vendors click as ``typer._click``: its exceptions are not click's own.
-_EXIT: tuple[type[click.exceptions.Exit] | type[typer.Exit], ...] = (
-    click.exceptions.Exit,
-    typer.Exit,
-)
-_ABORT: tuple[type[BaseException], ...] = (click.exceptions.Abort, typer.Abort)
-_USAGE: tuple[type[click.ClickException] | type[typer.TyperException], ...] = (
-    click.ClickException,
-    getattr(typer, "TyperException", click.ClickException),
-)
+# Typer >= 0.20 vendors click as ``typer._click``: its exceptions are not click's own. Plain
+# click's can only be raised once something imported click (typer itself does not): it is not
+# imported here for them (about 10 ms of every command's start-up).
+def _with_click(name: str, *ours: type[BaseException]) -> tuple[type[BaseException], ...]:
+    """``ours``, plus ``click.exceptions.<name>`` when click is loaded."""
+    click = sys.modules.get("click")
+    theirs = getattr(getattr(click, "exceptions", None), name, None)
+    return ours if theirs is None else (*ours, theirs)
+
+
+class _NoTyperError(Exception):
+    """Stands for ``typer.TyperException`` where Typer has none (before 0.20: click's)."""
+
+
+_TYPER_ERROR: type[Exception] = getattr(typer, "TyperException", _NoTyperError)
+
+
+def _named_command(args: list[str]) -> str | None:
+    """The top-level command or group ``args`` run, when only hoisted global options come
+    before it; None when anything else does (``--help``, an unknown option) or none is named."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in _GLOBAL_WITH_VALUE:
+            i += 2
+        elif arg == "--debug" or arg.startswith(tuple(f"{g}=" for g in _GLOBAL_WITH_VALUE)):
+            i += 1
+        else:
+            return None if arg.startswith("-") else arg
+    return None
+
+
+def _app_for(args: list[str]) -> typer.Typer:
+    """The app that runs ``args``.
+
+    Typer turns every registered command into a click command before it parses anything
+    (12-25 ms here for all of them, 1 ms for one). When ``args`` name a top-level command or
+    group, only that one is turned: a copy of the app with the root options and that command
+    or group alone, so its parsing, help and errors are the same. Anything else (no command,
+    ``--help`` first, a mistyped name) runs the whole app, whose help and "No such command"
+    answer list every command.
+    """
+    name = _named_command(args)
+    commands = [
+        c
+        for c in app.registered_commands
+        if c.callback is not None
+        and (c.name or typer.main.get_command_name(c.callback.__name__)) == name
+    ]
+    groups = [g for g in app.registered_groups if g.name == name]
+    if name is None or not (commands or groups):
+        return app
+    only = _new_app()
+    only.registered_callback = app.registered_callback
+    only.registered_commands = commands
+    only.registered_groups = groups
+    return only
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -128,19 +181,19 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args
     try:
         # Without standalone mode a command's ``raise typer.Exit(n)`` comes back as the result.
-        result = app(args=args, prog_name="proofwatch", standalone_mode=False)
+        result = _app_for(args)(args=args, prog_name="proofwatch", standalone_mode=False)
     except WatcherError as exc:
         if debug:
             traceback.print_exc()
         sys.exit(fail(exc))
-    except _EXIT as exc:
-        sys.exit(exc.exit_code)
-    except _USAGE as exc:
-        message = " ".join(exc.format_message().split())
+    except _with_click("Exit", typer.Exit) as exc:
+        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+    except _with_click("ClickException", _TYPER_ERROR) as exc:
+        message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
         if message:  # empty when the help was shown instead (no arguments)
             sys.stderr.write(f"proofwatch: error: {message}\n")
         sys.exit(2)
-    except _ABORT:
+    except _with_click("Abort", typer.Abort):
         sys.stderr.write("proofwatch: aborted\n")
         sys.exit(1)
     except KeyboardInterrupt:

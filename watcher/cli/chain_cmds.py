@@ -6,16 +6,15 @@ import getpass
 import os
 import sys
 from contextlib import AbstractContextManager
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from watcher.cli.common import console, context, print_json
+from watcher.cli.common import console, context, print_json, read, real_console
 from watcher.errors import BadInput
-from watcher.ledger import queries
-from watcher.ledger.context import Context
-from watcher.logs import configure
+
+if TYPE_CHECKING:
+    from watcher.ledger.context import Context
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
@@ -53,6 +52,7 @@ def chain_resume(
     violation or the chain is not halted by it.
     """
     from watcher.ledger.halts import resume_chain
+    from watcher.logs import configure
 
     ctx = context()
     configure(ctx.settings.secrets)  # log lines go to stderr; stdout is the answer
@@ -88,6 +88,7 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         Refused (exit 1, naming the holder's pid) while a daemon, or a `tick` or another
         `scan`, runs on the same database.
         """
+        from watcher.logs import configure
         from watcher.runtime.service import Watcher
 
         for value, name in ((from_block, "--from"), (to_block, "--to")):
@@ -117,7 +118,7 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
                         BarColumn(),
                         MofNCompleteColumn(),
                         TimeRemainingColumn(),
-                        console=console,
+                        console=real_console(),
                         transient=True,
                     ) as bar:
                         task = bar.add_task("scan", total=None)
@@ -145,6 +146,7 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         Refused (exit 1, naming the holder's pid) while a daemon, or another `tick` or
         `scan`, runs on the same database.
         """
+        from watcher.logs import configure
         from watcher.runtime.service import Watcher
 
         ctx = context()
@@ -178,7 +180,9 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Claim a transfer for an invoice; verified on chain, then waits for finality."""
+        from watcher.ledger import queries
         from watcher.ledger.attach import attach  # the chain adapter: only this command needs it
+        from watcher.logs import configure
 
         ctx = context()
         configure(ctx.settings.secrets)  # log lines go to stderr; stdout is the answer
@@ -199,10 +203,14 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Inflows seen on chain."""
-        rows = queries.payments(context(readonly=True).engine, unassigned=unassigned)
+        from watcher.ledger import queries
+
+        rows = read(lambda source: queries.payments(source, unassigned=unassigned))
         if as_json:
             print_json(rows)
             return
+        from rich.table import Table
+
         table = Table("block", "tx", "from", "amount", "status", "invoice")
         for r in rows:
             table.add_row(
@@ -223,10 +231,14 @@ def register(app: typer.Typer, invoice_app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Funded months."""
-        rows = queries.cycles(context(readonly=True).engine, retainer=retainer)
+        from watcher.ledger import queries
+
+        rows = read(lambda source: queries.cycles(source, retainer=retainer))
         if as_json:
             print_json(rows)
             return
+        from rich.table import Table
+
         table = Table("id", "retainer", "month", "starts", "ends", "status", "invoice", "proof tx")
         for r in rows:
             table.add_row(

@@ -8,15 +8,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from watcher.cli.common import console, context, print_json
+from watcher.cli.common import console, context, print_json, read
 from watcher.domain.billing import InvoiceStatus
 from watcher.errors import BadInput
 from watcher.ids import fmt_id
-from watcher.ledger import invoices as ledger
-from watcher.ledger import queries
-from watcher.logs import configure
 
 retainer_app = typer.Typer(help="Retainers: terms a client approves.", no_args_is_help=True)
 invoice_app = typer.Typer(help="Invoices: what a client pays.", no_args_is_help=True)
@@ -39,6 +35,9 @@ def retainer_add(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a retainer in status draft and print its id."""
+    from watcher.ledger import invoices as ledger
+    from watcher.ledger import queries
+
     ctx = context()
     retainer = ledger.add_retainer(
         ctx,
@@ -66,6 +65,9 @@ def retainer_approve(
     as_json: JsonOpt = False,
 ) -> None:
     """Record the client's approval of the current terms (status approved)."""
+    from watcher.ledger import invoices as ledger
+    from watcher.ledger import queries
+
     ctx = context()
     approval = ledger.approve_retainer(ctx, retainer, by=by, note=note)
     row = queries.retainer(ctx.engine, retainer)
@@ -88,6 +90,9 @@ def retainer_update(
     as_json: JsonOpt = False,
 ) -> None:
     """Change the terms; the next invoice waits for a new `retainer approve`."""
+    from watcher.ledger import invoices as ledger
+    from watcher.ledger import queries
+
     if monthly is None and payer is None and scope is None and scope_cap is None:
         raise BadInput("nothing to update: give --monthly, --payer, --scope or --scope-cap")
     ctx = context()
@@ -106,10 +111,14 @@ def retainer_update(
 @retainer_app.command("list")
 def retainer_list(as_json: JsonOpt = False) -> None:
     """All retainers."""
-    rows = queries.retainers(context(readonly=True).engine)
+    from watcher.ledger import queries
+
+    rows = read(queries.retainers)
     if as_json:
         print_json(rows)
         return
+    from rich.table import Table
+
     table = Table("id", "client", "chain", "monthly", "status", "approved by")
     for r in rows:
         table.add_row(
@@ -129,7 +138,9 @@ def retainer_show(
     as_json: JsonOpt = False,
 ) -> None:
     """One retainer with its approval, invoices and cycles."""
-    row = queries.retainer(context(readonly=True).engine, retainer)
+    from watcher.ledger import queries
+
+    row = read(lambda source: queries.retainer(source, retainer))
     if as_json:
         print_json(row)
         return
@@ -165,6 +176,9 @@ def invoice_issue(
     Transfers the retainer's payers sent before the invoice existed are matched to it at
     once; the output lists them (``early_payments`` in --json)."""
     from watcher.chain.online import make_pool, read_decimals  # only when a token is unverified
+    from watcher.ledger import invoices as ledger
+    from watcher.ledger import queries
+    from watcher.logs import configure
 
     ctx = context()
     configure(ctx.settings.secrets, level=logging.WARNING)  # warnings to stderr, not stdout
@@ -212,14 +226,18 @@ def invoice_list(
     as_json: JsonOpt = False,
 ) -> None:
     """Invoices, optionally by status or retainer."""
+    from watcher.ledger import queries
+
     if status is not None and status not in {s.value for s in InvoiceStatus}:
         raise BadInput(
             f"status {status!r} must be one of {', '.join(s.value for s in InvoiceStatus)}"
         )
-    rows = queries.invoices(context(readonly=True).engine, status=status, retainer=retainer)
+    rows = read(lambda source: queries.invoices(source, status=status, retainer=retainer))
     if as_json:
         print_json(rows)
         return
+    from rich.table import Table
+
     table = Table("id", "retainer", "client", "kind", "month", "amount", "status", "due")
     for r in rows:
         table.add_row(
@@ -245,6 +263,8 @@ def invoice_show(
     as_json: JsonOpt = False,
 ) -> None:
     """One invoice with its payments; --format html is the document to send the client."""
+    from watcher.ledger import queries
+
     if fmt not in ("text", "html"):
         raise BadInput(f"--format {fmt!r} must be text or html")
     if output is not None and fmt != "html":
@@ -259,7 +279,7 @@ def invoice_show(
         doc = invoice_document(context(readonly=True).engine, invoice)
         write_out(render_invoice(doc), output)
         return
-    row = queries.invoice(context(readonly=True).engine, invoice)
+    row = read(lambda source: queries.invoice(source, invoice))
     if as_json:
         print_json(row)
         return
@@ -277,6 +297,9 @@ def invoice_void(
     as_json: JsonOpt = False,
 ) -> None:
     """Void an invoice nothing is allocated to."""
+    from watcher.ledger import invoices as ledger
+    from watcher.ledger import queries
+
     ctx = context()
     voided = ledger.void_invoice(ctx, invoice)
     iid = fmt_id("INV", voided.id) or ""

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.markup import escape
-from rich.table import Table
 
-from watcher.cli.common import console, context, print_json
+from watcher.cli.common import context, load, print_json, read
 from watcher.errors import WatcherError
-from watcher.logs import configure
-from watcher.runtime.status import health_problems, parse_ts, status_document
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+
+    from watcher.settings import Settings
+    from watcher.store.dbapi import Reader
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 
@@ -29,6 +32,7 @@ def register(app: typer.Typer) -> None:
         On a stop signal no new job starts, the running ones finish, and it exits 0. A second
         daemon on the same database is refused (exit 1).
         """
+        from watcher.logs import configure
         from watcher.runtime.daemon import Daemon  # APScheduler: only for the daemon
 
         ctx = context()
@@ -46,16 +50,39 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Daemon heartbeat, per-chain head/final/cursor/lag, invoices by status, outbox."""
-        ctx = context(readonly=True)
-        now = ctx.now()
-        document = status_document(ctx.engine, ctx.settings, now)
-        problems = health_problems(document, ctx.settings, now)
+        from watcher.runtime.status_doc import health_problems
+
+        settings = load()
+        document, now = status_now(settings)
+        problems = health_problems(document, settings, now)
         if as_json:
             print_json({**document, "health": {"ok": not problems, "reasons": problems}})
         else:
-            _print_status(document, problems)
+            from watcher.cli.status_text import print_status
+
+            print_status(document, problems)
         if check and problems:
             raise WatcherError("unhealthy: " + "; ".join(problems))
+
+
+def status_now(settings: Settings) -> tuple[dict[str, Any], datetime]:
+    """The status document and the time it was read at: through the DB-API reader
+    (``watcher.runtime.status_read``) when it can answer, else through the engine path
+    (``watcher.runtime.status``), which prints the same document and words every error."""
+    from watcher.settings import clock_from_env
+    from watcher.store.dbapi import Reader
+
+    def document(source: Engine | Reader) -> tuple[dict[str, Any], datetime]:
+        now = clock_from_env()()
+        if isinstance(source, Reader):
+            from watcher.runtime import status_read
+
+            return status_read.status_document(source, settings, now), now
+        from watcher.runtime.status import status_document
+
+        return status_document(source, settings, now), now
+
+    return read(document, settings)
 
 
 @notify_app.command("retry")
@@ -64,6 +91,7 @@ def notify_retry(
     as_json: JsonOpt = False,
 ) -> None:
     """Re-queue the dead-lettered deliveries of an event; they are sent again at once."""
+    from watcher.logs import configure
     from watcher.notify.outbox import normalise_event_id, retry_dead
 
     ctx = context()
@@ -82,6 +110,7 @@ def notify_enable(
     as_json: JsonOpt = False,
 ) -> None:
     """Enable a channel disabled by a 410 Gone answer; its waiting deliveries go out next run."""
+    from watcher.logs import configure
     from watcher.notify.disabled import enable
 
     ctx = context()
@@ -93,90 +122,3 @@ def notify_enable(
         typer.echo(
             f"{channel.strip()}: enabled, {pending} pending deliver{'y' if pending == 1 else 'ies'}"
         )
-
-
-def _dash(value: Any) -> str:
-    return "—" if value is None else escape(str(value))
-
-
-def _ago(value: str | None, now: str) -> str:
-    """``"12 s ago"`` for a view timestamp, relative to the document's ``generated_at``."""
-    when, at = parse_ts(value), parse_ts(now)
-    if when is None or at is None:
-        return "never"
-    seconds = int((at - when).total_seconds())
-    if seconds < 120:
-        return f"{seconds} s ago"
-    if seconds < 7200:
-        return f"{seconds // 60} min ago"
-    return escape(value or "")
-
-
-def _print_status(document: dict[str, Any], problems: list[str]) -> None:
-    daemon = document["daemon"]
-    if daemon["running"]:
-        state = f"[green]running[/] pid {daemon['pid']} on {_dash(daemon['host'])}"
-    elif daemon["stopped_at"]:
-        state = f"[red]stopped[/] at {daemon['stopped_at']}"
-    else:
-        state = "[red]not running[/]"
-    beat = _ago(daemon["last_heartbeat_at"], document["generated_at"])
-    console.print(f"daemon   {state}  (last heartbeat {beat})")
-    for d in document.get("daemons", []):  # every daemon on the database and its chains
-        mark = "[green]running[/]" if d["running"] else "[red]not running[/]"
-        held = ", ".join(d["chains"]) or "no chain"
-        beat = _ago(d["last_heartbeat_at"], document["generated_at"])
-        console.print(
-            f"  {escape(d['host'])} pid {d['pid']} {mark} (last heartbeat {beat}): {escape(held)}"
-        )
-    table = Table("chain", "id", "head", "final", "cursor", "lag", "rpc", "last ok")
-    errors = []
-    for c in document["chains"]:
-        rpc = {True: "[green]ok[/]", False: "[red]failing[/]"}.get(c["rpc_ok"], "not polled")
-        if c["degraded"]:
-            rpc += " [red]degraded[/]"
-        table.add_row(
-            _dash(c["name"]) + ("" if c["configured"] else " (not configured)"),
-            str(c["chain_id"]),
-            _dash(c["head"]),
-            _dash(c["final_block"]),
-            _dash(c["cursor"]),
-            _dash(c["lag_blocks"]),
-            rpc,
-            _ago(c["last_ok_at"], document["generated_at"]),
-        )
-        if c["last_error"]:
-            errors.append(f"  {_dash(c['name'])}: last error: {escape(c['last_error'])}")
-        if c.get("halted_by"):
-            errors.append(
-                f"  {_dash(c['name'])}: [red]halted[/] by finality violation {c['halted_by']}: "
-                f"proofwatch chain resume {_dash(c['name'])} --ack {c['halted_by']}"
-            )
-        if resumed := c.get("last_resume"):
-            errors.append(
-                f"  {_dash(c['name'])}: resumed after {resumed['event_id']} by "
-                f"{escape(resumed['by'])} at {resumed['at']}"
-            )
-    console.print(table)
-    for line in errors:
-        console.print(line)
-    counts = " · ".join(f"{k} {v}" for k, v in document["invoices"].items() if v) or "none"
-    console.print(f"invoices {counts}")
-    outbox = document["outbox"]
-    console.print(f"outbox   pending {outbox['pending']} · dead {outbox['dead']}")
-    for off in document["disabled_channels"]:
-        console.print(
-            f"channel  [red]{escape(off['channel'])} disabled[/] since {off['disabled_at']} "
-            f"({escape(off['reason'])} on {off['event_id']}), {off['pending']} pending: "
-            f"proofwatch notify enable {escape(off['channel'])}"
-        )
-    for tag in document.get("tags", []):
-        warn = "[red]exhausted[/] " if tag["left"] == 0 else ""
-        console.print(
-            f"tags     {escape(tag['chain'])} {escape(tag['asset'])} {tag['price']}: "
-            f"{warn}{tag['used']} used, {tag['left']} left"
-        )
-    if problems:
-        console.print("health   [red]unhealthy[/]: " + escape("; ".join(problems)))
-    else:
-        console.print("health   [green]ok[/]")

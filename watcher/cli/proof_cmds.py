@@ -11,9 +11,8 @@ from typing import Annotated, Any
 import typer
 import typer.core
 
-from watcher.cli.common import context, load, print_json
+from watcher.cli.common import load, print_json, read
 from watcher.errors import BadInput
-from watcher.ledger.proof import load_proof
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document.")]
 _INVOICE_REF = re.compile(r"^INV-[0-9]+$", re.IGNORECASE)
@@ -44,7 +43,9 @@ def proof_show(
     """The proof bundle of a paid invoice (`proof INV` for short)."""
     if fmt not in ("json", "html"):
         raise BadInput(f"--format {fmt!r} must be json or html")
-    bundle = load_proof(context(readonly=True).engine, invoice)
+    from watcher.ledger.proof import load_proof
+
+    bundle = read(lambda source: load_proof(source, invoice))
     if fmt == "json":
         text = json.dumps(bundle, indent=2) + "\n"
     else:
@@ -122,7 +123,9 @@ def proof_verify(
 def _read_bundle(source: str) -> Any:
     path = Path(source)
     if _INVOICE_REF.match(source) and not path.exists():
-        return load_proof(context(readonly=True).engine, source)
+        from watcher.ledger.proof import load_proof
+
+        return read(lambda db: load_proof(db, source))
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

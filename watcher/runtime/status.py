@@ -9,7 +9,6 @@ engine: with SQLite in WAL mode a reader never waits for the daemon's writes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -22,28 +21,35 @@ from watcher.domain.billing import InvoiceStatus, RetainerStatus
 from watcher.domain.money import format_amount
 from watcher.ledger.halts import last_resumes
 from watcher.notify.disabled import disabled_channels
-from watcher.redact import redact_text
+from watcher.runtime.status_doc import (
+    HEARTBEAT_SECONDS,
+    RUNNING_WITHIN,
+    Row,
+    chain_entry,
+    health_problems,
+    is_running,
+    parse_ts,
+)
 from watcher.settings import Settings
 from watcher.store.db import read_session, sqlite_path
 from watcher.store.outbox import iso
 from watcher.store.tables import ChainLease, Daemon, DaemonInstance, Invoice, Retainer
 
-HEARTBEAT_SECONDS = 5.0
-#: The daemon counts as running while its last heartbeat is at most this old.
-RUNNING_WITHIN = timedelta(seconds=3 * HEARTBEAT_SECONDS)
-
-Row = dict[str, Any]
+__all__ = [
+    "HEARTBEAT_SECONDS",
+    "RUNNING_WITHIN",
+    "Row",
+    "health_problems",
+    "parse_ts",
+    "rows",
+    "status_document",
+]
 
 
 def rows(engine: Engine, sql: str, params: dict[str, Any] | None = None) -> list[Row]:
     """Every row of a read-only query, as plain dicts."""
     with engine.connect() as conn:
         return [dict(m) for m in conn.execute(sa.text(sql), params or {}).mappings()]
-
-
-def parse_ts(value: str | None) -> datetime | None:
-    """An ISO 8601 UTC timestamp from a view (``2026-11-21T15:21:25Z``), or None."""
-    return None if value is None else datetime.fromisoformat(value).astimezone(UTC)
 
 
 def daemon_status(engine: Engine, now: datetime) -> Row:
@@ -60,12 +66,7 @@ def daemon_status(engine: Engine, now: datetime) -> Row:
             "stopped_at": None,
         }
     beat = row.last_heartbeat_at
-    running = (
-        row.pid is not None
-        and row.stopped_at is None
-        and beat is not None
-        and now - beat <= RUNNING_WITHIN
-    )
+    running = is_running(row.pid, row.stopped_at, beat, now)
     return {
         "running": running,
         "pid": row.pid,
@@ -110,26 +111,6 @@ def daemons_status(engine: Engine, settings: Settings, now: datetime) -> list[Ro
     return out
 
 
-def _chain_entry(name: str, chain_id: int, row: Row | None, secrets: Sequence[str]) -> Row:
-    row = row or {}
-    error = row.get("last_error")
-    return {
-        "name": name,
-        "chain_id": chain_id,
-        "head": row.get("head"),
-        "final_block": row.get("final_block"),
-        "cursor": row.get("cursor"),
-        "cursor_time": row.get("cursor_time"),  # the cursor block's timestamp: deadlines
-        "lag_blocks": row.get("lag_blocks"),
-        "last_poll_at": row.get("last_poll_at"),
-        "rpc_ok": None if row.get("rpc_ok") is None else bool(row["rpc_ok"]),
-        "last_ok_at": row.get("last_ok_at"),
-        "degraded": bool(row.get("degraded")),
-        "last_error": None if error is None else redact_text(error, secrets),
-        "halted_by": row.get("halted_by"),  # the finality violation that stopped it, if any
-    }
-
-
 def chain_statuses(engine: Engine, settings: Settings) -> list[Row]:
     """One entry per configured chain (in config order; never-polled chains have nulls),
     then any chain the database knows that is no longer configured (``configured: false``)."""
@@ -138,10 +119,10 @@ def chain_statuses(engine: Engine, settings: Settings) -> list[Row]:
     secrets = [*settings.secrets, *(u for c in settings.chains for u in c.rpc_urls)]
     out = []
     for chain in settings.chains:
-        entry = _chain_entry(chain.name, chain.chain_id, by_name.pop(chain.name, None), secrets)
+        entry = chain_entry(chain.name, chain.chain_id, by_name.pop(chain.name, None), secrets)
         out.append({**entry, "last_resume": resumes.get(chain.name), "configured": True})
     for name, row in by_name.items():
-        entry = _chain_entry(name, row["chain_id"], row, secrets)
+        entry = chain_entry(name, row["chain_id"], row, secrets)
         out.append({**entry, "last_resume": resumes.get(name), "configured": False})
     return out
 
@@ -233,54 +214,3 @@ def status_document(engine: Engine, settings: Settings, now: datetime) -> dict[s
         "disabled_channels": disabled_channels(engine),
         "tags": tag_usage(engine, settings, now),
     }
-
-
-def health_problems(document: dict[str, Any], settings: Settings, now: datetime) -> list[str]:
-    """Why the service is unhealthy, one sentence each; empty when healthy.
-
-    Healthy means: the daemon's heartbeat is fresh, and every configured chain polled
-    successfully (all the way to the head) within ``[status] stale_seconds`` with its cursor
-    at most ``max_lag_blocks`` behind the head it last saw.
-    """
-    problems = []
-    daemon = document["daemon"]
-    if not daemon["running"]:
-        if daemon["stopped_at"] is not None:
-            problems.append(f"daemon stopped at {daemon['stopped_at']}")
-        elif daemon["last_heartbeat_at"] is None:
-            problems.append("daemon has never run on this database")
-        else:
-            problems.append(f"daemon heartbeat is stale (last at {daemon['last_heartbeat_at']})")
-    stale = timedelta(seconds=settings.status.stale_seconds)
-    for chain in document["chains"]:
-        if not chain.get("configured", True):
-            continue
-        last_ok = parse_ts(chain["last_ok_at"])
-        if last_ok is None:
-            problems.append(f"chain {chain['name']} has not polled successfully yet")
-        elif now - last_ok > stale:
-            age = int((now - last_ok).total_seconds())
-            why = f": {chain['last_error']}" if chain["last_error"] else ""
-            problems.append(
-                f"chain {chain['name']} last polled successfully {age} s ago "
-                f"(stale after {settings.status.stale_seconds:g} s){why}"
-            )
-        if chain.get("halted_by"):
-            problems.append(
-                f"chain {chain['name']} is halted by finality violation {chain['halted_by']} "
-                f"(proofwatch chain resume {chain['name']} --ack {chain['halted_by']})"
-            )
-        problems += _lag_problems(chain, settings)
-    return problems
-
-
-def _lag_problems(chain: Row, settings: Settings) -> list[str]:
-    """The chain's cursor stuck behind the head beyond its ``max_lag_blocks``."""
-    lag = chain.get("lag_blocks")
-    limit = next((c.max_lag_blocks for c in settings.chains if c.name == chain["name"]), None)
-    if lag is None or limit is None or lag <= limit:
-        return []
-    return [
-        f"chain {chain['name']} cursor {chain['cursor']} is {lag} blocks behind the head "
-        f"{chain['head']} (max_lag_blocks {limit})"
-    ]
