@@ -11,9 +11,9 @@ dedupe key, proofs written once.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any
 
 import structlog
 from sqlmodel import Session, col, or_, select
@@ -22,6 +22,7 @@ from watcher.domain import matching
 from watcher.domain.billing import SETTLED, UNSETTLED, InvoiceStatus
 from watcher.ids import fmt_id
 from watcher.ledger import token_decimals
+from watcher.ledger.allocations import active_allocation, allocated_ids, batches, funded_by_invoice
 from watcher.ledger.settle import Settler, active_payments
 from watcher.store.outbox import emit, emit_many
 from watcher.store.tables import (
@@ -34,7 +35,6 @@ from watcher.store.tables import (
 )
 
 log = structlog.get_logger("watcher.settlement")
-T = TypeVar("T")
 Reasons = dict[tuple[str, str | None], str | None]  # (chain, token) -> why not trusted
 
 
@@ -52,46 +52,6 @@ def _inflow(t: Transfer) -> matching.Inflow:
     )
 
 
-def _batches(values: list[T], size: int = 500) -> Iterator[list[T]]:
-    """``values`` in slices that stay far below SQLite's limit of bound parameters."""
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
-
-def _funded_by_invoice(session: Session, invoice_ids: list[int]) -> dict[int, int]:
-    """What each invoice already has allocated (orphaned transfers excluded): one query."""
-    funded = dict.fromkeys(invoice_ids, 0)
-    if not invoice_ids:
-        return funded
-    rows = session.exec(
-        select(Allocation.invoice_id, Transfer.amount)
-        .join(Transfer, col(Allocation.transfer_id) == col(Transfer.id))
-        .where(col(Allocation.invoice_id).in_(invoice_ids), Allocation.active)
-        .where(Transfer.status != "orphaned")
-    ).all()
-    for invoice_id, amount in rows:
-        funded[invoice_id] += amount
-    return funded
-
-
-def _allocated_ids(session: Session, transfer_ids: list[int]) -> set[int]:
-    """Which of these transfers already fund an invoice: one query."""
-    if not transfer_ids:
-        return set()
-    rows = session.exec(
-        select(Allocation.transfer_id).where(
-            col(Allocation.transfer_id).in_(transfer_ids), Allocation.active
-        )
-    ).all()
-    return set(rows)
-
-
-def _active_allocation(session: Session, transfer_id: int) -> Allocation | None:
-    return session.exec(
-        select(Allocation).where(Allocation.transfer_id == transfer_id, Allocation.active)
-    ).first()
-
-
 class Settlement(Settler):
     """The scanner's hooks plus the settlement and renewal rounds, for one configuration.
 
@@ -107,7 +67,7 @@ class Settlement(Settler):
         fresh = [t for t in fresh if not self._untrusted(session, t, memo)]
         if not fresh:
             return
-        allocated = _allocated_ids(session, [t.id for t in fresh if t.id is not None])
+        allocated = allocated_ids(session, [t.id for t in fresh if t.id is not None])
         self._apply(session, [t for t in fresh if t.id is not None and t.id not in allocated])
 
     def _apply(self, session: Session, transfers: list[Transfer], *, early: bool = False) -> None:
@@ -171,7 +131,7 @@ class Settlement(Settler):
             ).all()
         )
         ids = [t.id for t in rows if t.id is not None]
-        taken = _allocated_ids(session, ids)
+        taken = allocated_ids(session, ids)
         in_review = set(
             session.exec(
                 select(Review.transfer_id).where(
@@ -217,7 +177,7 @@ class Settlement(Settler):
             if transfer.id is None:
                 continue
             self._clear_review(session, transfer)  # an orphaned transfer is nobody's question
-            allocation = _active_allocation(session, transfer.id)
+            allocation = active_allocation(session, transfer.id)
             if allocation is None:
                 continue
             invoice = session.get(Invoice, allocation.invoice_id)
@@ -249,7 +209,7 @@ class Settlement(Settler):
         if not transfers:
             return []
         candidates, retainers_of = self._candidates(session, transfers)
-        funded = _funded_by_invoice(session, [c.id for c in candidates])
+        funded = funded_by_invoice(session, [c.id for c in candidates])
         thresholds = {
             c.id: matching.covered_threshold(c.price, self.settings.billing.underpay_tolerance)
             for c in candidates
@@ -285,9 +245,9 @@ class Settlement(Settler):
         payer_retainers = sorted({rid for ids in retainers_of.values() for rid in ids})
         payer_map = {sender: frozenset(ids) for sender, ids in retainers_of.items()}
         queries = [by_key.where(col(Invoice.retainer_id).in_(payer_retainers))]
-        for amount_part in _batches(amounts):
+        for amount_part in batches(amounts):
             queries.append(by_key.where(col(Invoice.amount).in_(amount_part)))
-        for tx_part in _batches(txs):
+        for tx_part in batches(txs):
             by_tx = select(Attachment.invoice_id).where(col(Attachment.tx_hash).in_(tx_part))
             queries.append(by_key.where(col(Invoice.id).in_(by_tx)))
         for query in queries:
