@@ -48,6 +48,7 @@ poll_seconds = 2
 start_block = 0
 native_symbol = "ETH"
 internal = "{internal}"
+max_trace_range = 300  # Anvil's stated trace_filter limit, as an operator sets a provider's
 balance_guard = true
 """
 TOKEN = """

@@ -120,6 +120,7 @@ class ChainSettings:
     explorer_url: ExplorerUrl | None = None
     rpc_timeout: Seconds = 10.0
     max_log_range: AtLeastOne = 2000
+    max_trace_range: AtLeastOne | None = None  # trace_filter's widest range; None: max_log_range
     reorg_depth: AtLeastOne = 128
     max_lag_blocks: AtLeastOne = 100  # health: the cursor may trail the head by at most this
     max_batch: AtLeastOne = 100  # JSON-RPC entries per POST to start with; shrinks if refused
@@ -144,6 +145,11 @@ class ChainSettings:
 
     def token(self, symbol: str) -> TokenSettings | None:
         return next((t for t in self.tokens if t.symbol.upper() == symbol.upper()), None)
+
+    @property
+    def trace_range(self) -> int:
+        """The widest ``trace_filter`` range asked first."""
+        return self.max_trace_range or self.max_log_range
 
 
 @dataclass(frozen=True, slots=True, config=_TABLE)

@@ -203,3 +203,19 @@ def test_a_node_refusing_the_state_link_is_linked_by_header_from_then_on(
     calls, _ = c.poll()
     assert [k for k in c.proxy.asked - before if "blockHash" in k[1]] == []
     assert calls[HEADER] == 2 and c.h.state().cursor == c.h.node.head()
+
+
+def test_a_configured_trace_range_is_asked_first_with_no_refusal(
+    anvil_counted: Counted,
+) -> None:
+    """With ``max_trace_range`` at the provider's limit (Anvil: 300) the first 1,000 quiet
+    blocks already cost four trace_filter calls and no refused one, and ten calls at most."""
+    c = anvil_counted
+    c.chain = c.h.chain(rpc_urls=(c.proxy.url,), max_trace_range=300)
+    c.pool = c.h.pool(c.chain)
+    c.h.node.mine(1)
+    c.poll()  # a chunk on this pool: its end balances are the next range's start
+    c.h.node.mine(1000)
+    calls, _ = c.poll()
+    assert calls["trace_filter"] == 4
+    assert sum(calls.values()) <= 10, calls

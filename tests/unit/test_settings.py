@@ -366,6 +366,8 @@ BAD_VALUES: list[tuple[str, Any, str]] = [
     ("chains[0].explorer_url", "basescan.org", "'basescan.org' is not an http(s) URL"),
     ("chains[0].rpc_timeout", -1, "-1 must be a positive number"),
     ("chains[0].max_log_range", 0, "0 must be an integer >= 1"),
+    ("chains[0].max_trace_range", 0, "0 must be an integer >= 1"),
+    ("chains[0].max_trace_range", "300", "'300' must be an integer >= 1"),
     ("chains[0].reorg_depth", 0, "0 must be an integer >= 1"),
     ("chains[0].max_lag_blocks", 0, "0 must be an integer >= 1"),
     ("chains[0].max_batch", 0, "0 must be an integer >= 1"),

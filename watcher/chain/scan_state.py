@@ -46,8 +46,9 @@ class ScanState:
         self.chain, self.pool, self.ledger, self.progress = chain, pool, ledger, progress
         self.log = log.bind(chain=chain.name)
         self.sizers = _SIZERS.setdefault(pool, {})
-        for method in ("eth_getLogs", "trace_filter"):
-            self.sizers.setdefault(method, RangeSizer(max(1, chain.max_log_range)))
+        widest = {"eth_getLogs": chain.max_log_range, "trace_filter": chain.trace_range}
+        for method, width in widest.items():
+            self.sizers.setdefault(method, RangeSizer(max(1, width)))
         self.cursor = -1
         self.cursor_hash: str | None = None
         self.balance: int | None = None
