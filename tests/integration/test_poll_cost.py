@@ -18,6 +18,7 @@ from tests.support.rpcproxy import RpcFault, RpcProxy
 from tests.support.scan_harness import ETH, NODE_MODES, WALLET, Harness, harness
 from tests.support.scripted_node import ScriptedNode
 from watcher.chain.rpc import RpcPool
+from watcher.errors import WatcherError
 from watcher.settings import ChainSettings
 
 HEADER = "eth_getBlockByNumber"
@@ -56,26 +57,27 @@ def counted(hc: Harness) -> Iterator[Counted]:
         yield c
 
 
-def test_a_quiet_one_block_poll_reads_only_the_head_header(counted: Counted) -> None:
-    """With nothing awaiting finality a poll over one new block asks one header, the head's
-    (its parent hash is the link to the cursor), and no finality tag."""
+def test_a_quiet_one_block_poll_reads_the_head_and_its_block_only(counted: Counted) -> None:
+    """With nothing awaiting finality a poll over one new block asks two headers: the head,
+    then that block again in the range's own batch (its parent hash is the link to the
+    cursor), and no finality tag."""
     counted.h.node.mine(1)
     calls, found = counted.poll()
     assert found == 0
-    assert calls[HEADER] == 1
+    assert calls[HEADER] == 2
     assert counted.h.state().cursor == counted.h.node.head()
 
 
-def test_a_quiet_range_reads_the_head_header_once_and_links_by_state(counted: Counted) -> None:
-    """A poll over several new quiet blocks asks the head's header once (the chunk ending
-    there reuses it) and links to the cursor by a state read at the cursor's block hash
-    (EIP-1898), not by its first block's header; debug_trace reads every other block's."""
+def test_a_quiet_range_links_by_state_not_by_its_first_header(counted: Counted) -> None:
+    """A poll over several new quiet blocks asks the head's header, then its last block's in
+    the range's batch, and links to the cursor by a state read at the cursor's block hash
+    (EIP-1898), not by its first block's header; debug_trace reads every block's."""
     cursor_hash = counted.h.state().cursor_hash
     counted.h.node.mine(8)
     before = counted.proxy.asked.copy()
     calls, _ = counted.poll()
     dense = counted.h.internal == "debug_trace"
-    assert calls[HEADER] == 1 + (8 - 1 if dense else 0)
+    assert calls[HEADER] == 1 + (8 if dense else 1)
     probes = [k for k in counted.proxy.asked - before if "blockHash" in k[1]]
     assert probes == ([] if dense else [("eth_getBalance", probes[0][1])])
     assert dense or cursor_hash in probes[0][1]
@@ -114,7 +116,7 @@ def test_finality_tag_is_read_while_a_transfer_waits_and_never_makes_it_final_ea
     finals.append(h.state().final_block)
     h.node.mine(1)
     calls, _ = counted.poll()
-    assert calls[HEADER] == 1  # nothing waits: the head's header only
+    assert calls[HEADER] == 2  # nothing waits: the head, and the new block in its batch
     finals.append(h.state().final_block)
     assert finals == sorted(finals) and finals[-1] == finals[-2]  # kept, not re-read
     assert h.state().balance == h.node.balance(WALLET)
@@ -195,14 +197,14 @@ def test_a_node_refusing_the_state_link_is_linked_by_header_from_then_on(
     c.h.node.mine(5)
     with structlog.testing.capture_logs() as logs:
         calls, _ = c.poll()
-    assert calls[HEADER] == 2  # the head, then block first's
+    assert calls[HEADER] == 3  # the head, the range's last block, then block first's
     assert [e["event"] for e in logs].count("scan.link_by_header") == 1
     assert c.h.state().cursor == c.h.node.head()
     c.h.node.mine(5)
     before = c.proxy.asked.copy()
     calls, _ = c.poll()
     assert [k for k in c.proxy.asked - before if "blockHash" in k[1]] == []
-    assert calls[HEADER] == 2 and c.h.state().cursor == c.h.node.head()
+    assert calls[HEADER] == 3 and c.h.state().cursor == c.h.node.head()  # head, first, last
 
 
 def test_a_configured_trace_range_is_asked_first_with_no_refusal(
@@ -219,3 +221,29 @@ def test_a_configured_trace_range_is_asked_first_with_no_refusal(
     calls, _ = c.poll()
     assert calls["trace_filter"] == 4
     assert sum(calls.values()) <= 10, calls
+
+
+def test_a_range_answered_by_a_backend_behind_the_head_is_not_skipped(counted: Counted) -> None:
+    """The poll's head comes from an up-to-date backend and the range's batch from one a block
+    behind (a load balancer): the payment in the head block is not skipped past; the range's
+    own batch shows the block missing, and a later poll finds the payment once."""
+    h, proxy = counted.h, counted.proxy
+    tx = h.pay(10**15)
+    real_view, posts = proxy._view, [0]
+
+    def behind_after_the_head() -> Any:
+        posts[0] += 1
+        proxy.lag_blocks = 0 if posts[0] == 1 else 1
+        return real_view()
+
+    proxy._view = behind_after_the_head  # type: ignore[method-assign]
+    try:
+        counted.poll()
+    except WatcherError:
+        pass  # the node cannot be read consistently: the cursor stays before the head
+    finally:
+        proxy._view = real_view  # type: ignore[method-assign]
+        proxy.lag_blocks = 0
+    assert h.state().cursor < h.node.head() or [t.tx_hash for t in h.transfers()] == [tx]
+    counted.poll()
+    assert [t.tx_hash for t in h.transfers()] == [tx]

@@ -177,7 +177,7 @@ def test_quiet_range_without_traces_costs_one_round_trip(r: Reader) -> None:
     assert r.proxy.posts - posts == 2  # the head, then the one chunk's batch
     assert r.proxy.calls[FULL_BLOCK] == calls[FULL_BLOCK]
     assert r.proxy.calls["eth_getBalance"] - calls["eth_getBalance"] == 2  # end, state link
-    assert r.proxy.calls["eth_getBlockByNumber"] - calls["eth_getBlockByNumber"] == 1  # head
+    assert r.proxy.calls["eth_getBlockByNumber"] - calls["eth_getBlockByNumber"] == 2  # head, last
 
 
 def test_node_without_old_state_reads_that_range_in_full_only(pruned: Reader) -> None:

@@ -1,5 +1,5 @@
 """The state of one block range being read, shared by the reader's parts
-(``watcher.chain.sources``): what was asked, the headers known, the hashes answers named.
+(``watcher.chain.sources``): what was asked, the headers read, the hashes answers named.
 
 ``RangeState`` holds it and reads a header or a log's block the one way every part must:
 withdrawals to the wallet counted, every named block hash kept for the final check.
@@ -40,7 +40,6 @@ class RangeState:
         self.no_state = ""  # why the node could not give the balance at a range end
         self.withdrawn: dict[int, int] = {}  # block -> wei the beacon chain paid the wallet
         self.start: Chunk | None = None  # the chunk ending at first - 1: its end values
-        self.known: dict[int, Any] = {}  # header answers already read, by number (the head's)
         self.prior: dict[int, Point] = {}  # an earlier read's bisection points of this range
         self.points: dict[int, Point] = {}  # this read's bisection points
         self.link_error = ""  # why the state link was refused, when not for missing state

@@ -76,8 +76,6 @@ class _ChainScan(Reorgs):
     ``Reorgs``; cursor and chain state: ``ScanState``)."""
 
     final_read = True  # whether this poll read the final block (False: the last one seen)
-    head_raw: object = None  # the head's header as the node answered it (``_head``)
-    head_number = -1
 
     # -- the poll ----------------------------------------------------------------------------
 
@@ -169,15 +167,17 @@ class _ChainScan(Reorgs):
 
         The finality tag's header is asked only when something awaits finality, or no final
         block was ever recorded; otherwise the final block is the last one seen
-        (``final_read`` False: ``_poll`` reads the tag later if the poll needs it). The head's
-        header is kept (``head_raw``): the chunk ending at the head does not read it again."""
+        (``final_read`` False: ``_poll`` reads the tag later if the poll needs it).
+
+        The chunk ending at the head reads the head's header again, in its own batch: a
+        backend behind the one that answered here (a load balancer) answers that header with
+        null, where it would answer the range's logs and traces with ``[]``."""
         tag = finality_tag(self.chain.finality)
         ask_tag = tag is not None and (self.final_seen < 0 or bool(self.ledger.waiting(ANY_BLOCK)))
         calls = [sources.block_call("latest")]
         calls += [sources.block_call(tag)] if tag is not None and ask_tag else []
         answers = self.pool.batch(calls)
         head = sources.parse_block(answers[0], -1)
-        self.head_raw, self.head_number = answers[0], head.number
         self.final_read = tag is None or ask_tag
         if not self.final_read:
             return head.number, head.hash, max(self.final_seen, -1)
@@ -252,16 +252,14 @@ class _ChainScan(Reorgs):
 
     def _fetch(
         self, first: int, last: int, parent_hash: str | None, balance_before: bool,
-        start: Chunk | None = None, *, reuse_head: bool = True,
+        start: Chunk | None = None, *,
         points: Mapping[int, tuple[int, int]] | None = None,
     ) -> Chunk:  # fmt: skip
-        """Read ``first..last``; the chunk ending at the head takes the head's header read by
-        ``_head`` (``reuse_head``: not on a rescan, which reads everything again)."""
-        known = {self.head_number: self.head_raw} if reuse_head and last == self.head_number else {}
+        """Read ``first..last``: block ``last``'s header is always in the range's own batch."""
         return sources.fetch_chunk(
             self.pool, self.chain, first, last, self.sizers,
             parent_hash=parent_hash, balance_before=balance_before, native=self.native,
-            start=start, headers=known, points=points,
+            start=start, points=points,
         )  # fmt: skip
 
     def _commit(self, chunk: Chunk, events: list[GuardEvent]) -> None:
@@ -330,9 +328,7 @@ class _ChainScan(Reorgs):
         moved = self.pool.fail_over("balance growth not explained: rescanning from another URL")
 
         def rescan() -> Chunk:  # everything read again, but not the bisection already done
-            return self._fetch(
-                chunk.first, chunk.last, parent, True, reuse_head=False, points=chunk.points
-            )
+            return self._fetch(chunk.first, chunk.last, parent, True, points=chunk.points)
 
         try:
             again = rescan()

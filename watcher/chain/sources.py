@@ -110,7 +110,6 @@ def fetch_chunk(
     balance_before: bool = True,
     native: bool = True,
     start: Chunk | None = None,
-    headers: Mapping[int, Any] | None = None,
     points: Mapping[int, Point] | None = None,
 ) -> Chunk:
     """Read blocks ``first..last`` and everything in them paid to the wallet.
@@ -122,9 +121,10 @@ def fetch_chunk(
     The native balance at both ends is read whenever native reading needs it (the balance
     guard, or bisection), whatever ``balance_before`` says (kept for callers). ``start`` is the
     chunk that ended at ``first - 1`` on this chain, when there is one: the balances (and nonce)
-    it read at its end are this range's start, not read again. ``headers`` are header answers
-    the caller already holds, by number (the head's): those blocks' headers are not asked again
-    (a one-block range at the head asks none: the head's parent hash is the link). ``points``
+    it read at its end are this range's start, not read again. Block ``last``'s header is
+    always asked in the range's own batch, never taken from an earlier answer: a backend
+    behind the head answers it with null, where it answers logs and traces with ``[]``
+    (a one-block range needs no other header: its parent hash is the link). ``points``
     are an earlier read's bisection points of the same range (``Chunk.points``): bisection
     takes them when the range's ends still give the same balance and nonce.
     """
@@ -132,7 +132,6 @@ def fetch_chunk(
     reader = _Reader(pool, chain, first, last, sizers, native)
     if start is not None and start.last == first - 1 and start.linked:
         reader.start = start
-    reader.known = dict(headers or {})
     reader.prior = dict(points or {})
     return reader.read(parent_hash)
 
@@ -150,7 +149,7 @@ class _Reader(BalanceReads, HitReads):
         # The link to the cursor by state (EIP-1898) instead of block first's header, which
         # on a busy chain is mostly transaction hashes: the cursor block must be canonical.
         probe = (
-            parent_hash is not None and not dense and first < last and first not in self.known
+            parent_hash is not None and not dense and first < last
             and links_by_state(self.pool)
         )  # fmt: skip
         if probe:
@@ -163,8 +162,7 @@ class _Reader(BalanceReads, HitReads):
         batch = Batch()
         batch.add("logs", [logs_call(chain, a, b) for a, b in log_ranges])
         batch.add("traces", [trace_filter_call(chain, a, b) for a, b in trace_ranges])
-        unknown = [n for n in numbers if n not in self.known]
-        batch.add("headers", [block_call(n) for n in unknown])
+        batch.add("headers", [block_call(n) for n in numbers])
         batch.add("link", [canonical_call(wallet, parent_hash)] if probe and parent_hash else [])
         ends = (self.before_at, last)
         start = self.start
@@ -189,8 +187,7 @@ class _Reader(BalanceReads, HitReads):
             batch.add("debug", [debug_trace_call(n) for n in numbers])
         batch.send(self.pool)
 
-        raws = {**dict(zip(unknown, batch["headers"], strict=True)), **self.known}
-        headers = [self._header(raws[n], n) for n in numbers]
+        headers = [self._header(raw, n) for n, raw in zip(numbers, batch["headers"], strict=True)]
         linked_by_state = probe and self._linked_by_state(batch["link"][0])
         if probe and not linked_by_state:  # not canonical, or no answer: block first's header
             headers.insert(0, self._header(self.pool.batch([block_call(first)])[0], first))
