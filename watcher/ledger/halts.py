@@ -21,11 +21,11 @@ from typing import Any
 
 import structlog
 from sqlalchemy.engine import Engine
-from sqlmodel import col, select
+from sqlmodel import select
 
 from watcher.errors import BadInput, NotFound, Refused
 from watcher.settings import Settings
-from watcher.store.db import read_session, transaction
+from watcher.store.db import transaction
 from watcher.store.outbox import iso
 from watcher.store.tables import ChainResume, ChainState, OutboxEvent
 
@@ -88,13 +88,3 @@ def resume_json(record: ChainResume) -> dict[str, Any]:
         "at": iso(record.resumed_at),
         "cursor": record.cursor,
     }
-
-
-def last_resumes(engine: Engine) -> dict[str, dict[str, Any]]:
-    """Per chain, the latest ``chain resume`` (for the status document)."""
-    out: dict[str, dict[str, Any]] = {}
-    with read_session(engine) as session:
-        query = select(ChainResume).order_by(col(ChainResume.id))
-        for record in session.exec(query):
-            out[record.chain] = resume_json(record)
-    return out

@@ -1,11 +1,9 @@
-"""The status document read through a DB-API ``Reader``: ``proofwatch status`` without
-SQLAlchemy (start-up, issue 11).
+"""The status document (CONTRACT.md "Status") built from a DB-API ``Reader``: the one build of
+it, for ``proofwatch status`` without SQLAlchemy (start-up, issue 11) and, through
+``watcher.runtime.status`` on an engine's connection, for the daemon's status server.
 
-The same document as ``watcher.runtime.status.status_document``, field for field and byte for
-byte once printed (``tests/integration/test_status_read.py`` compares the two on the same
-databases): the same ``v_status`` view and the same SQL for the counts, and the ORM reads of
-that module as plain SELECTs on the same tables, with the same rules (``status_doc``, the
-domain's tag arithmetic) applied to the rows.
+Plain SELECTs on the ``v_status`` view and the tables behind it, with the rules of
+``status_doc`` and the domain's tag arithmetic applied to the rows.
 """
 
 from __future__ import annotations
@@ -55,7 +53,10 @@ def daemon_status(reader: Reader, now: datetime) -> Row:
 
 
 def daemons_status(reader: Reader, settings: Settings, now: datetime) -> list[Row]:
-    """As ``status.daemons_status``: every daemon row, newest first, with its chains."""
+    """Every daemon with a row on this database, newest first: ``{host, pid, started_at,
+    last_heartbeat_at, stopped_at, running, chains}``. ``chains``: those it holds a lease on
+    (a shared database, by the wall clock), or every configured chain for a running daemon
+    alone on SQLite."""
     wall = datetime.now(UTC)  # leases expire by the wall clock, whatever WATCHER_NOW says
     daemons = reader.rows(
         "SELECT holder, host, pid, started_at, last_heartbeat_at, stopped_at FROM daemons "
@@ -88,7 +89,7 @@ def daemons_status(reader: Reader, settings: Settings, now: datetime) -> list[Ro
 
 
 def last_resumes(reader: Reader) -> dict[str, Row]:
-    """As ``watcher.ledger.halts.last_resumes``: per chain, the latest ``chain resume``."""
+    """Per chain, the latest ``chain resume`` (as ``chain resume --json`` printed it)."""
     out: dict[str, Row] = {}
     sql = "SELECT chain, event_id, resumed_by, resumed_at, cursor FROM chain_resumes ORDER BY id"
     for r in reader.rows(sql):
@@ -103,7 +104,8 @@ def last_resumes(reader: Reader) -> dict[str, Row]:
 
 
 def chain_statuses(reader: Reader, settings: Settings) -> list[Row]:
-    """As ``status.chain_statuses``: configured chains in config order, then unknown ones."""
+    """One entry per configured chain (in config order; never-polled chains have nulls),
+    then any chain the database knows that is no longer configured (``configured: false``)."""
     by_name = {r["name"]: r for r in reader.rows("SELECT * FROM v_status ORDER BY name")}
     resumes = last_resumes(reader)
     secrets = [*settings.secrets, *(u for c in settings.chains for u in c.rpc_urls)]
@@ -169,7 +171,9 @@ _TagKey = tuple[str, int, str, str, int]  # chain, chain_id, asset, pay_to, deci
 
 
 def tag_usage(reader: Reader, settings: Settings, now: datetime) -> list[Row]:
-    """As ``status.tag_usage``: unique-amount tags used and left per chain, asset and price."""
+    """Unique-amount tags per chain, asset and price: ``[{chain, chain_id, asset, price,
+    price_base_units, used, left}]``, for every price a live retainer bills monthly or an
+    invoice still holding its amount asks for, so an operator sees exhaustion coming."""
     since = now - timedelta(days=settings.billing.tag_cooling_days)
     unsettled = {s.value for s in billing.UNSETTLED}
     held: dict[_TagKey, list[billing.IssuedAmount]] = {}
@@ -215,7 +219,7 @@ def tag_usage(reader: Reader, settings: Settings, now: datetime) -> list[Row]:
 
 
 def status_document(reader: Reader, settings: Settings, now: datetime) -> dict[str, Any]:
-    """The ``proofwatch status --json`` document, as ``status.status_document`` builds it."""
+    """The ``proofwatch status --json`` document, read at ``now``."""
     return {
         "generated_at": iso(now),
         "daemon": daemon_status(reader, now),
