@@ -51,6 +51,22 @@ def paid(template_sets: Callable[[str], Templates], tmp_path: Path) -> Workspace
     return ws
 
 
+def run_traced(paid: Workspace, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+    """``proofwatch ARGS`` under ``-X importtime`` to a successful end (the list on stderr)."""
+    argv = [sys.executable, "-X", "importtime", "-m", "watcher", "--config", str(paid.config)]
+    traced = subprocess.run(
+        [*argv, *args],
+        cwd=paid.root,
+        env=paid.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert traced.returncode == 0, traced.stderr[-2000:]
+    return traced
+
+
 @pytest.mark.parametrize(
     "args",
     [
@@ -66,17 +82,7 @@ def test_read_command_imports_neither_web3_nor_apprise(
 ) -> None:
     """A read command completes (exit 0) without importing web3, apprise, or the libraries
     only chain, notification and invoice-issuing commands need."""
-    argv = [sys.executable, "-X", "importtime", "-m", "watcher", "--config", str(paid.config)]
-    traced = subprocess.run(
-        [*argv, *args],
-        cwd=paid.root,
-        env=paid.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert traced.returncode == 0, traced.stderr[-2000:]
+    traced = run_traced(paid, args)
     names = imported(traced.stderr)
     assert "watcher" in names and "pydantic" in names  # the report is the import list
     assert [n for n in NEVER if n in names] == []
@@ -103,17 +109,7 @@ def test_read_command_reads_without_the_orm_logging_or_rich(
 ) -> None:
     """A read command on SQLite prints its answer without importing SQLAlchemy, SQLModel,
     structlog, Rich or psycopg: it reads through the DB-API."""
-    argv = [sys.executable, "-X", "importtime", "-m", "watcher", "--config", str(paid.config)]
-    traced = subprocess.run(
-        [*argv, *args],
-        cwd=paid.root,
-        env=paid.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert traced.returncode == 0, traced.stderr[-2000:]
+    traced = run_traced(paid, args)
     assert traced.stdout.strip()
     names = imported(traced.stderr)
     assert "watcher" in names
