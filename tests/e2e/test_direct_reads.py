@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from tests.e2e.conftest import NOW, Templates, Workspace
-from tests.e2e.test_startup_imports import imported
+from tests.e2e.test_startup_imports import imported, run_traced
 from watcher.ledger import queries
 from watcher.ledger.proof import load_proof
 from watcher.runtime.status import health_problems, status_document
@@ -144,17 +143,7 @@ def direct_status(ws: Workspace) -> subprocess.CompletedProcess[str]:
 def direct(ws: Workspace, *args: str) -> subprocess.CompletedProcess[str]:
     """A read command run as the real program, checked to have read through the DB-API
     (SQLAlchemy never imported), not through the engine path it falls back to."""
-    argv = [sys.executable, "-X", "importtime", "-m", "watcher", "--config", str(ws.config)]
-    result = subprocess.run(
-        [*argv, *args],
-        cwd=ws.root,
-        env=ws.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = run_traced(ws, args)
     names = imported(result.stderr)
     assert "watcher" in names and "sqlalchemy" not in names
     assert [line for line in result.stderr.splitlines() if "import time:" not in line] == []
