@@ -15,7 +15,8 @@ Faults of a provider fleet (a load balancer over backends that are not in step):
 ``lag_blocks`` (0 = off) makes the proxy a node that many blocks behind: ``eth_blockNumber``,
 the ``latest``/``safe``/``finalized`` tags and blocks by number above the lagged head answer
 as a node that does not have those blocks yet (null blocks, unknown receipts, "header not
-found" for state), and ``eth_getLogs``/``trace_filter`` answer ``[]`` above it;
+found" for state, by number or by such a block's hash), and ``eth_getLogs``/``trace_filter``
+answer ``[]`` above it;
 ``finalized_lag`` makes the ``safe``/``finalized`` tags trail by that many more blocks (set it
 during a run: the tag moves backwards); ``disagree`` answers receipts with another block hash
 (a second URL that disagrees); ``stale_logs_next(n)`` answers the next ``n`` ``eth_getLogs``
@@ -382,8 +383,14 @@ class RpcProxy(Service):
                 tags[tag] = int(block["number"], 16)
             return tags[tag]
 
+        def hash_number(block_hash: str) -> int | None:
+            block = self._upstream_call("eth_getBlockByHash", [block_hash, False])
+            return int(block["number"], 16) if isinstance(block, dict) else None
+
         head = max(0, self._block_number("latest") - self.lag_blocks)
-        return ChainView(head, tag_number, self.finalized_lag, self.lag_blocks, self.disagree)
+        return ChainView(
+            head, tag_number, self.finalized_lag, self.lag_blocks, self.disagree, hash_number
+        )
 
     def _stale_log(self, entry: Any) -> bool:
         if not isinstance(entry, dict) or entry.get("method") != "eth_getLogs":

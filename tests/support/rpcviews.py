@@ -25,6 +25,7 @@ _AT_BLOCK = {
 _RANGED = ("eth_getLogs", "trace_filter")
 _BY_HASH = ("eth_getTransactionReceipt", "eth_getTransactionByHash")
 NOT_FOUND = {"code": -32000, "message": "header not found"}
+NOT_FOUND_BY_HASH = {"code": -32000, "message": "header for hash not found"}  # geth's words
 
 
 def _number(ref: Any) -> int | None:
@@ -46,13 +47,15 @@ def other_hash(value: Any) -> Any:
 @dataclass
 class ChainView:
     """One request's view: ``head`` is the lagging node's head; ``tag_number(tag)`` the real
-    node's number for ``safe``/``finalized``."""
+    node's number for ``safe``/``finalized``; ``hash_number(hash)`` the real node's number of
+    a block hash (None: unknown), for state read by block hash (EIP-1898)."""
 
     head: int
     tag_number: Callable[[str], int]
     tag_lag: int = 0
     lag: int = 0
     disagree: bool = False
+    hash_number: Callable[[str], int | None] = lambda block_hash: None
 
     def tag(self, tag: str) -> int:
         return max(0, min(self.head, self.tag_number(tag) - self.lag - self.tag_lag))
@@ -83,6 +86,11 @@ class ChainView:
             number = self.head if ref in ("latest", "pending") else _number(ref)
             if ref in TAGS:
                 number = self.tag(str(ref))
+            if isinstance(ref, dict) and isinstance(ref.get("blockHash"), str):
+                number = self.hash_number(ref["blockHash"])  # a block this node may not have
+                if number is not None and number > self.head:
+                    return None, {"jsonrpc": "2.0", "id": req_id, "error": NOT_FOUND_BY_HASH}
+                number = None  # forwarded as it is
             if number is not None and number > self.head:
                 return None, {"jsonrpc": "2.0", "id": req_id, "error": NOT_FOUND}
             if number is not None:

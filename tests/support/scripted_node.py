@@ -251,6 +251,12 @@ class ScriptedNode(Service):
             "gasLimit": q(30_000_000), "miner": ZERO,
         }  # fmt: skip
 
+    def rpc_eth_getBlockByHash(self, block_hash: str, full: bool = False) -> dict[str, Any] | None:
+        for block in self.blocks[: self.head + 1]:
+            if block.hash == block_hash.lower():
+                return self.rpc_eth_getBlockByNumber(q(block.number), full)
+        return None
+
     def rpc_eth_getTransactionByHash(self, tx_hash: str) -> dict[str, Any] | None:
         found = self._located(tx_hash)
         return None if found is None else tx_json(*found)

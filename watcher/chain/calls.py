@@ -143,18 +143,25 @@ def block_call(number: int | str, full: bool = False) -> Call:
     return ("eth_getBlockByNumber", [hex(number) if isinstance(number, int) else number, full])
 
 
-def balance_call(address: str, number: int) -> Call:
-    return ("eth_getBalance", [address, hex(number)])
+BlockRef = int | dict[str, Any]  # a block number, or a block by hash (EIP-1898)
+
+
+def _ref(at: BlockRef) -> Any:
+    return hex(at) if isinstance(at, int) else at
+
+
+def balance_call(address: str, at: BlockRef) -> Call:
+    return ("eth_getBalance", [address, _ref(at)])
 
 
 def nonce_call(address: str, number: int) -> Call:
     return ("eth_getTransactionCount", [address, hex(number)])
 
 
-def token_balance_call(token: str, address: str, number: int) -> Call:
-    """``balanceOf(address)`` of the ERC-20 ``token`` at block ``number``, by ``eth_call``."""
+def token_balance_call(token: str, address: str, at: BlockRef) -> Call:
+    """``balanceOf(address)`` of the ERC-20 ``token`` at block ``at``, by ``eth_call``."""
     data = BALANCE_OF + "0" * 24 + address[2:].lower()
-    return ("eth_call", [{"to": token, "data": data}, hex(number)])
+    return ("eth_call", [{"to": token, "data": data}, _ref(at)])
 
 
 def outflow_logs_call(chain: ChainSettings, tokens: Sequence[str], first: int, last: int) -> Call:

@@ -50,11 +50,12 @@ class HitReads(RangeState):
             tx_blocks[f.tx_hash] = f.block_hash
         tx_hashes = sorted(tx_blocks)
         deep = sorted({f.tx_hash for f in frames if f.deep})
-        # A hit block's header is read in the reorg window (its parent hash, stored, makes a
-        # rewind land on the exact common ancestor); below it only for its time: not when a
-        # log or a receipt read here names it (``blockTimestamp``), and then only if the
+        # A hit block's header is read in the reorg window, above ``self.window`` (its parent
+        # hash, stored, makes a rewind land on the exact common ancestor; no reorg forks below
+        # the final block, and deeper hashes are not kept); below it only for its time: not
+        # when a log or a receipt read here names it (``blockTimestamp``), and then only if the
         # receipt did not (older nodes: one more round trip).
-        floor = self.last - self.chain.reorg_depth
+        floor = self.window
         covered = {f.block_number for f in frames}
         headed = {n for n, b in self.blocks.items() if b.parent_hash}
         hits = {n for n, _, _ in self.checks}

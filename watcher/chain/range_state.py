@@ -35,6 +35,7 @@ class RangeState:
         self.mode = chain.internal if native else "none"
         self.ends = native and (chain.balance_guard or self.mode == "off")
         self.before_at = max(first - 1, 0)
+        self.window = last - chain.reorg_depth  # hit blocks above it: their parent hash kept
         self.blocks: dict[int, Block] = {}
         self.checks: list[tuple[int, Any, str]] = []  # (block, the hash an answer names, what)
         self.no_state = ""  # why the node could not give the balance at a range end

@@ -76,6 +76,8 @@ class _ChainScan(Reorgs):
     ``Reorgs``; cursor and chain state: ``ScanState``)."""
 
     final_read = True  # whether this poll read the final block (False: the last one seen)
+    head_header: object = None  # the head's header as the poll's first request read it
+    head_number = -1
 
     # -- the poll ----------------------------------------------------------------------------
 
@@ -169,15 +171,17 @@ class _ChainScan(Reorgs):
         block was ever recorded; otherwise the final block is the last one seen
         (``final_read`` False: ``_poll`` reads the tag later if the poll needs it).
 
-        The chunk ending at the head reads the head's header again, in its own batch: a
-        backend behind the one that answered here (a load balancer) answers that header with
-        null, where it would answer the range's logs and traces with ``[]``."""
+        The chunk ending at the head does not read the head's header again: its batch asks the
+        end balance by the head's hash (``watcher.chain.links``), which a backend behind the one
+        that answered here (a load balancer) refuses, where it would answer the range's logs
+        and traces with ``[]``."""
         tag = finality_tag(self.chain.finality)
         ask_tag = tag is not None and (self.final_seen < 0 or bool(self.ledger.waiting(ANY_BLOCK)))
         calls = [sources.block_call("latest")]
         calls += [sources.block_call(tag)] if tag is not None and ask_tag else []
         answers = self.pool.batch(calls)
         head = sources.parse_block(answers[0], -1)
+        self.head_header, self.head_number = answers[0], head.number
         self.final_read = tag is None or ask_tag
         if not self.final_read:
             return head.number, head.hash, max(self.final_seen, -1)
@@ -255,11 +259,15 @@ class _ChainScan(Reorgs):
         start: Chunk | None = None, *,
         points: Mapping[int, tuple[int, int]] | None = None,
     ) -> Chunk:  # fmt: skip
-        """Read ``first..last``: block ``last``'s header is always in the range's own batch."""
+        """Read ``first..last``; the chunk ending at the head takes the head's header read by
+        ``_head`` (proven in the range's batch, see ``sources.fetch_chunk``)."""
+        at_head = last == self.head_number
+        top = max(self.head_number, last) - self.chain.reorg_depth  # the reorg window's floor
         return sources.fetch_chunk(
             self.pool, self.chain, first, last, self.sizers,
             parent_hash=parent_hash, balance_before=balance_before, native=self.native,
-            start=start, points=points,
+            start=start, points=points, window=max(top, self.final_at_start),
+            head_header=self.head_header if at_head else None,
         )  # fmt: skip
 
     def _commit(self, chunk: Chunk, events: list[GuardEvent]) -> None:

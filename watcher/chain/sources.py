@@ -14,18 +14,19 @@ at it (or the node lacks the old state to bisect):
 - Native reading is skipped entirely when the caller says no native inflow matters
   (``native=False``: no retainer in the native asset and no balance guard).
 
-One range costs one batched round trip (the header of ``last`` unless the caller holds it:
-the head's; the link to the cursor, ``watcher.chain.links``, or ``first``'s header; logs,
-traces, balances at the end), plus one for the receipts of the hits, plus the bisection rounds
-in ``off`` mode.
+One range costs one batched round trip (the header of ``last``, or for the chunk ending at
+the head, whose header the poll's first request read, the end balance by the head's hash; the
+link to the cursor, ``watcher.chain.links``, or ``first``'s header; logs, traces, balances at
+the end), plus one for the receipts of the hits, plus the bisection rounds in ``off`` mode.
 A hit block's time comes from the log or receipt when the node says it (``blockTimestamp``:
 Anvil, geth >= 1.16, reth); its header is read only when it does not (older nodes: in the
 receipts' round trip for log hits, one more for trace hits), or when the block is in the reorg
-window (the last ``reorg_depth`` blocks of the range: the stored parent hash keeps a rewind
-exact). The link of ``first`` to the cursor is checked (by state, or by its header's parent
-hash); every answer naming a block hash (log, trace, receipt) must name the same hash as the
-header, or as every other answer for that block when no header is read (finality checks each
-transfer's block hash again).
+window (above the poll's final block and within ``reorg_depth`` of its head: the stored parent
+hash keeps a rewind exact; a reorg cannot fork below the final block, and deeper blocks'
+hashes are not kept). The link of ``first`` to the cursor is
+checked (by state, or by its header's parent hash); every answer naming a block hash (log,
+trace, receipt) must name the same hash as the header, or as every other answer for that block
+when no header is read (finality checks each transfer's block hash again).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from watcher.chain.calls import (
     NATIVE_DECIMALS,
     TRANSFER_TOPIC,
     Batch,
+    BlockRef,
     address_topic,
     as_list,
     balance_answer,
@@ -62,7 +64,14 @@ from watcher.chain.calls import (
 from watcher.chain.chunk import Block, ChainMoved, Chunk, Inflow
 from watcher.chain.erc20 import erc20_inflows, token_outflows
 from watcher.chain.hit_reads import HitReads
-from watcher.chain.links import canonical_call, links_by_state, stop_links_by_state
+from watcher.chain.links import (
+    Unproven,
+    canonical,
+    canonical_call,
+    lags,
+    links_by_state,
+    stop_links_by_state,
+)
 from watcher.chain.native import LOCATE_FANOUT, Point, locate_jump, missing_state, point
 from watcher.chain.receipts import (
     block_hashes,
@@ -111,6 +120,8 @@ def fetch_chunk(
     native: bool = True,
     start: Chunk | None = None,
     points: Mapping[int, Point] | None = None,
+    window: int | None = None,
+    head_header: Any = None,
 ) -> Chunk:
     """Read blocks ``first..last`` and everything in them paid to the wallet.
 
@@ -121,19 +132,40 @@ def fetch_chunk(
     The native balance at both ends is read whenever native reading needs it (the balance
     guard, or bisection), whatever ``balance_before`` says (kept for callers). ``start`` is the
     chunk that ended at ``first - 1`` on this chain, when there is one: the balances (and nonce)
-    it read at its end are this range's start, not read again. Block ``last``'s header is
-    always asked in the range's own batch, never taken from an earlier answer: a backend
-    behind the head answers it with null, where it answers logs and traces with ``[]``
-    (a one-block range needs no other header: its parent hash is the link). ``points``
+    it read at its end are this range's start, not read again. Block ``last``'s header is asked in
+    the range's own batch, never taken from an earlier answer: a backend behind the head
+    answers it with null, where it answers logs and traces with ``[]`` (a one-block range
+    needs no other header: its parent hash is the link). The exception is ``head_header``, the
+    poll's own answer for the head when ``last`` is the head: the batch then asks the end
+    balance by that block's hash instead (``watcher.chain.links``), and a node that does not
+    confirm it has the range read again with the header. Hit blocks above ``window``
+    (the scanner's: its final block, or its head less ``reorg_depth`` if higher; default
+    ``last - reorg_depth``) have their headers read for the parent hash. ``points``
     are an earlier read's bisection points of the same range (``Chunk.points``): bisection
     takes them when the range's ends still give the same balance and nonce.
     """
     del balance_before
-    reader = _Reader(pool, chain, first, last, sizers, native)
-    if start is not None and start.last == first - 1 and start.linked:
-        reader.start = start
-    reader.prior = dict(points or {})
-    return reader.read(parent_hash)
+
+    def reader() -> _Reader:
+        one = _Reader(pool, chain, first, last, sizers, native)
+        one.window = last - chain.reorg_depth if window is None else window
+        if start is not None and start.last == first - 1 and start.linked:
+            one.start = start
+        one.prior = dict(points or {})
+        return one
+
+    held = head_header is not None and chain.internal != "debug_trace" and links_by_state(pool)
+    if not held:
+        return reader().read(parent_hash, None)
+    try:
+        return reader().read(parent_hash, head_header)
+    except Unproven as unproven:
+        chunk = reader().read(parent_hash, None)  # the header in the range's own batch
+        end = chunk.blocks[-1] if chunk.linked else None
+        refused = not lags(unproven.answer)  # not a lagging node: it refuses the form
+        if refused and end is not None and same(end.hash, head_header.get("hash")):
+            stop_links_by_state(pool, chain.name, str(unproven.answer))
+        return chunk
 
 
 class _Reader(BalanceReads, HitReads):
@@ -142,9 +174,17 @@ class _Reader(BalanceReads, HitReads):
 
     # -- the range ---------------------------------------------------------------------------
 
-    def read(self, parent_hash: str | None) -> Chunk:
+    def read(self, parent_hash: str | None, head_header: Any) -> Chunk:
+        """The range, linked to ``parent_hash``; ``head_header`` is block ``last``'s header
+        when the caller read it (the head): proven by the end balance by hash, not read again
+        (``Unproven`` when the node does not confirm it)."""
         chain, first, last, wallet = self.chain, self.first, self.last, self.wallet
         dense = self.mode == "debug_trace"
+        guarded = [t.address for t in chain.tokens if t.balance_guard]
+        # The head's header is taken only when an end balance read anyway can prove it.
+        rides = head_header is not None and (self.ends or bool(guarded))
+        held = self._header(head_header, last) if rides else None
+        at_end: BlockRef = last if held is None else canonical(held.hash)
         numbers = list(range(first, last + 1)) if dense else sorted({first, last})
         # The link to the cursor by state (EIP-1898) instead of block first's header, which
         # on a busy chain is mostly transaction hashes: the cursor block must be canonical.
@@ -154,11 +194,12 @@ class _Reader(BalanceReads, HitReads):
         )  # fmt: skip
         if probe:
             numbers = [last]
+        if held is not None:
+            numbers.remove(last)
         log_ranges = list(self.sizers["eth_getLogs"].ranges(first, last)) if chain.tokens else []
         trace_ranges: list[tuple[int, int]] = []
         if self.mode == "trace_filter":
             trace_ranges = list(self.sizers["trace_filter"].ranges(first, last))
-        guarded = [t.address for t in chain.tokens if t.balance_guard]
         batch = Batch()
         batch.add("logs", [logs_call(chain, a, b) for a, b in log_ranges])
         batch.add("traces", [trace_filter_call(chain, a, b) for a, b in trace_ranges])
@@ -176,18 +217,28 @@ class _Reader(BalanceReads, HitReads):
         }
         if self.ends:  # the nonce only for bisection: with traces the balance tells spending
             asked = ends if known_lo is None else (last,)
-            batch.add("ends", [balance_call(wallet, n) for n in asked])
+            end = balance_call(wallet, at_end)  # by the held head's hash: its proof
+            batch.add("ends", [balance_call(wallet, n) for n in asked[:-1]] + [end])
             off = self.mode == "off"
             batch.add("nonces", [nonce_call(wallet, n) for n in asked] if off else [])
         token_ends = {t: (last,) if t in known_tokens else ends for t in guarded}
-        batch.add(
-            "tokens", [token_balance_call(t, wallet, n) for t in guarded for n in token_ends[t]]
-        )
+        batch.add("tokens", [
+            token_balance_call(t, wallet, at_end if n == last else n)
+            for t in guarded for n in token_ends[t]
+        ])  # fmt: skip
         if dense:
             batch.add("debug", [debug_trace_call(n) for n in numbers])
         batch.send(self.pool)
 
         headers = [self._header(raw, n) for n, raw in zip(numbers, batch["headers"], strict=True)]
+        headers += [] if held is None else [held]
+        if held is not None:  # before any other read: an unproven batch is read again
+            words = iter(batch["tokens"])
+            proofs = [batch["ends"][-1]] if self.ends else []
+            proofs += [[next(words) for _ in token_ends[t]][-1] for t in guarded]
+            refused = [p for p in proofs if p is None or isinstance(p, BaseException)]
+            if refused:
+                raise Unproven(last, refused[0])
         linked_by_state = probe and self._linked_by_state(batch["link"][0])
         if probe and not linked_by_state:  # not canonical, or no answer: block first's header
             headers.insert(0, self._header(self.pool.batch([block_call(first)])[0], first))
