@@ -476,9 +476,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
-        with self.owner._lock:
+        with self.owner._lock:  # counted before the client can read it: no race with its reader
             self.owner.bytes_sent += len(body)
+        self.wfile.write(body)
 
     def reply_json(self, status: int, value: Any) -> None:
         body = json.dumps(value).encode()
