@@ -305,11 +305,13 @@ def test_a_range_batch_from_a_lagging_backend_is_read_again_in_the_same_poll(
     tx = h.pay(10**15)
     real_view = lagging_after(proxy, {1, 3, 4, 5, 6})  # the head, then all but the range's POST
     try:
-        calls, found = counted.poll()
+        with structlog.testing.capture_logs() as logs:
+            calls, found = counted.poll()
     finally:
         proxy._view = real_view  # type: ignore[method-assign]
         proxy.lag_blocks = 0
     assert found == 1 and [t.tx_hash for t in h.transfers()] == [tx]
+    assert [e["event"] for e in logs].count("scan.head_unproven") == 1
     assert calls[HEADER] >= 2  # the head, and the re-read's own header of it
     h.node.mine(1)
     before = proxy.asked.copy()

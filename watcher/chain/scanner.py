@@ -171,10 +171,10 @@ class _ChainScan(Reorgs):
         block was ever recorded; otherwise the final block is the last one seen
         (``final_read`` False: ``_poll`` reads the tag later if the poll needs it).
 
-        The chunk ending at the head does not read the head's header again: its batch asks the
-        end balance by the head's hash (``watcher.chain.links``), which a backend behind the one
-        that answered here (a load balancer) refuses, where it would answer the range's logs
-        and traces with ``[]``."""
+        The chunk ending at the head does not read the head's header again: its batch asks its
+        end balances by the head's hash (``watcher.chain.links``), which a backend behind the
+        one that answered here (a load balancer) refuses, where it would answer the range's
+        logs and traces with ``[]`` (a range with no end balance to ask reads the header)."""
         tag = finality_tag(self.chain.finality)
         ask_tag = tag is not None and (self.final_seen < 0 or bool(self.ledger.waiting(ANY_BLOCK)))
         calls = [sources.block_call("latest")]

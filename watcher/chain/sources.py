@@ -136,9 +136,10 @@ def fetch_chunk(
     the range's own batch, never taken from an earlier answer: a backend behind the head
     answers it with null, where it answers logs and traces with ``[]`` (a one-block range
     needs no other header: its parent hash is the link). The exception is ``head_header``, the
-    poll's own answer for the head when ``last`` is the head: the batch then asks the end
-    balance by that block's hash instead (``watcher.chain.links``), and a node that does not
-    confirm it has the range read again with the header. Hit blocks above ``window``
+    poll's own answer for the head when ``last`` is the head: when the range reads end balances
+    (the wallet's, guarded tokens') the batch asks them by that block's hash instead
+    (``watcher.chain.links``), and a node that does not confirm it has the range read again
+    with the header. Hit blocks above ``window``
     (the scanner's: its final block, or its head less ``reorg_depth`` if higher; default
     ``last - reorg_depth``) have their headers read for the parent hash. ``points``
     are an earlier read's bisection points of the same range (``Chunk.points``): bisection
@@ -160,6 +161,7 @@ def fetch_chunk(
     try:
         return reader().read(parent_hash, head_header)
     except Unproven as unproven:
+        log.info("scan.head_unproven", chain=chain.name, block=last, reason=str(unproven.answer))
         chunk = reader().read(parent_hash, None)  # the header in the range's own batch
         end = chunk.blocks[-1] if chunk.linked else None
         refused = not lags(unproven.answer)  # not a lagging node: it refuses the form
