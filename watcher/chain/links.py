@@ -33,6 +33,9 @@ from watcher.chain.rpc import Call, RpcPool
 log = structlog.get_logger("watcher.chain.sources")
 
 _NO_LINKS_BY_STATE: WeakSet[RpcPool] = WeakSet()
+# A node's words for a block it does not have (geth "header for hash not found", Anvil
+# "Resource not found", Nethermind "could not be found") or not on its chain ("not canonical").
+_LAGS = ("not found", "not be found", "unknown", "canonical")
 
 
 def canonical(block_hash: str) -> dict[str, Any]:
@@ -70,4 +73,4 @@ def lags(answer: object) -> bool:
     """Whether a refused read by block hash says the node lacks that block (it is behind, or
     the block left its chain) rather than refusing the form."""
     text = "" if answer is None else str(answer).lower()
-    return answer is None or any(w in text for w in ("not found", "unknown", "canonical"))
+    return answer is None or ("method not found" not in text and any(w in text for w in _LAGS))
