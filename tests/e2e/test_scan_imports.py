@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Not for a scan: the notifier (apprise), ABI codecs and eth_utils (the reader decodes words
 # and checksums itself), web3, a terminal's progress bar, SQLAlchemy's PostgreSQL dialect on
 # a SQLite database; the renewal round and the invoicing it does (``tick`` and the daemon run
-# them, a scan never does).
+# them, a scan never does); the status document (the lock needs one constant of it).
 NOT_FOR_SCAN = (
     "apprise",
     "web3",
@@ -30,6 +30,8 @@ NOT_FOR_SCAN = (
     "sqlalchemy.dialects.postgresql",
     "watcher.ledger.renewals",
     "watcher.ledger.invoices",
+    "watcher.runtime.status",
+    "watcher.runtime.status_read",
 )
 
 
@@ -51,7 +53,8 @@ def node() -> Iterator[AnvilNode]:
 
 def test_scan_imports_only_what_scanning_needs(node: AnvilNode, tmp_path: Path) -> None:
     """A scan to the head (exit 0, JSON report) imports neither the notifier, web3, the ABI
-    codecs, the progress bar, the PostgreSQL dialect nor the renewal round."""
+    codecs, the progress bar, the PostgreSQL dialect, the renewal round nor the status
+    document."""
     config = tmp_path / "watcher.toml"
     config.write_text(
         f"""[database]
