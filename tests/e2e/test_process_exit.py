@@ -84,6 +84,35 @@ internal = "trace_filter"
     assert again.returncode == 0 and '"cursor_before": 3' in again.stdout
 
 
+def test_a_profiled_run_still_writes_its_profile(tmp_path: Path) -> None:
+    """Under ``python -m cProfile -o FILE -m watcher`` the process exits as the interpreter does,
+    so the profiler writes its report (cProfile itself swallows the SystemExit: exit 0)."""
+    config = tmp_path / "watcher.toml"
+    config.write_text(
+        f"""[database]
+url = "sqlite:///{tmp_path / "watcher.db"}"
+[[chains]]
+name = "anvil"
+chain_id = 31337
+rpc_urls = ["http://127.0.0.1:9"]
+receiving_address = "{WALLET}"
+"""
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
+    profile = tmp_path / "scan.prof"
+    profiled = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "watcher"]
+    done = subprocess.run(
+        [*profiled, "--config", str(config), "scan", "--from", "-1"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "proofwatch: error: --from -1 must be a block number >= 0" in done.stderr
+    assert profile.stat().st_size > 0
+
+
 def test_error_exit_codes_and_messages_are_kept(tmp_path: Path) -> None:
     """Bad input still exits 2 with its one line, an uninitialised database 1, and the help
     of a bare ``proofwatch`` 2 (Typer's no-arguments help), all without the teardown."""

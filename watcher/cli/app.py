@@ -229,14 +229,16 @@ def _end_process(code: int) -> NoReturn:
     the output flushed, the ``atexit`` hooks run (logging's, weakref finalizers), the engines
     disposed (``watcher.store.db.dispose_engines``: SQLite connections closed, so SQLite
     checkpoints and removes its WAL file as before). While a non-daemon thread still runs
-    (the interpreter would wait for it), or when the output cannot be flushed (a closed pipe:
-    the interpreter reports it and exits 120), it is the interpreter's own exit after all.
+    (the interpreter would wait for it), under a profiler or tracer (``python -m cProfile``
+    writes its report after the program returns), or when the output cannot be flushed (a
+    closed pipe: the interpreter reports it and exits 120), it is the interpreter's own exit.
     """
     waiting = any(
         t.is_alive() and not t.daemon and t is not threading.main_thread()
         for t in threading.enumerate()
     )
-    if not waiting and _flushed():
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if not waiting and not watched and _flushed():
         atexit._run_exitfuncs()
         db = sys.modules.get("watcher.store.db")
         if db is not None:
