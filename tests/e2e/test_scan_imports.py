@@ -19,7 +19,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 # Not for a scan: the notifier (apprise), ABI codecs and eth_utils (the reader decodes words
 # and checksums itself), web3, a terminal's progress bar, SQLAlchemy's PostgreSQL dialect on
-# a SQLite database.
+# a SQLite database; the renewal round and the invoicing it does (``tick`` and the daemon run
+# them, a scan never does); the status document (the lock needs one constant of it).
 NOT_FOR_SCAN = (
     "apprise",
     "web3",
@@ -27,6 +28,10 @@ NOT_FOR_SCAN = (
     "eth_utils",
     "rich.progress",
     "sqlalchemy.dialects.postgresql",
+    "watcher.ledger.renewals",
+    "watcher.ledger.invoices",
+    "watcher.runtime.status",
+    "watcher.runtime.status_read",
 )
 
 
@@ -48,7 +53,8 @@ def node() -> Iterator[AnvilNode]:
 
 def test_scan_imports_only_what_scanning_needs(node: AnvilNode, tmp_path: Path) -> None:
     """A scan to the head (exit 0, JSON report) imports neither the notifier, web3, the ABI
-    codecs, the progress bar nor the PostgreSQL dialect."""
+    codecs, the progress bar, the PostgreSQL dialect, the renewal round nor the status
+    document."""
     config = tmp_path / "watcher.toml"
     config.write_text(
         f"""[database]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import atexit
+import os
 import sys
+import threading
 import traceback
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 import typer.main
@@ -176,8 +179,19 @@ def _app_for(args: list[str]) -> typer.Typer:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: exit codes 0/1/2/3 and one-line errors (tracebacks only with --debug)."""
-    args = _hoist_globals(list(sys.argv[1:] if argv is None else argv))
+    """Entry point: exit codes 0/1/2/3 and one-line errors (tracebacks only with --debug).
+
+    Without ``argv`` it runs the process's own command line (``proofwatch``, ``python -m
+    watcher``) and ends the process itself (``_end_process``); with ``argv`` (a caller in the
+    same process) it raises ``SystemExit`` as ``sys.exit`` does."""
+    code = _run(_hoist_globals(list(sys.argv[1:] if argv is None else argv)))
+    if argv is None:
+        _end_process(code)
+    sys.exit(code)
+
+
+def _run(args: list[str]) -> int:
+    """Run ``args``; the process's exit code."""
     debug = "--debug" in args
     try:
         # Without standalone mode a command's ``raise typer.Exit(n)`` comes back as the result.
@@ -185,25 +199,62 @@ def main(argv: list[str] | None = None) -> None:
     except WatcherError as exc:
         if debug:
             traceback.print_exc()
-        sys.exit(fail(exc))
+        return fail(exc)
     except _with_click("Exit", typer.Exit) as exc:
-        sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        return int(exc.exit_code)  # type: ignore[attr-defined]
     except _with_click("ClickException", _TYPER_ERROR) as exc:
         message = " ".join(exc.format_message().split())  # type: ignore[attr-defined]
         if message:  # empty when the help was shown instead (no arguments)
             sys.stderr.write(f"proofwatch: error: {message}\n")
-        sys.exit(2)
+        return 2
     except _with_click("Abort", typer.Abort):
         sys.stderr.write("proofwatch: aborted\n")
-        sys.exit(1)
+        return 1
     except KeyboardInterrupt:
-        sys.exit(130)
+        return 130
     except Exception as exc:  # a bug: one line, exit 1, traceback with --debug
         if debug:
             traceback.print_exc()
         sys.stderr.write(f"proofwatch: internal error: {type(exc).__name__}: {exc}\n")
-        sys.exit(1)
-    sys.exit(result if isinstance(result, int) and not isinstance(result, bool) else 0)
+        return 1
+    return result if isinstance(result, int) and not isinstance(result, bool) else 0
+
+
+def _end_process(code: int) -> NoReturn:
+    """End the process with ``code`` as the interpreter's own exit would, without its teardown.
+
+    At exit CPython frees every loaded module and collects their garbage: once SQLAlchemy,
+    SQLModel and pydantic are loaded that is about 0.1 s of every command (issue 11), to free
+    memory the OS takes back at once anyway. What that exit does that matters is done here:
+    the output flushed, the ``atexit`` hooks run (logging's, weakref finalizers), the engines
+    disposed (``watcher.store.db.dispose_engines``: SQLite connections closed, so SQLite
+    checkpoints and removes its WAL file as before). While a non-daemon thread still runs
+    (the interpreter would wait for it), under a profiler or tracer (``python -m cProfile``
+    writes its report after the program returns), or when the output cannot be flushed (a
+    closed pipe: the interpreter reports it and exits 120), it is the interpreter's own exit.
+    """
+    waiting = any(
+        t.is_alive() and not t.daemon and t is not threading.main_thread()
+        for t in threading.enumerate()
+    )
+    watched = sys.getprofile() is not None or sys.gettrace() is not None
+    if not waiting and not watched and _flushed():
+        atexit._run_exitfuncs()
+        db = sys.modules.get("watcher.store.db")
+        if db is not None:
+            db.dispose_engines()
+        if _flushed():
+            os._exit(code)
+    sys.exit(code)
+
+
+def _flushed() -> bool:
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 __all__ = ["app", "context", "main"]

@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from watcher.errors import WatcherError
-from watcher.runtime.status import RUNNING_WITHIN
+from watcher.runtime.status_doc import RUNNING_WITHIN
 from watcher.settings import Settings
 from watcher.store.db import read_session, sqlite_path, transaction
 from watcher.store.outbox import iso

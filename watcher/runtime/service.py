@@ -18,13 +18,13 @@ from watcher.chain.rpc import RpcPool
 from watcher.errors import WatcherError
 from watcher.ledger import token_decimals
 from watcher.ledger.context import Context
-from watcher.ledger.renewals import RenewalReport, run_renewals
 from watcher.ledger.scanning import ScanReport, scan_chain
 from watcher.ledger.settlement import Settlement
 from watcher.settings import ChainSettings
 from watcher.store.db import read_session, transaction
 
-if TYPE_CHECKING:  # delivery imports apprise: loaded when a round delivers, not by `scan`
+if TYPE_CHECKING:  # delivery imports apprise, renewals invoicing: loaded by the rounds, not `scan`
+    from watcher.ledger.renewals import RenewalReport
     from watcher.notify.outbox import Channel, DeliveryReport
 
 log = structlog.get_logger("watcher.service")
@@ -112,6 +112,8 @@ class Watcher:
         )
 
     def renew(self) -> RenewalReport:
+        from watcher.ledger.renewals import run_renewals
+
         return run_renewals(self.ctx.engine, self.ctx.settings, self.ctx.now())
 
     def deliver(self) -> DeliveryReport:

@@ -12,6 +12,7 @@ and SQLite's engine setup (pragmas, ``BEGIN IMMEDIATE``) only on SQLite.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -146,6 +147,24 @@ def make_engine(url: str, *, readonly: bool = False) -> Engine:
     transactions and never waits for a writer (WAL). PostgreSQL sessions run in UTC (the
     timestamps are stored as UTC without a zone, and ``CURRENT_TIMESTAMP`` must agree).
     """
+    engine = _make_engine(url, readonly=readonly)
+    _engines.add(engine)
+    return engine
+
+
+# Every engine ``make_engine`` made and not yet garbage: the CLI disposes them when it ends its
+# process without the interpreter's teardown (``watcher.cli.app._end_process``).
+_engines: weakref.WeakSet[Engine] = weakref.WeakSet()
+
+
+def dispose_engines() -> None:
+    """Close the pooled connections of every engine still alive (SQLite then checkpoints and
+    removes its WAL file, as when the interpreter frees the engine at exit)."""
+    for engine in list(_engines):
+        engine.dispose()
+
+
+def _make_engine(url: str, *, readonly: bool) -> Engine:
     if url.startswith("sqlite:///"):
         path = url.removeprefix("sqlite:///")
         if path and path != ":memory:":
