@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.anvil import AnvilNode
+from tests.support.one_chain import one_chain_config
 
-WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
 REPO = Path(__file__).resolve().parents[2]
 
 # ``python -m watcher ARGS`` with two markers: TEARDOWN is written when the interpreter frees
@@ -60,18 +60,8 @@ def run(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def test_scan_exits_without_teardown_and_keeps_what_it_did(node: AnvilNode, tmp_path: Path) -> None:
     """A scan to the head exits 0 with its whole JSON report and log lines, runs the atexit
     hooks, closes the SQLite database (no WAL file left), and skips the module teardown."""
-    config = tmp_path / "watcher.toml"
-    config.write_text(
-        f"""[database]
-url = "sqlite:///{tmp_path / "watcher.db"}"
-[[chains]]
-name = "anvil"
-chain_id = 31337
-rpc_urls = ["{node.url}"]
-receiving_address = "{WALLET}"
-internal = "trace_filter"
-"""
-    )
+    assert node.url is not None
+    config = one_chain_config(tmp_path, node.url, internal="trace_filter")
     assert run(config, "init").returncode == 0
     done = run(config, "scan", "--json")
     assert done.returncode == 0, done.stderr[-2000:]
@@ -87,17 +77,7 @@ internal = "trace_filter"
 def test_a_profiled_run_still_writes_its_profile(tmp_path: Path) -> None:
     """Under ``python -m cProfile -o FILE -m watcher`` the process exits as the interpreter does,
     so the profiler writes its report (cProfile itself swallows the SystemExit: exit 0)."""
-    config = tmp_path / "watcher.toml"
-    config.write_text(
-        f"""[database]
-url = "sqlite:///{tmp_path / "watcher.db"}"
-[[chains]]
-name = "anvil"
-chain_id = 31337
-rpc_urls = ["http://127.0.0.1:9"]
-receiving_address = "{WALLET}"
-"""
-    )
+    config = one_chain_config(tmp_path, "http://127.0.0.1:9")  # nothing listens: never asked
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
     profile = tmp_path / "scan.prof"
     profiled = [sys.executable, "-m", "cProfile", "-o", str(profile), "-m", "watcher"]
@@ -116,17 +96,7 @@ receiving_address = "{WALLET}"
 def test_error_exit_codes_and_messages_are_kept(tmp_path: Path) -> None:
     """Bad input still exits 2 with its one line, an uninitialised database 1, and the help
     of a bare ``proofwatch`` 2 (Typer's no-arguments help), all without the teardown."""
-    config = tmp_path / "watcher.toml"
-    config.write_text(
-        f"""[database]
-url = "sqlite:///{tmp_path / "watcher.db"}"
-[[chains]]
-name = "anvil"
-chain_id = 31337
-rpc_urls = ["http://127.0.0.1:9"]
-receiving_address = "{WALLET}"
-"""
-    )
+    config = one_chain_config(tmp_path, "http://127.0.0.1:9")  # nothing listens: never asked
     bad = run(config, "scan", "--from", "-1")
     assert (bad.returncode, bad.stdout) == (2, "")
     assert "proofwatch: error: --from -1 must be a block number >= 0\n" in bad.stderr

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.anvil import AnvilNode
+from tests.support.one_chain import one_chain_config
 
-WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
 REPO = Path(__file__).resolve().parents[2]
 
 # Not for a scan: the notifier (apprise), ABI codecs and eth_utils (the reader decodes words
@@ -55,18 +55,8 @@ def test_scan_imports_only_what_scanning_needs(node: AnvilNode, tmp_path: Path) 
     """A scan to the head (exit 0, JSON report) imports neither the notifier, web3, the ABI
     codecs, the progress bar, the PostgreSQL dialect, the renewal round nor the status
     document."""
-    config = tmp_path / "watcher.toml"
-    config.write_text(
-        f"""[database]
-url = "sqlite:///{tmp_path / "watcher.db"}"
-[[chains]]
-name = "anvil"
-chain_id = 31337
-rpc_urls = ["{node.url}"]
-receiving_address = "{WALLET}"
-internal = "trace_filter"
-"""
-    )
+    assert node.url is not None
+    config = one_chain_config(tmp_path, node.url, internal="trace_filter")
     env = {k: v for k, v in os.environ.items() if not k.startswith("WATCHER_")}
     base = [sys.executable, "-X", "importtime", "-m", "watcher", "--config", str(config)]
     init = subprocess.run(
