@@ -23,10 +23,10 @@ Anvil, geth >= 1.16, reth); its header is read only when it does not (older node
 receipts' round trip for log hits, one more for trace hits), or when the block is in the reorg
 window (above the poll's final block and within ``reorg_depth`` of its head: the stored parent
 hash keeps a rewind exact; a reorg cannot fork below the final block, and deeper blocks'
-hashes are not kept). The link of ``first`` to the cursor is
-checked (by state, or by its header's parent hash); every answer naming a block hash (log,
-trace, receipt) must name the same hash as the header, or as every other answer for that block
-when no header is read (finality checks each transfer's block hash again).
+hashes are not kept). The link of ``first`` to the cursor is checked (by state, or by its
+header's parent hash); every answer naming a block hash (log, trace, receipt) must name the
+same hash as the header, or as every other answer for that block when no header is read
+(finality checks each transfer's block hash again).
 """
 
 from __future__ import annotations
@@ -132,18 +132,18 @@ def fetch_chunk(
     The native balance at both ends is read whenever native reading needs it (the balance
     guard, or bisection), whatever ``balance_before`` says (kept for callers). ``start`` is the
     chunk that ended at ``first - 1`` on this chain, when there is one: the balances (and nonce)
-    it read at its end are this range's start, not read again. Block ``last``'s header is asked in
-    the range's own batch, never taken from an earlier answer: a backend behind the head
-    answers it with null, where it answers logs and traces with ``[]`` (a one-block range
+    it read at its end are this range's start, not read again. Block ``last``'s header is
+    asked in the range's own batch, never taken from an earlier answer: a backend behind the
+    head answers it with null, where it answers logs and traces with ``[]`` (a one-block range
     needs no other header: its parent hash is the link). The exception is ``head_header``, the
-    poll's own answer for the head when ``last`` is the head: when the range reads end balances
-    (the wallet's, guarded tokens') the batch asks them by that block's hash instead
+    poll's own answer for the head when ``last`` is the head: when the range reads end
+    balances (the wallet's, guarded tokens') the batch asks them by that block's hash instead
     (``watcher.chain.links``), and a node that does not confirm it has the range read again
-    with the header. Hit blocks above ``window``
-    (the scanner's: its final block, or its head less ``reorg_depth`` if higher; default
-    ``last - reorg_depth``) have their headers read for the parent hash. ``points``
-    are an earlier read's bisection points of the same range (``Chunk.points``): bisection
-    takes them when the range's ends still give the same balance and nonce.
+    with the header. Hit blocks above ``window`` (the scanner's: its final block, or its head
+    less ``reorg_depth`` if higher; default ``last - reorg_depth``) have their headers read for
+    the parent hash. ``points`` are an earlier read's bisection points of the same range
+    (``Chunk.points``): bisection takes them when the range's ends still give the same balance
+    and nonce.
     """
     del balance_before
 
