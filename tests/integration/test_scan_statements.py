@@ -5,17 +5,13 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator
-from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
-import pytest
 import structlog
 from sqlalchemy import event
 from sqlmodel import Session, func, select
 
-from tests.support.base_ledger import PAYER, USDC, base_context
+from tests.support.base_ledger import NOW, PAYER, USDC
 from watcher.chain.chunk import Block, Inflow
 from watcher.chain.findings import Findings
 from watcher.ledger.context import Context
@@ -24,15 +20,6 @@ from watcher.ledger.scanning_rows import store_inflows
 from watcher.ledger.settlement import Settlement
 from watcher.store.db import read_session, transaction
 from watcher.store.tables import OutboxEvent, TokenDecimals, Transfer
-
-NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def ctx(tmp_path: Path, db_url: str) -> Iterator[Context]:
-    ctx = base_context(tmp_path, db_url, lambda: NOW)
-    yield ctx
-    ctx.engine.dispose()
 
 
 def _inflows(ctx: Context, n: int) -> list[Inflow]:

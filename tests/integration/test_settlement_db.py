@@ -4,31 +4,20 @@ invoice, and the migrations."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
+from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
 
-from tests.support.base_ledger import PAYER, USDC, WALLET, base_context
+from tests.support.base_ledger import NOW, PAYER, USDC, WALLET
 from watcher.ledger import invoices as ledger
 from watcher.ledger.context import Context
 from watcher.ledger.renewals import run_renewals
 from watcher.ledger.settlement import Settlement
 from watcher.store.db import SCHEMA_VERSION, migrate, transaction
 from watcher.store.tables import Allocation, Invoice, OutboxEvent, Transfer
-
-NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)
-
-
-@pytest.fixture
-def ctx(tmp_path: Path, db_url: str) -> Iterator[Context]:
-    ctx = base_context(tmp_path, db_url, lambda: NOW)
-    yield ctx
-    ctx.engine.dispose()
 
 
 def _two_retainers_sharing_a_payer(ctx: Context) -> tuple[int, int]:

@@ -4,7 +4,7 @@ settings and ledger context the store suites (and bench/settle.py) build without
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from watcher.ledger.context import Context
@@ -14,6 +14,7 @@ from watcher.store.db import make_engine, migrate
 WALLET = "0xB3e9568A9cbB624403743340358c85CCce130893"
 USDC = "0x833589fCD6eDb6E08f4c7C32D4f71b54bdA02913"
 PAYER = "0x52908400098527886E0F7030069857D2E4169EE7"
+NOW = datetime(2026, 3, 2, 9, 0, tzinfo=UTC)  # the store suites' clock (``ctx`` fixture)
 
 
 def base_settings(url: str, root: Path) -> Settings:
